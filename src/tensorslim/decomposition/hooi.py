@@ -59,7 +59,7 @@ def _project_12(W: torch.Tensor, A1, A2) -> torch.Tensor:
     return Y if A2 is None else Y @ A2
 
 
-def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e-5, max_iter: int = 100,
+def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e-4, max_iter: int = 100,
                 init: str = "hosvd"):
     """Tucker of W (n, D1, D2) with `ranks`; returns (core, [A0, A1, A2], HooiInfo).
 

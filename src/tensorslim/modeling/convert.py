@@ -8,11 +8,13 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     BertConfig,
     BertForMaskedLM,
     BertForSequenceClassification,
@@ -24,9 +26,12 @@ from transformers import (
     RobertaModel,
 )
 
+from ..decomposition.budget import ranks_for_budget
 from ..decomposition.methods import get_method
 from ..decomposition.stacking import check_encoder, dense_weights, group_weight, ops_slots, stack, unslice
 from ..errors import TensorslimError
+from ..io import atomic_dir, check_output_dir, write_json
+from ..report.measure import count_parameters
 from .configuration import DecomposedBertConfig
 from .modeling import (
     GROUPS,
@@ -80,7 +85,7 @@ def load_model(path: str | Path, head: str = "auto", **kwargs) -> PreTrainedMode
         raise TensorslimError(f"unknown head {head!r}", f"use one of auto, {', '.join(HEADS)}")
     try:
         return HEADS[head][0].from_pretrained(path, **kwargs)
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
         raise TensorslimError(f"cannot load the weights in {path}: {exc}",
                               "the weights file is missing, truncated or does not match config.json; "
                               "re-save the model") from exc
@@ -145,7 +150,7 @@ def _copy_head(teacher, student) -> None:
 
 def decompose(teacher: str | Path | PreTrainedModel, method: str = "tucker", rank: int = 384,
               layer_rank: int | None = None, ops: str = "all", head: str = "auto", num_labels: int | None = None,
-              tol: float = 1e-5, max_iter: int = 100) -> tuple[DecomposedBertPreTrainedModel, dict]:
+              tol: float = 1e-4, max_iter: int = 100) -> tuple[DecomposedBertPreTrainedModel, dict]:
     """Build a student from `teacher` (directory or model); return it with a decomposition record.
 
     The record holds method, ranks, ops, relative reconstruction errors (overall, per slot, per
@@ -270,3 +275,47 @@ def export_dense(student: DecomposedBertPreTrainedModel) -> PreTrainedModel:
             model.cls.load_state_dict(student.cls.state_dict(), strict=False)
     model.tie_weights()
     return model.eval()
+
+
+def default_ranks(method: str, n: int, D: int, rank: int | None, layer_rank: int | None,
+                  budget: int | None) -> tuple[int, int | None]:
+    """Ranks to use: the given ones, else those a `budget` allows, else the paper's 72-384 shape
+    scaled to the teacher (d = D / 2, l = n / 2)."""
+    if budget is not None:
+        return ranks_for_budget(method, n, D, budget, rank, layer_rank)
+    rank = rank if rank is not None else max(1, D // 2)
+    if method == "tucker":
+        layer_rank = layer_rank if layer_rank is not None else max(1, n // 2)
+    return rank, layer_rank if method == "tucker" else None
+
+
+def decompose_to_dir(teacher: str | Path, out: str | Path, method: str = "tucker", rank: int | None = None,
+                     layer_rank: int | None = None, ops: str = "all", budget: int | None = None, head: str = "auto",
+                     num_labels: int | None = None, overwrite: bool = False, **fit_kwargs) -> dict:
+    """Decompose the teacher in directory `teacher` and write a loadable student directory `out`
+    (config, safetensors, tokenizer, decomposition.json). Returns the decomposition record."""
+    config = load_config(teacher)
+    k = check_encoder(config)
+    n = config.num_hidden_layers * len(ops_slots(ops, k))
+    rank, layer_rank = default_ranks(method, n, config.hidden_size, rank, layer_rank, budget)
+    check_output_dir(out, overwrite)
+    teacher_model = load_model(teacher, head, **({"num_labels": num_labels} if num_labels else {}))
+    student, record = decompose(teacher_model, method, rank, layer_rank, ops, head, **fit_kwargs)
+    record["teacher"] = str(Path(teacher).resolve())
+    record["parameters"] = {"teacher": count_parameters(teacher_model), "student": count_parameters(student)}
+    with atomic_dir(out, overwrite) as tmp:
+        student.save_pretrained(tmp)
+        save_tokenizer(teacher, tmp)
+        write_json(Path(tmp) / "decomposition.json", record)
+    return record
+
+
+def save_tokenizer(source: str | Path, out: str | Path) -> bool:
+    """Copy the tokenizer of model directory `source` into `out`, if it has one."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("no tokenizer copied from %s (%s); pass --tokenizer to later commands", source, exc)
+        return False
+    tokenizer.save_pretrained(out)
+    return True

@@ -24,6 +24,11 @@ from torch import nn
 from ..decomposition.methods import Decomposition
 
 
+def affine(h: torch.Tensor, W: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """h @ W + bias in one fused call, for h of any leading shape."""
+    return torch.addmm(bias, h.flatten(0, -2), W).view(*h.shape[:-1], W.shape[-1])
+
+
 class Factors(nn.Module):
     """All trainable factors of the encoder, stored once (U, V and S, or P and C for tucker).
 
@@ -98,13 +103,12 @@ class FactoredLinear(nn.Module):
             d = A.shape[-1]
             if not self.fan_in:
                 G = factors.memo(key, lambda: (self._mids(factors) @ B).transpose(0, 1).reshape(d, -1))
-                return torch.addmm(self.bias, (x @ A).flatten(0, -2), G).view(*x.shape[:-1], -1)
+                return affine(x @ A, G, self.bias)
             h = (x.unflatten(-1, (self.g, self.D)) @ A).flatten(-2)  # (..., g d)
             if self.g * self.D <= self.g * d + self.D:  # merging vstack(S) @ B is cheaper per token
-                G = factors.memo(key, lambda: self._mids(factors).reshape(-1, d) @ B)
-                return h @ G + self.bias
+                return affine(h, factors.memo(key, lambda: self._mids(factors).reshape(-1, d) @ B), self.bias)
             S = factors.memo(key, lambda: self._mids(factors).reshape(-1, d))
-            return (h @ S) @ B + self.bias
+            return affine(h @ S, B, self.bias)
         G = factors.memo(key, lambda: self._mids(factors) @ B)  # (g, d, D)
         if not self.fan_in:
             h = torch.einsum("...i,gid->...gd", x, A)

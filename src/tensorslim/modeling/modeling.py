@@ -139,26 +139,6 @@ class DecomposedBertPreTrainedModel(PreTrainedModel):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
             init.zeros_(module.token_type_ids)
 
-    def num_parameters_by_part(self) -> dict[str, int]:
-        """Parameters of embeddings, encoder factors, the rest of the encoder, pooler and head."""
-        parts = {"embeddings": 0, "factors": 0, "encoder_dense": 0, "pooler": 0, "head": 0}
-        seen = set()
-        for name, p in self.named_parameters():
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            if ".embeddings." in f".{name}":
-                parts["embeddings"] += p.numel()
-            elif ".factors." in name:
-                parts["factors"] += p.numel()
-            elif ".layer." in name:
-                parts["encoder_dense"] += p.numel()
-            elif ".pooler." in f".{name}":
-                parts["pooler"] += p.numel()
-            else:
-                parts["head"] += p.numel()
-        return parts
-
     def flops_per_token(self, seq_len: int) -> int:
         """Forward FLOPs (2 x multiply-adds) per token of the encoder matmuls and attention."""
         base = self.base_model

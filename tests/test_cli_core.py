@@ -1,0 +1,119 @@
+"""`tensorslim decompose` and `tensorslim report` end to end, and their errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, GPT2Config, GPT2Model
+
+from tensorslim.cli import main
+
+
+def test_decompose_writes_a_loadable_student(tiny_bert_dir, tmp_path):
+    out = tmp_path / "student"
+    assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--rank", "8", "--layer-rank", "6"]) == 0
+    record = json.loads((out / "decomposition.json").read_text())
+    assert (record["method"], record["rank"], record["layer_rank"], record["ops"]) == ("tucker", 8, 6, "all")
+    assert record["parameters"]["teacher"]["encoder"] > record["parameters"]["student"]["encoder"]
+    assert record["decomposed_weights"]["student"] == 2 * 32 * 8 + 24 * 6 + 6 * 64
+    assert set(record["relative_error_per_slot"]) == {"q", "k", "v", "o", *(f"ffn_{s}.{j}" for s in ("in", "out") for j in range(4))}
+    assert record["seconds"]["total"] > 0
+    model = AutoModelForMaskedLM.from_pretrained(out)
+    assert type(model).__name__ == "DecomposedBertForMaskedLM"
+    assert (out / "tokenizer.json").is_file()
+
+
+def test_decompose_from_budget(tiny_bert_dir, tmp_path):
+    out = tmp_path / "s"
+    assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--budget", "1.5k"]) == 0
+    record = json.loads((out / "decomposition.json").read_text())
+    assert record["layer_rank"] == 12 and record["decomposed_weights"]["student"] <= 1500
+
+
+def test_report_prints_and_writes_json(tiny_bert_dir, tmp_path):
+    out = tmp_path / "s"
+    main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--rank", "8", "--layer-rank", "6"])
+    proc = subprocess.run([sys.executable, "-m", "tensorslim.cli", "report", "--model", str(out), "--teacher",
+                           str(tiny_bert_dir), "--seconds", "0.2", "--batch-size", "4", "--seq-len", "16"],
+                          capture_output=True, text=True, check=True)
+    assert "sequences / s" in proc.stdout and "encoder compression" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    t, m = report["teacher"], report["model"]
+    assert report["ratios"]["encoder_parameters"] == pytest.approx(t["parameters"]["encoder"] / m["parameters"]["encoder"])
+    # Dense BERT FLOPs by hand: 2 layers x (4 D^2 + 2 D I + 2 T D) multiply-adds, doubled.
+    assert t["flops_per_token"] == 2 * 2 * (4 * 32**2 + 2 * 32 * 128 + 2 * 16 * 32)
+    assert m["throughput"]["sequences_per_second"] > 0
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "does not exist"), ("noconfig", "has no config.json"), ("gpt2", "not a BERT-family encoder"),
+    ("ffn", "not a multiple"), ("corrupt", "cannot load the weights"),
+])
+def test_bad_teacher_directories(tmp_path, tiny_bert_dir, case, message, caplog):
+    teacher = tmp_path / "teacher"
+    if case == "noconfig":
+        teacher.mkdir()
+    elif case == "gpt2":
+        GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)).save_pretrained(teacher)
+    elif case == "ffn":
+        from transformers import BertConfig, BertModel
+
+        BertModel(BertConfig(hidden_size=16, intermediate_size=40, num_attention_heads=2, num_hidden_layers=1,
+                             vocab_size=50)).save_pretrained(teacher)
+    elif case == "corrupt":
+        import shutil
+
+        shutil.copytree(tiny_bert_dir, teacher)
+        weights = teacher / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    out = tmp_path / "out"
+    assert main(["decompose", "--teacher", str(teacher), "--out", str(out)]) == 2
+    assert message in caplog.text and "fix:" in caplog.text
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--rank", "0"], "rank 0 is out of range"), (["--rank", "33"], "rank 33 is out of range"),
+    (["--layer-rank", "25"], "layer rank 25 is out of range"), (["--budget", "10"], "no tucker rank setting fits"),
+])
+def test_bad_ranks(tiny_bert_dir, tmp_path, flags, message, caplog):
+    out = tmp_path / "out"
+    assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), *flags]) == 2
+    assert message in caplog.text
+    assert not out.exists()
+
+
+def test_unreadable_budget_is_a_usage_error(tiny_bert_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(tmp_path / "o"), "--budget", "lots"])
+    assert exit_info.value.code == 2 and "cannot read the budget 'lots'" in capsys.readouterr().err
+
+
+def test_refuses_foreign_output_dir(tiny_bert_dir, tmp_path, caplog):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--rank", "4"]) == 2
+    assert "--overwrite" in caplog.text and (out / "notes.txt").read_text() == "precious"
+    assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--rank", "4", "--overwrite"]) == 0
+    assert not (out / "notes.txt").exists() and (out / "decomposition.json").exists()
+
+
+def test_every_command_has_help():
+    from tensorslim.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert len(p.description or "") > 20, name
+        assert "--help" in text
+
+
+def test_student_weights_are_finite(tiny_bert_dir, tmp_path):
+    out = tmp_path / "s"
+    main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--method", "lowrank", "--rank", "3"])
+    model = AutoModelForMaskedLM.from_pretrained(out)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
