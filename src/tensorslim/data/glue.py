@@ -102,6 +102,12 @@ _LAYOUTS: dict[str, dict[str, _Layout]] = {
         "test": _pair(("index", "question", "sentence"), "question", "sentence", None),
     },
     "AX": {"test": _pair(("index", "sentence1", "sentence2"), "sentence1", "sentence2", None)},
+    # Not GLUE: the BBC News topic task that `tensorslim demo` prepares from a PyPI package
+    # (tensorslim.data.packaged), in SST-2's layout so that every command can use it.
+    "BBC-News": {
+        "train": _pair(("sentence", "label"), "sentence", None, "label", None),
+        "dev": _pair(("sentence", "label"), "sentence", None, "label", None),
+    },
 }
 for _name in ("RTE", "WNLI"):
     _LAYOUTS[_name] = {
@@ -170,6 +176,7 @@ TASKS: dict[str, GlueTask] = {
         _task("WNLI", _BINARY, "accuracy"),
         # The diagnostic set: MNLI labels, test only, scored by the server with Matthews correlation.
         _task("AX", _NLI3, "mcc", dev=()),
+        _task("BBC-News", ("business", "entertainment", "politics", "sport", "tech"), "accuracy", test=()),
     )
 }
 
@@ -338,7 +345,7 @@ class Example:
     label: int | float | None
 
 
-def _task_file(glue_dir: Path, task: GlueTask, split: str) -> Path:
+def task_file(glue_dir: Path, task: GlueTask, split: str) -> Path:
     """Resolve a split's file: `glue_dir` may be the GLUE root, the task's folder, or the .tsv itself."""
     filename = _FILENAMES.get((task.name, split), f"{split}.tsv")
     if glue_dir.is_file():
@@ -401,7 +408,7 @@ def load_examples(glue_dir: str | os.PathLike, task: str | GlueTask, split: str)
     """
     task = get_task(task)
     layout = _layout(task, split)
-    path = _task_file(Path(glue_dir), task, split)
+    path = task_file(Path(glue_dir), task, split)
     header, rows = _scan_tsv(path, has_header=layout.header is not None)
     is_test = split in task.test_splits
     a, b, guid_col = (_column(path, header, layout, column, task, split)
