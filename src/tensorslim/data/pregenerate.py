@@ -541,8 +541,19 @@ def _prepend(first, rest):
     yield from rest
 
 
+def _pool_context():
+    """forkserver where available: the server imports this module (and torch/transformers, which the
+    package imports) once and forks workers from it, instead of every spawned worker importing them
+    again. Workers never inherit the parent's threads. Elsewhere, spawn."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 def _run_shards(out, config, vocab, shards, done, workers, guard, finish, records, bar) -> bool:
-    """Process shards in-process (workers=1) or in a spawn pool with at most 2 x workers in flight.
+    """Process shards in-process (workers=1) or in a process pool with at most 2 x workers in flight.
 
     Returns True when a signal stopped the run early (finished shards are recorded).
     """
@@ -550,8 +561,8 @@ def _run_shards(out, config, vocab, shards, done, workers, guard, finish, record
     if workers == 1:
         _init_worker(vocab, in_pool=False)
     else:
-        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(vocab, True))
+        executor = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker,
+                                       initargs=(vocab, True))
     try:
         for shard, docs in shards:
             if guard.stop:
