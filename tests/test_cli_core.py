@@ -117,3 +117,21 @@ def test_student_weights_are_finite(tiny_bert_dir, tmp_path):
     main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--method", "lowrank", "--rank", "3"])
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("damage,message", [("rank", "cannot load the weights"), ("drop", "does not hold the encoder weights")])
+def test_student_whose_config_and_weights_disagree(tiny_bert_dir, tmp_path, damage, message, caplog):
+    from safetensors.torch import load_file, save_file
+
+    student = tmp_path / "s"
+    main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(student), "--rank", "8", "--layer-rank", "6"])
+    if damage == "rank":
+        config = json.loads((student / "config.json").read_text())
+        config["rank"] = 10
+        (student / "config.json").write_text(json.dumps(config))
+    else:
+        weights = load_file(student / "model.safetensors")
+        weights.pop("bert.encoder.factors.C")
+        save_file(weights, student / "model.safetensors", metadata={"format": "pt"})
+    assert main(["report", "--model", str(student), "--seconds", "0.1", "--batch-size", "2", "--seq-len", "8"]) == 2
+    assert message in caplog.text and "fix:" in caplog.text

@@ -208,3 +208,34 @@ def test_real_teacher_full_rank_and_compressed(real_teacher_dir, tokenizer):
     # Real weights are far from low rank (relative errors of 0.8-0.95 at these ranks), but more rank
     # always reconstructs better; distillation, not initialisation, closes the gap.
     assert errors[1]["relative_error"] < errors[0]["relative_error"] < 1
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None)
+@given(heads=st.integers(1, 3), head_dim=st.integers(2, 6), layers=st.integers(1, 2), ffn_mult=st.integers(1, 3),
+       method=st.sampled_from(["tucker", "shared", "lowrank"]), ops=st.sampled_from(["all", "san", "ffn"]),
+       data=st.data())
+def test_property_factored_equals_dense(heads, head_dim, layers, ffn_mult, method, ops, data):
+    """Random shapes and ranks: the factored forward equals the dense forward of the reconstruction,
+    and the factor count matches the method's formula."""
+    hidden = heads * head_dim
+    torch.manual_seed(hidden * 7 + layers)
+    config = BertConfig(vocab_size=60, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=ffn_mult * hidden, max_position_embeddings=16, num_labels=2)
+    t = BertForSequenceClassification(config).eval()
+    n = layers * {"all": 4 + 2 * ffn_mult, "san": 4, "ffn": 2 * ffn_mult}[ops]
+    rank = data.draw(st.integers(1, hidden))
+    layer_rank = data.draw(st.integers(1, n)) if method == "tucker" else None
+    student, record = decompose(t, method, rank, layer_rank, ops, max_iter=3)
+    student.eval()
+    ids = torch.randint(1, 60, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(student(input_ids=ids).logits, export_dense(student)(input_ids=ids).logits,
+                                   atol=1e-5, rtol=1e-4)
+    factors = student.bert.encoder.factors
+    assert sum(p.numel() for p in factors.parameters()) == record["decomposed_weights"]["student"]
+    if rank == hidden and (method != "tucker" or layer_rank == n):
+        assert record["relative_error"] < 1e-5

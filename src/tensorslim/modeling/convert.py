@@ -84,11 +84,18 @@ def load_model(path: str | Path, head: str = "auto", **kwargs) -> PreTrainedMode
     if head not in HEADS:
         raise TensorslimError(f"unknown head {head!r}", f"use one of auto, {', '.join(HEADS)}")
     try:
-        return HEADS[head][0].from_pretrained(path, **kwargs)
+        model, info = HEADS[head][0].from_pretrained(path, output_loading_info=True, **kwargs)
     except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
         raise TensorslimError(f"cannot load the weights in {path}: {exc}",
                               "the weights file is missing, truncated or does not match config.json; "
                               "re-save the model") from exc
+    body = (f"{model.base_model_prefix}.embeddings.", f"{model.base_model_prefix}.encoder.", "embeddings.", "encoder.")
+    missing = sorted(k for k in info["missing_keys"] if k.startswith(body))
+    if missing:
+        raise TensorslimError(f"{path} does not hold the encoder weights its config.json describes "
+                              f"(missing: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})",
+                              "the weights file and config.json come from different models; re-save the model")
+    return model
 
 
 def student_config(teacher_config, method: str, rank: int, layer_rank: int | None, ops: str) -> DecomposedBertConfig:
