@@ -135,3 +135,10 @@ def test_student_whose_config_and_weights_disagree(tiny_bert_dir, tmp_path, dama
         save_file(weights, student / "model.safetensors", metadata={"format": "pt"})
     assert main(["report", "--model", str(student), "--seconds", "0.1", "--batch-size", "2", "--seq-len", "8"]) == 2
     assert message in caplog.text and "fix:" in caplog.text
+
+
+def test_decomposition_is_deterministic(tiny_bert_dir, tmp_path):
+    for name in ("a", "b"):
+        assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(tmp_path / name), "--rank", "6",
+                     "--layer-rank", "5"]) == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
