@@ -9,10 +9,10 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    from ..pipeline.chain import TrainingPlan
     from ..pipeline.demo import DemoSettings
 
-    d, plan = DemoSettings(), TrainingPlan(max_seq_length=64)
+    d = DemoSettings()
+    plan = d.plan
     p = sub.add_parser(
         "demo", help="compress a real BERT end to end offline and write report.md / report.html",
         description="Fine-tune the packaged all-MiniLM-L6-v2 on a task (BBC News topics from a PyPI package, or a "
@@ -32,13 +32,18 @@ def register(sub) -> None:
     p.add_argument("--max-seq-length", type=int, default=plan.max_seq_length, help="tokens per example (default 64)")
     p.add_argument("--max-train-samples", type=int, help="use only this many training examples (quick runs)")
     p.add_argument("--max-eval-samples", type=int, help="evaluate on only this many dev examples")
-    p.add_argument("--finetune-epochs", type=float, default=d.finetune_epochs, help="teacher fine-tuning epochs")
+    p.add_argument("--finetune-epochs", type=float, default=d.finetune_epochs,
+                   help="teacher fine-tuning epochs (default %(default)s)")
+    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr,
+                   help="teacher fine-tuning learning rate (default %(default)s)")
     p.add_argument("--general-steps", type=int, default=plan.general_steps, help="general distillation steps")
     p.add_argument("--corpus-documents", type=int, default=d.corpus_documents,
                    help="Wikipedia paragraphs to pregenerate from (default %(default)s)")
     p.add_argument("--aug-n", type=int, default=d.aug_n, help="augmented copies per example, 0 to skip augmentation")
-    p.add_argument("--stage1-epochs", type=float, default=plan.stage1_epochs, help="task distillation stage 1 epochs")
-    p.add_argument("--stage2-epochs", type=float, default=plan.stage2_epochs, help="task distillation stage 2 epochs")
+    p.add_argument("--stage1-steps", type=int, default=plan.stage1_steps,
+                   help="task distillation stage 1 (intermediate layers) steps (default %(default)s)")
+    p.add_argument("--stage2-steps", type=int, default=plan.stage2_steps,
+                   help="task distillation stage 2 (logits) steps (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=plan.batch_size, help="training batch size")
     p.add_argument("--seed", type=int, default=plan.seed, help="seed of every stage")
     p.add_argument("--force", action="store_true", help="redo every stage instead of reusing finished ones")
@@ -51,12 +56,13 @@ def run(args) -> None:
     from ..pipeline.demo import DemoSettings, run_demo
 
     plan = TrainingPlan(max_seq_length=args.max_seq_length, general_steps=args.general_steps,
-                        stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs,
+                        stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
                         batch_size=args.batch_size, aug=args.aug_n > 0, max_train_samples=args.max_train_samples,
                         seed=args.seed)
     settings = DemoSettings(out=args.out, teacher=args.teacher, task=args.task, glue_dir=args.glue_dir,
                             compressions=args.compression, method=args.method, plan=plan,
                             max_eval_samples=args.max_eval_samples, finetune_epochs=args.finetune_epochs,
+                            finetune_lr=args.finetune_lr,
                             corpus_documents=args.corpus_documents, aug_n=args.aug_n, force=args.force,
                             overwrite=args.overwrite)
     run = run_demo(settings)

@@ -17,6 +17,8 @@ class TrainingPlan:
     general_steps: int = 120
     stage1_epochs: float = 1.0
     stage2_epochs: float = 2.0
+    stage1_steps: int | None = None  # when set, replaces the stage's epochs
+    stage2_steps: int | None = None
     task_lr: float = 1e-4
     batch_size: int = 32
     aug: bool = True
@@ -71,8 +73,10 @@ def student_chain(stages: StageRunner, name: str, base: Path, teacher: Path, tas
             teacher, init, pregenerated, general,
             parse_training_args(plan.flags(max_steps=plan.general_steps), general / run_dir.CHECKPOINTS,
                                 recipes.GENERAL_TRAINING), overwrite=True))
-    stage_args = {st: stage_training_args(plan.flags(learning_rate=plan.task_lr), final, task, st, epochs)
-                  for st, epochs in ((1, plan.stage1_epochs), (2, plan.stage2_epochs))}
+    stage_args = {st: stage_training_args(plan.flags(learning_rate=plan.task_lr, **({"max_steps": steps} if steps else {})),
+                                          final, task, st, epochs)
+                  for st, epochs, steps in ((1, plan.stage1_epochs, plan.stage1_steps),
+                                            (2, plan.stage2_epochs, plan.stage2_steps))}
     samples = plan.max_train_samples
     stages.run(f"task distillation {name}", final, run_dir.is_finished, lambda: distill_task(
         teacher, general or init, task, glue_dir, final, stage_args, aug=plan.aug, max_seq_length=plan.max_seq_length,

