@@ -1,0 +1,47 @@
+"""`tensorslim finetune`: fine-tune a BERT (or a decomposed student) on a GLUE task -> the task teacher."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    from ..distill.recipes import FINETUNE_TRAINING
+    from ..train.args import add_training_flags_help
+
+    p = subparsers.add_parser(
+        "finetune", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="fine-tune a model on a GLUE task (makes the task-distillation teacher)",
+        description="Fine-tune a BERT-family model or a decomposed student on one GLUE task and save the "
+                    "classifier (with tokenizer and the task's label names) to --out. Defaults: "
+                    + ", ".join(f"{k}={v}" for k, v in FINETUNE_TRAINING.items())
+                    + "; max length 64 for CoLA/SST-2, else 128.",
+    )
+    p.add_argument("--model", required=True, type=Path, help="model directory (pre-trained encoder or classifier)")
+    p.add_argument("--task", required=True, help="GLUE task: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI")
+    p.add_argument("--glue-dir", required=True, type=Path, help="GLUE root holding <TASK>/train.tsv, dev.tsv")
+    p.add_argument("--out", required=True, type=Path, help="output directory: final model + checkpoints/")
+    p.add_argument("--max-seq-length", type=int, default=None, help="token limit; unset: 64 for CoLA/SST-2, else 128")
+    p.add_argument("--train-split", default="train", choices=["train", "train_aug"], help="training file")
+    p.add_argument("--max-train-samples", type=int, default=None, help="train on the first N examples only")
+    p.add_argument("--pad-to-max-length", action="store_true",
+                   help="pad every batch to the maximum length (equal shapes on all workers) instead of its longest sequence")
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_training_flags_help(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from ..distill.recipes import FINETUNE_TRAINING
+    from ..train import finetune
+    from ..train.args import parse_training_args
+    from ..train.run_dir import CHECKPOINTS
+
+    training = parse_training_args(args.extra, args.out / CHECKPOINTS,
+                                   {**FINETUNE_TRAINING, "metric_for_best_model": "score"})
+    finetune(args.model, args.task, args.glue_dir, args.out, training, max_seq_length=args.max_seq_length,
+             train_split=args.train_split, max_train_samples=args.max_train_samples,
+             pad_to_max_length=args.pad_to_max_length, resume=args.resume,
+             overwrite=args.overwrite)

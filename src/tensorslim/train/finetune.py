@@ -1,0 +1,50 @@
+"""Fine-tune a BERT (or a decomposed student) on a GLUE task: the task teacher.
+
+The result is an ordinary sequence-classification model directory with the tokenizer and the
+task's labels in config.id2label/label2id (num_labels 1 for STS-B regression).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from transformers import Trainer, TrainingArguments, set_seed
+
+from ..data.glue import get_task
+from ..distill import recipes
+from . import run_dir
+from .args import for_run
+from .glue_data import collator, encode_split, metrics_fn
+from .models import load_classifier, load_config, load_tokenizer
+from .runner import train_and_save
+
+log = logging.getLogger(__name__)
+
+
+def finetune(model: str | Path, task: str, glue_dir: str | Path, out: str | Path, args: TrainingArguments | None = None,
+             *, max_seq_length: int | None = None, train_split: str = "train", max_train_samples: int | None = None,
+             pad_to_max_length: bool = False, resume: bool = False, overwrite: bool = False) -> dict:
+    """Fine-tune `model` on `task`, save the classifier to `out`, return the final dev metrics.
+
+    `args` defaults to `recipes.FINETUNE_TRAINING`; its output_dir is replaced by <out>/checkpoints.
+    """
+    task = get_task(task)
+    load_config(model)  # fail early, before touching `out`
+    tokenizer = load_tokenizer(model)
+    args = for_run(args, Path(out), {**recipes.FINETUNE_TRAINING, "metric_for_best_model": "score"})
+    with args.main_process_first(local=False, desc="preparing --out"):
+        out, last = run_dir.prepare(out, resume, overwrite)
+    set_seed(args.seed)  # a new classification head starts the same in every run (and on --resume)
+    classifier = load_classifier(model, task, new_head_ok=True)
+    length = max_seq_length or recipes.task_max_seq_length(task.name)
+    train = encode_split(glue_dir, task, train_split, tokenizer, length, max_train_samples)
+    dev = encode_split(glue_dir, task, task.dev_splits[0], tokenizer, length)
+    trainer = Trainer(model=classifier, args=args, train_dataset=train, eval_dataset=dev,
+                      data_collator=collator(tokenizer, length if pad_to_max_length else None), compute_metrics=metrics_fn(task))
+    info = {"command": "finetune", "task": task.name, "max_seq_length": length, "train_split": train_split,
+            "train_examples": len(train), "base_model": str(model)}
+    metrics = train_and_save(trainer, out, last, tokenizer, info)
+    log.info("%s dev score %.4f", task.name, metrics.get("eval_score", float("nan")))
+    return metrics
+

@@ -1,0 +1,104 @@
+"""Task distillation: a fine-tuned teacher teaches a (decomposed) student on one GLUE task.
+
+Stage 1 matches every (uniformly mapped) layer's attention scores and hidden states at a constant
+learning rate; stage 2 matches logits (soft cross-entropy at temperature T; MSE to the gold score
+for STS-B) with warm-up and linear decay. Per-task epochs and lengths follow the paper
+(`tensorslim.distill.recipes`). Stage 1's student is saved to <out>/stage1 and starts stage 2;
+the final model is <out>. With --resume a finished stage 1 is not repeated.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from transformers import TrainingArguments, set_seed
+
+from ..data.glue import get_task
+from ..distill import recipes
+from ..distill.config import DistillationConfig
+from ..distill.trainer import DistillationTrainer
+from ..errors import TensorslimError
+from . import run_dir
+from .args import parse_training_args
+from .glue_data import collator, encode_split, metrics_fn
+from .models import load_classifier, load_config, load_tokenizer
+from .runner import train_and_save
+
+log = logging.getLogger(__name__)
+
+STAGES = {"1": (1,), "2": (2,), "both": (1, 2)}
+
+
+def stage_training_args(argv: list[str], out: str | Path, task: str, stage: int,
+                        epochs: float | None = None) -> TrainingArguments:
+    """TrainingArguments of one stage: the paper's defaults for `task`, then `argv` flags.
+
+    `epochs` (e.g. from --stage1-epochs) replaces the recipe's epochs; an explicit
+    --num_train_epochs in `argv` applies to both stages.
+    """
+    name = get_task(task).name
+    defaults = {**recipes.TASK_TRAINING, **recipes.STAGE_SCHEDULE[stage],
+                "num_train_epochs": float(epochs if epochs is not None else recipes.task_epochs(name)[stage - 1])}
+    if stage == 2:
+        defaults["metric_for_best_model"] = "score"
+    out = Path(out) / "stage1" if stage == 1 else Path(out)
+    return parse_training_args(argv, out / run_dir.CHECKPOINTS, defaults)
+
+
+def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: str | Path, out: str | Path,
+                 args: dict[int, TrainingArguments] | None = None,
+                 objectives: dict[int, DistillationConfig] | None = None, *, stage: str = "both",
+                 aug: bool = False, max_seq_length: int | None = None, max_train_samples: int | None = None,
+                 pad_to_max_length: bool = False, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run the stages named by `stage` ("1", "2", "both"); return the final dev metrics.
+
+    `args[s]` / `objectives[s]` default to the paper's recipe for stage s (see `stage_training_args`
+    and `recipes.task_objectives`). The student may be any encoder directory (a classification
+    head is added with the task's labels); the teacher must be a classifier fine-tuned on `task`.
+    """
+    task = get_task(task)
+    if stage not in STAGES:
+        raise TensorslimError(f"unknown stage {stage!r}", "use --stage 1, 2 or both")
+    teacher_model = load_classifier(teacher, task, "teacher")
+    load_config(student, "student")  # fail early on a bad student directory
+    tokenizer = load_tokenizer(student, teacher)
+    args = dict(args or {})
+    for s in STAGES[stage]:
+        if s not in args:
+            args[s] = stage_training_args([], out, task.name, s)
+    with args[STAGES[stage][0]].main_process_first(local=False, desc="preparing --out"):
+        out, _ = run_dir.prepare(out, resume, overwrite)
+        if 1 in STAGES[stage]:
+            (out / "stage1").mkdir(exist_ok=True)
+    objectives = {**recipes.task_objectives(task.is_regression), **(objectives or {})}
+    length = max_seq_length or recipes.task_max_seq_length(task.name)
+    split = "train_aug" if aug else "train"
+    train = encode_split(glue_dir, task, split, tokenizer, length, max_train_samples)
+    dev = encode_split(glue_dir, task, task.dev_splits[0], tokenizer, length)
+    info = {"command": "distill task", "task": task.name, "max_seq_length": length, "train_split": split,
+            "train_examples": len(train), "teacher": str(teacher), "student": str(student)}
+
+    metrics: dict = {}
+    stage1_dir = out / "stage1"
+    for s in STAGES[stage]:
+        stage_out = stage1_dir if s == 1 else out
+        if s == 1 and resume and run_dir.is_finished(stage1_dir):
+            log.info("stage 1 already finished in %s; skipping it", stage1_dir)
+            continue
+        source = stage1_dir if s == 2 and 1 in STAGES[stage] else student
+        last = run_dir.last_complete_checkpoint(stage_out / run_dir.CHECKPOINTS) if resume else None
+        args[s].output_dir = str(stage_out / run_dir.CHECKPOINTS)
+        log.info("task distillation stage %d: %s on %s, %s epochs, objective %s", s, source, split,
+                 args[s].num_train_epochs if args[s].max_steps <= 0 else f"{args[s].max_steps} steps",
+                 objectives[s].losses)
+        set_seed(args[s].seed)  # a new classification head starts the same in every run (and on --resume)
+        trainer = DistillationTrainer(
+            model=load_classifier(source, task, "student", new_head_ok=True), args=args[s],
+            train_dataset=train, eval_dataset=dev, data_collator=collator(tokenizer, length if pad_to_max_length else None),
+            compute_metrics=metrics_fn(task) if "logits" in objectives[s].needs else None,
+            teacher=teacher_model, distill_config=objectives[s],
+        )
+        stage_info = {**info, "stage": s, "distillation": objectives[s].to_dict()}
+        metrics = train_and_save(trainer, stage_out, last, tokenizer, stage_info)
+    return metrics
