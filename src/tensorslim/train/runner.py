@@ -44,7 +44,8 @@ def train_and_save(trainer, out: Path, resume_from: Path | None, tokenizer, info
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
-    info = {**info, "global_step": trainer.state.global_step, "metrics": metrics}
+    info = {**info, "global_step": trainer.state.global_step, "metrics": metrics,
+            "log_history": trainer.state.log_history}
     staged = run_dir.staging_dir(out)
     if trainer.is_world_process_zero():
         run_dir.clear_staging(out)
