@@ -100,3 +100,27 @@ def test_rerun_reuses_finished_stages(demo_run, caplog):
     assert {"finetune", "pregenerate", "augment", "task distillation tucker 4x"} <= reused
     assert "evaluate" not in reused  # cheap and always redone
     assert again["students"][0]["dev"]["score"] == pytest.approx(first["students"][0]["dev"]["score"])
+
+
+def test_sweep_draws_the_curve_and_resumes(demo_run, tmp_path):
+    from tensorslim.pipeline.sweep import RankSetting, parse_setting, run_sweep
+
+    out, settings, _ = demo_run
+    assert parse_setting("36x128") == RankSetting(rank=128, layer_rank=36)
+    assert parse_setting("2M") == RankSetting(budget=2_000_000)
+    plan = TrainingPlan(max_seq_length=32, stage1_steps=2, stage2_steps=2, batch_size=16, aug=False,
+                        max_train_samples=64, task_lr=1e-3)
+    grid = [parse_setting("6x4"), parse_setting("12x8")]
+    sweep = tmp_path / "sweep"
+    first = run_sweep(out / "teacher", "BBC-News", out / "data" / "glue", sweep, grid, plan, throughput_seconds=0.1,
+                      max_eval_samples=32)
+    sizes = [s["report"]["parameters"]["encoder"] for s in first["students"]]
+    assert sizes[0] < sizes[1] and (sweep / "report" / "plots" / "score_vs_size.png").is_file()
+    again = run_sweep(out / "teacher", "BBC-News", out / "data" / "glue", sweep, grid, plan, throughput_seconds=0.1,
+                      max_eval_samples=32)
+    assert {"decompose tucker l=6 d=4", "task distillation tucker l=12 d=8"} <= {
+        s["name"] for s in again["stages"] if s.get("reused")}
+    changed = run_sweep(out / "teacher", "BBC-News", out / "data" / "glue", sweep, grid[:1],
+                        TrainingPlan(**{**plan.__dict__, "stage2_steps": 3}), throughput_seconds=0.1, max_eval_samples=32)
+    reused = {s["name"] for s in changed["stages"] if s.get("reused")}
+    assert "decompose tucker l=6 d=4" in reused and "task distillation tucker l=6 d=4" not in reused

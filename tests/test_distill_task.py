@@ -11,6 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from conftest import make_tiny_bert
 from glue_subset import make_glue_subset
 from tensorslim.cli import main
+from tensorslim.data.glue import get_task
 from tensorslim.distill import recipes
 from tensorslim.train.task import stage_training_args
 
@@ -95,5 +96,5 @@ def test_paper_recipe_defaults_and_flag_overrides(tmp_path):
     assert a1.output_dir == str(tmp_path / "stage1" / "checkpoints")
     assert stage_training_args([], tmp_path, "STS-B", 1, epochs=2.5).num_train_epochs == 2.5
     assert stage_training_args(["--learning_rate", "1e-5"], tmp_path, "RTE", 2).learning_rate == 1e-5
-    assert recipes.task_epochs("MNLI") == (3, 3) and recipes.task_max_seq_length("SST-2") == 64
-    assert recipes.task_max_seq_length("MRPC") == 128
+    assert recipes.task_epochs("MNLI") == (3, 3) and get_task("SST-2").max_seq_length == 64
+    assert get_task("MRPC").max_seq_length == 128

@@ -56,7 +56,7 @@ def test_finetune_stsb_is_regression(tmp_path, tiny_bert_dir, glue):
 def test_bad_inputs_are_clear_errors(tmp_path, tiny_bert_dir, glue, caplog):
     assert main(["finetune", "--model", str(tmp_path / "nothing"), "--task", "SST-2", "--glue-dir", str(glue),
                  "--out", str(tmp_path / "o1"), *FAST]) == 2
-    assert "no config.json" in caplog.text
+    assert "does not exist" in caplog.text and "save_pretrained" in caplog.text
     assert main(["finetune", "--model", str(tiny_bert_dir), "--task", "SST-3", "--glue-dir", str(glue),
                  "--out", str(tmp_path / "o2"), *FAST]) == 2
     assert "unknown GLUE task" in caplog.text

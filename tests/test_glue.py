@@ -54,7 +54,9 @@ def test_get_task_unknown_lists_valid_names():
 
 
 def test_registry_matches_glue_conventions():
-    assert list(TASKS) == ["CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI", "QNLI", "RTE", "WNLI", "AX"]
+    # the nine GLUE tasks and the diagnostic set, then the demo's BBC News topic task (not GLUE)
+    assert list(TASKS) == ["CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI", "QNLI", "RTE", "WNLI", "AX", "BBC-News"]
+    assert TASKS["BBC-News"].labels == ("business", "entertainment", "politics", "sport", "tech")
     assert TASKS["MNLI"].labels == ("contradiction", "entailment", "neutral")
     assert TASKS["QNLI"].labels == TASKS["RTE"].labels == ("entailment", "not_entailment")
     assert TASKS["STS-B"].labels is None and TASKS["STS-B"].is_regression and TASKS["STS-B"].num_labels == 1

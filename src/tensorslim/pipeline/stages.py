@@ -1,7 +1,9 @@
 """Run a job as named stages whose outputs are ordinary directories, reusing finished ones.
 
-Each stage records its seconds in <out>/stages.json when it finishes; a later run skips a stage
-whose output is complete (unless `force`), so an interrupted job continues where it stopped.
+Each stage records its seconds and its inputs (the settings it depends on, including those of the
+stages it reads from) in <out>/stages.json when it finishes; a later run skips a stage whose output
+is complete and whose inputs are unchanged (unless `force`), so an interrupted job continues where
+it stopped and a changed setting redoes exactly the stages it affects.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ log = logging.getLogger(__name__)
 
 
 class StageRunner:
-    """`run(name, output, done, work)`: call `work()` unless `done(output)` and not `force`;
-    `done=None` always reruns the stage (cheap stages whose inputs may have changed)."""
+    """`run(name, output, done, work, inputs)`: call `work()` unless `done(output)`, the recorded
+    inputs equal `inputs` and not `force`; `done=None` always reruns the stage (cheap stages)."""
 
     def __init__(self, out: Path, force: bool = False):
         self.out, self.force = Path(out), force
         self.record_path = self.out / "stages.json"
         self.record: dict[str, dict] = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
 
-    def run(self, name: str, output: Path, done: Callable[[Path], bool] | None, work: Callable[[], object]):
+    def run(self, name: str, output: Path, done: Callable[[Path], bool] | None, work: Callable[[], object],
+            inputs: dict | None = None):
         previous = self.record.get(name)
-        if not self.force and previous and done is not None and done(output):
+        inputs = _jsonable(inputs or {})
+        if not self.force and previous and done is not None and previous.get("inputs") == inputs and done(output):
             log.info("stage %s: reusing %s (finished in %.0fs; --force redoes it)", name, output, previous["seconds"])
             previous["reused"] = True
             return previous.get("result")
@@ -36,19 +40,22 @@ class StageRunner:
         start = time.perf_counter()
         result = work()
         seconds = time.perf_counter() - start
-        self.record[name] = {"seconds": seconds, "path": str(output), "result": _jsonable(result), "reused": False}
+        self.record[name] = {"seconds": seconds, "path": str(output), "result": _jsonable(result), "reused": False,
+                             "inputs": inputs}
         write_json(self.record_path, self.record)
         log.info("stage %s: done in %.0fs", name, seconds)
         return self.record[name]["result"]
 
     def stages(self) -> list[dict]:
         """[{name, seconds, path, reused}] in the order stages first finished."""
-        return [{"name": n, **{k: v for k, v in r.items() if k != "result"}} for n, r in self.record.items()]
+        return [{"name": n, **{k: v for k, v in r.items() if k not in ("result", "inputs")}}
+                for n, r in self.record.items()]
+
+    def inputs(self, name: str) -> dict:
+        """The inputs a finished stage was run with (to chain into the stages that read its output)."""
+        return self.record.get(name, {}).get("inputs", {})
 
 
 def _jsonable(value):
-    try:
-        json.dumps(value)
-        return value
-    except TypeError:
-        return str(value)
+    """`value` as it reads back from JSON (paths and other objects as strings)."""
+    return json.loads(json.dumps(value, default=str))

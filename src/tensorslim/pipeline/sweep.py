@@ -63,17 +63,21 @@ def run_sweep(teacher: Path, task: str, glue_dir: Path, out: Path, settings: lis
     (out / MARKER).touch()
     task_spec = get_task(task)
     stages = StageRunner(out, force)
+    upstream = {"teacher": str(teacher), "glue_dir": str(glue_dir), "pregenerated": str(pregenerated)}
     students = [student_chain(stages, f"{method} {s.label}", out / "students" / f"{method}-{s.slug}", teacher,
-                              task_spec.name, glue_dir, plan, pregenerated, method=method, rank=s.rank,
+                              task_spec.name, glue_dir, plan, pregenerated, upstream, method=method, rank=s.rank,
                               layer_rank=s.layer_rank, budget=s.budget, ops=ops)
                 for s in settings]
     evaluated = {}
-    for name, model in [("teacher", teacher)] + [(st.final.parent.name, st.final) for st in students]:
+    entries = [("teacher", teacher, {})] + [(st.final.parent.name, st.final, stages.inputs(f"task distillation {st.name}"))
+                                            for st in students]
+    for name, model, trained in entries:
         results = out / "eval" / name
-        evaluated[str(model)] = stages.run(f"evaluate {name}", results, lambda p: (p / "eval_results.json").is_file(),
-                                           lambda m=model, r=results: evaluate(
-                                               m, task_spec.name, glue_dir, r, max_seq_length=plan.max_seq_length,
-                                               max_eval_samples=max_eval_samples))
+        evaluated[str(model)] = stages.run(
+            f"evaluate {name}", results, lambda p: (p / "eval_results.json").is_file(),
+            lambda m=model, r=results: evaluate(m, task_spec.name, glue_dir, r, max_seq_length=plan.max_seq_length,
+                                                max_eval_samples=max_eval_samples),
+            {"model": str(model), "max_eval_samples": max_eval_samples, "trained": trained})
     run = {
         "title": f"tensorslim sweep: {method} students of {teacher.name} on {task_spec.name}",
         "task": task_spec.name, "metric": "score",

@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data.glue import compute_metrics, get_task, label_permutation, write_predictions
-from ..distill import recipes
 from ..io import write_json
 from . import run_dir
 from .glue_data import collator, encode_split
@@ -58,7 +57,7 @@ def evaluate(model: str | Path, task: str, glue_dir: str | Path, out: str | Path
     task = get_task(task)
     model_dir = Path(model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    length = max_seq_length or trained_max_length(model_dir) or recipes.task_max_seq_length(task.name)
+    length = max_seq_length or trained_max_length(model_dir) or task.max_seq_length
     tokenizer = load_tokenizer(model_dir)
     classifier = load_classifier(model_dir, task)
     perm = label_permutation(task, classifier.config)

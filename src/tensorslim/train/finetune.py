@@ -37,7 +37,7 @@ def finetune(model: str | Path, task: str, glue_dir: str | Path, out: str | Path
         out, last = run_dir.prepare(out, resume, overwrite)
     set_seed(args.seed)  # a new classification head starts the same in every run (and on --resume)
     classifier = load_classifier(model, task, new_head_ok=True)
-    length = max_seq_length or recipes.task_max_seq_length(task.name)
+    length = max_seq_length or task.max_seq_length
     train = encode_split(glue_dir, task, train_split, tokenizer, length, max_train_samples)
     dev = encode_split(glue_dir, task, task.dev_splits[0], tokenizer, length)
     trainer = Trainer(model=classifier, args=args, train_dataset=train, eval_dataset=dev,

@@ -36,13 +36,13 @@ def distill_general(teacher: str | Path, student: str | Path, data: str | Path, 
     (equal shapes on every worker) instead of to its longest sequence. Returns the final metrics.
     """
     config = config or recipes.general_objective()
-    teacher_model = load_encoder(teacher, "teacher")
+    teacher_model = load_encoder(teacher)
     tokenizer = load_tokenizer(student, teacher)
     args = for_run(args, Path(out), recipes.GENERAL_TRAINING)
     with args.main_process_first(local=False, desc="preparing --out"):
         out, last = run_dir.prepare(out, resume, overwrite)
     set_seed(args.seed)  # any newly initialised student weights start the same in every run
-    student_model = load_encoder(student, "student")
+    student_model = load_encoder(student)
     train = load_inputs(data)
     if max_train_samples:
         train = train.select(range(min(max_train_samples, len(train))))

@@ -1,46 +1,27 @@
-"""Loading models and tokenizers for training: any BERT-family directory or a decomposed student."""
+"""Loading models and tokenizers for training: any BERT-family directory or a decomposed student.
+
+Loading goes through `tensorslim.modeling.convert.load_model`, which refuses non-BERT-family models,
+corrupt or truncated weights and weights that miss encoder tensors, with a message naming the fix.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
-                          AutoTokenizer)
+from transformers import AutoTokenizer
 
 from ..errors import TensorslimError
+from ..modeling.convert import infer_head, load_config, load_model
 
 log = logging.getLogger(__name__)
 
-
-def register_student_classes() -> None:
-    """Import tensorslim.modeling so that "decomposed_bert" loads with the Auto classes."""
-    try:
-        import tensorslim.modeling  # noqa: F401
-    except ImportError as exc:  # the student model package is optional for plain-BERT runs
-        log.debug("tensorslim.modeling not importable (%s); only transformers models load", exc)
+__all__ = ["load_classifier", "load_config", "load_encoder", "load_tokenizer"]
 
 
-def _check_dir(path: str | Path, what: str) -> Path:
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise TensorslimError(f"{what} {path} is not a model directory (no config.json)",
-                              "pass a directory written by save_pretrained or by a tensorslim command")
-    return path
-
-
-def load_config(path: str | Path, what: str = "model"):
-    register_student_classes()
-    return AutoConfig.from_pretrained(_check_dir(path, what))
-
-
-def load_encoder(path: str | Path, what: str = "model"):
+def load_encoder(path: str | Path):
     """The model with the head its config names (ForMaskedLM, ForSequenceClassification) or none."""
-    config = load_config(path, what)
-    arch = (getattr(config, "architectures", None) or [""])[0]
-    auto = (AutoModelForMaskedLM if arch.endswith("ForMaskedLM")
-            else AutoModelForSequenceClassification if arch.endswith("ForSequenceClassification") else AutoModel)
-    return auto.from_pretrained(path, config=config)
+    return load_model(path, "auto")
 
 
 def load_classifier(path: str | Path, task, what: str = "model", new_head_ok: bool = False):
@@ -51,21 +32,20 @@ def load_classifier(path: str | Path, task, what: str = "model", new_head_ok: bo
     """
     from ..data.glue import check_label_mapping
 
-    config = load_config(path, what)
-    arch = (getattr(config, "architectures", None) or [""])[0]
-    has_head = arch.endswith("ForSequenceClassification")
-    if has_head:
+    config = load_config(path)
+    if infer_head(config) == "sequence_classification":
         check_label_mapping(task, config)
-        return AutoModelForSequenceClassification.from_pretrained(path, config=config)
+        return load_model(path, "sequence_classification", config=config)
     if not new_head_ok:
-        raise TensorslimError(f"{what} {path} ({arch or 'no architecture'}) has no classification head",
+        arch = (getattr(config, "architectures", None) or ["no architecture"])[0]
+        raise TensorslimError(f"{what} {path} ({arch}) has no classification head",
                               f"fine-tune it on {task.name} first: tensorslim finetune --model {path} --task {task.name}")
     labels = list(task.labels) if task.labels else ["score"]
     config.num_labels = task.num_labels
     config.id2label = dict(enumerate(labels))
     config.label2id = {name: i for i, name in enumerate(labels)}
     config.problem_type = "regression" if task.is_regression else "single_label_classification"
-    return AutoModelForSequenceClassification.from_pretrained(path, config=config)
+    return load_model(path, "sequence_classification", config=config)
 
 
 def load_tokenizer(*paths: str | Path):

@@ -61,7 +61,7 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
     if stage not in STAGES:
         raise TensorslimError(f"unknown stage {stage!r}", "use --stage 1, 2 or both")
     teacher_model = load_classifier(teacher, task, "teacher")
-    load_config(student, "student")  # fail early on a bad student directory
+    load_config(student)  # fail early on a bad student directory
     tokenizer = load_tokenizer(student, teacher)
     args = dict(args or {})
     for s in STAGES[stage]:
@@ -72,7 +72,7 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
         if 1 in STAGES[stage]:
             (out / "stage1").mkdir(exist_ok=True)
     objectives = {**recipes.task_objectives(task.is_regression), **(objectives or {})}
-    length = max_seq_length or recipes.task_max_seq_length(task.name)
+    length = max_seq_length or task.max_seq_length
     split = "train_aug" if aug else "train"
     train = encode_split(glue_dir, task, split, tokenizer, length, max_train_samples)
     dev = encode_split(glue_dir, task, task.dev_splits[0], tokenizer, length)
