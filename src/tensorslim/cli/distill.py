@@ -7,19 +7,14 @@ from pathlib import Path
 
 
 def _common(p) -> None:
-    from ..train.args import add_training_flags_help
+    from ..train.args import add_run_flags
 
     p.add_argument("--teacher", required=True, type=Path, help="teacher model directory (frozen)")
     p.add_argument("--student", required=True, type=Path, help="student model directory (e.g. from decompose)")
     p.add_argument("--out", required=True, type=Path, help="output directory: final student + checkpoints/")
     p.add_argument("--distill-config", type=Path, default=None,
                    help="JSON/YAML file with DistillationConfig fields (losses, weights, layer_map, temperature)")
-    p.add_argument("--max-train-samples", type=int, default=None, help="train on the first N examples only")
-    p.add_argument("--pad-to-max-length", action="store_true",
-                   help="pad every batch to the maximum length (equal shapes on all workers) instead of its longest sequence")
-    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    add_training_flags_help(p)
+    add_run_flags(p)
 
 
 def register(subparsers) -> None:

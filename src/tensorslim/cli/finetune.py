@@ -8,7 +8,7 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     from ..distill.recipes import FINETUNE_TRAINING
-    from ..train.args import add_training_flags_help
+    from ..train.args import add_run_flags
 
     p = subparsers.add_parser(
         "finetune", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -24,12 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory: final model + checkpoints/")
     p.add_argument("--max-seq-length", type=int, default=None, help="token limit; unset: 64 for CoLA/SST-2, else 128")
     p.add_argument("--train-split", default="train", choices=["train", "train_aug"], help="training file")
-    p.add_argument("--max-train-samples", type=int, default=None, help="train on the first N examples only")
-    p.add_argument("--pad-to-max-length", action="store_true",
-                   help="pad every batch to the maximum length (equal shapes on all workers) instead of its longest sequence")
-    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    add_training_flags_help(p)
+    add_run_flags(p)
     p.set_defaults(func=run)
 
 

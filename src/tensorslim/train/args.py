@@ -93,6 +93,17 @@ def add_training_flags_help(parser) -> None:
     parser.set_defaults(accepts_extra=True)
 
 
+def add_run_flags(parser) -> None:
+    """The flags every training command shares, and --help-training (see add_training_flags_help)."""
+    parser.add_argument("--max-train-samples", type=int, default=None, help="train on the first N examples only")
+    parser.add_argument("--pad-to-max-length", action="store_true",
+                        help="pad every batch to the maximum length (equal shapes on all workers) instead of its "
+                             "longest sequence")
+    parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_training_flags_help(parser)
+
+
 def for_run(args: TrainingArguments | None, out: Path, defaults: dict) -> TrainingArguments:
     """`args` (or `defaults` when None) writing checkpoints and logs to <out>/checkpoints."""
     from .run_dir import CHECKPOINTS
