@@ -59,16 +59,13 @@ def _project_12(W: torch.Tensor, A1, A2) -> torch.Tensor:
     return Y if A2 is None else Y @ A2
 
 
-def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e-4, max_iter: int = 100,
-                init: str = "hosvd"):
+def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e-4, max_iter: int = 100):
     """Tucker of W (n, D1, D2) with `ranks`; returns (core, [A0, A1, A2], HooiInfo).
 
     Stops when the relative error improves by less than `tol` in a sweep, or after `max_iter`
-    sweeps. `init="hosvd"` starts from the leading Gram eigenvectors of each unfolding; with
+    sweeps. It starts from the leading Gram eigenvectors of each unfolding (HOSVD); with
     `max_iter=0` the result is the (truncated) HOSVD itself.
     """
-    if init != "hosvd":
-        raise ValueError(f"unknown init {init!r}")
     start = time.perf_counter()
     W = W.float()
     n, D1, D2 = W.shape

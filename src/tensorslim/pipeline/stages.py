@@ -27,6 +27,7 @@ class StageRunner:
         self.out, self.force = Path(out), force
         self.record_path = self.out / "stages.json"
         self.record: dict[str, dict] = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
+        self.touched: list[str] = []  # stages run or reused in this job, in order
 
     def run(self, name: str, output: Path, done: Callable[[Path], bool] | None, work: Callable[[], object],
             inputs: dict | None = None):
@@ -35,6 +36,7 @@ class StageRunner:
         if not self.force and previous and done is not None and previous.get("inputs") == inputs and done(output):
             log.info("stage %s: reusing %s (finished in %.0fs; --force redoes it)", name, output, previous["seconds"])
             previous["reused"] = True
+            self.touched.append(name)
             return previous.get("result")
         log.info("stage %s: starting", name)
         start = time.perf_counter()
@@ -43,13 +45,15 @@ class StageRunner:
         self.record[name] = {"seconds": seconds, "path": str(output), "result": _jsonable(result), "reused": False,
                              "inputs": inputs}
         write_json(self.record_path, self.record)
+        self.touched.append(name)
         log.info("stage %s: done in %.0fs", name, seconds)
         return self.record[name]["result"]
 
     def stages(self) -> list[dict]:
-        """[{name, seconds, path, reused}] in the order stages first finished."""
-        return [{"name": n, **{k: v for k, v in r.items() if k not in ("result", "inputs")}}
-                for n, r in self.record.items()]
+        """[{name, seconds, path, reused}] of the stages this job ran or reused, in that order
+        (stages.json may also hold stages of earlier jobs with other settings)."""
+        return [{"name": n, **{k: v for k, v in self.record[n].items() if k not in ("result", "inputs")}}
+                for n in dict.fromkeys(self.touched)]
 
     def inputs(self, name: str) -> dict:
         """The inputs a finished stage was run with (to chain into the stages that read its output)."""
