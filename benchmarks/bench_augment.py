@@ -4,14 +4,15 @@ Both run on the same SST-2 training sentences with the same masked LM, GloVe vec
 must produce identical sentences; the table reports augmented sentences per second. No masked-LM
 head is packaged with this project (the packaged MiniLM teacher has none), so the masked LMs here
 are random BertForMaskedLM models with the real bert-base-uncased vocabulary: a tiny one (hidden
-32, 2 layers, as in the tests) and a small one (hidden 256, 4 layers). Their predictions are
+32, 2 layers, as in the tests), a small one (hidden 256, 4 layers) and one of the packaged
+teacher's size (`minilm`: hidden 384, 6 layers, 12 heads; not run by default). Their predictions are
 nonsense, but the cost per forward pass is that of a real model of their size.
 
 `reference_augment` is a faithful port of TinyBERT's data_augmentation.py (BasicTokenizer words,
 "##"-counting word/piece alignment, one full masked-LM forward pass per single-piece word, one
 GloVe similarity row per multi-piece word); tests/test_augment.py checks the library against it.
 
-    python benchmarks/bench_augment.py [--sentences 300] [--models tiny,small] [--threads 1]
+    python benchmarks/bench_augment.py [--sentences 300] [--models tiny,small,minilm] [--threads 1]
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from common import SHARED_DATA, emit  # noqa: E402
 from tensorslim.data.augment import STOP_WORDS, Augmentor, MaskedLMCandidates  # noqa: E402
 from tensorslim.data.glove import GloveVectors, NeighbourIndex, load_glove  # noqa: E402
 
-MODELS = {"tiny": dict(hidden=32, layers=2, heads=4), "small": dict(hidden=256, layers=4, heads=4)}
+MODELS = {"tiny": dict(hidden=32, layers=2, heads=4), "small": dict(hidden=256, layers=4, heads=4),
+          "minilm": dict(hidden=384, layers=6, heads=12)}  # the packaged teacher's size
 
 
 class ReferenceAugmentor:

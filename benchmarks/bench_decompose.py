@@ -33,11 +33,22 @@ def tensors(quick: bool):
         yield "BERT-base shape (144x768x768)", W, (72, 384, 384)
 
 
+def relative_error(W, core, factors) -> float:
+    """||W - core x0 A0 x1 A1 x2 A2|| / ||W||, both norms accumulated in float64.
+
+    Both implementations are scored by this, not by what they report: tensorly computes its errors
+    from float32 norms, and torch's float32 norm of an 85M-element tensor is 0.75% low, which makes
+    tensorly's self-reported error about 1e-3 too optimistic on the BERT-base shape."""
+    recon = tl.tucker_to_tensor((core, factors))
+    norm = lambda x: torch.linalg.vector_norm(x, dtype=torch.float64).item()  # noqa: E731
+    return norm(W - recon) / norm(W)
+
+
 def run_tensorly(W, ranks, n_iter_max):
     t0 = time.perf_counter()
     (core, factors), errors = partial_tucker(W, rank=list(ranks), modes=[0, 1, 2], n_iter_max=n_iter_max, tol=TOL,
                                              init="svd")
-    return time.perf_counter() - t0, len(errors), float(errors[-1])
+    return time.perf_counter() - t0, len(errors), relative_error(W, core, factors)
 
 
 def main(quick: bool) -> None:
@@ -51,12 +62,12 @@ def main(quick: bool) -> None:
         tl_sweep = (total - one) / (sweeps - 1) if sweeps > 1 else one
         rows.append({"tensor": name, "ranks": "x".join(map(str, ranks)), "impl": "tensorslim",
                      "sweeps": info.sweeps, "s_per_sweep": ours_sweep, "s_to_converge": info.seconds,
-                     "rel_error": info.errors[-1]})
+                     "rel_error": relative_error(W, core, factors)})
         rows.append({"tensor": name, "ranks": "x".join(map(str, ranks)), "impl": "tensorly partial_tucker",
                      "sweeps": sweeps, "s_per_sweep": tl_sweep, "s_to_converge": total, "rel_error": tl_error})
         rows.append({"tensor": name, "ranks": "", "impl": "speed-up (tensorly / tensorslim)", "sweeps": "",
                      "s_per_sweep": tl_sweep / ours_sweep, "s_to_converge": total / info.seconds,
-                     "rel_error": tl_error - info.errors[-1]})
+                     "rel_error": tl_error - rows[-2]["rel_error"]})
     emit("decompose", rows, notes=f"tol {TOL}; speed-up rows: rel_error column = tensorly error minus ours "
                                   "(>= 0 means ours is as good or better)")
 

@@ -98,7 +98,7 @@ def test_lowrank_is_the_truncated_svd():
     torch.testing.assert_close(torch.linalg.matrix_norm((W - R).double()), optimal, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("ranks", [(10, 6, 6), (24, 8, 8), (5, 16, 4)])
+@pytest.mark.parametrize("ranks", [(10, 6, 6), (24, 8, 8), (5, 16, 4), (10, 6, 16)])
 def test_hooi_matches_tensorly(ranks):
     tl = pytest.importorskip("tensorly")
     from tensorly.decomposition import partial_tucker

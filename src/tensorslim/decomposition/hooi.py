@@ -3,8 +3,13 @@
 For W of shape (n, D1, D2) and ranks (r0, r1, r2) it returns orthonormal factors A0 (n, r0),
 A1 (D1, r1), A2 (D2, r2) and the core G = W x0 A0^T x1 A1^T x2 A2^T of shape (r0, r1, r2), so that
 W ~= G x0 A0 x1 A1 x2 A2. A mode whose rank equals its size keeps the identity (no work is spent
-on it). Subspaces come from eigenvectors of Gram matrices (float64 eigh of float32 products),
-with signs fixed so the result is deterministic.
+on it). Each factor is the leading eigenvectors of a Gram matrix (float64 eigh of a float32
+product), signs fixed so the result is deterministic.
+
+A sweep updates modes 0, 1, 2 in turn (tensorly's order, so both follow the same path) and works
+on two layouts of W, (n, D1, D2) and (D1, n, D2), so that every product is one large matmul with
+no copies. Both mode 0 and mode 1 use V = W x2 A2^T, which is computed once per sweep; the fit
+||G|| comes from the eigenvalues of the last Gram matrix, so the core is formed once, at the end.
 """
 
 from __future__ import annotations
@@ -31,32 +36,26 @@ class HooiInfo:
         return len(self.errors) - 1
 
 
-def leading_eigvecs(gram: torch.Tensor, rank: int) -> torch.Tensor:
-    """Top-`rank` eigenvectors (columns) of a symmetric PSD matrix, signs fixed, float32."""
+def leading_eigvecs(gram: torch.Tensor, rank: int) -> tuple[torch.Tensor, float]:
+    """Top-`rank` eigenvectors (columns, float32, signs fixed) of a symmetric PSD matrix, and the
+    sum of their eigenvalues (the squared norm the projection keeps)."""
     vals, vecs = torch.linalg.eigh(gram.double())
-    vecs = vecs[:, torch.argsort(vals, descending=True)[:rank]]
+    top = torch.argsort(vals, descending=True)[:rank]
+    vecs = vecs[:, top]
     pivot = vecs.abs().argmax(dim=0)
     signs = torch.sign(vecs[pivot, torch.arange(rank)])
     signs[signs == 0] = 1
-    return (vecs * signs).float().contiguous()
+    return (vecs * signs).float().contiguous(), vals[top].sum().item()
 
 
-def _gram_mode1(Z: torch.Tensor, A2) -> torch.Tensor:
-    Y = Z if A2 is None else Z @ A2  # (r0, D1, r2)
-    Y = Y.transpose(0, 1).reshape(Y.shape[1], -1)
-    return Y @ Y.T
+def _left(A, X: torch.Tensor) -> torch.Tensor:
+    """A^T applied to the first axis of X (k, ...) -> (r, ...), as one matmul."""
+    return X if A is None else (A.T @ X.reshape(X.shape[0], -1)).reshape(A.shape[1], *X.shape[1:])
 
 
-def _gram_mode2(Z: torch.Tensor, A1) -> torch.Tensor:
-    Y = Z if A1 is None else A1.T @ Z  # (r0, r1, D2)
-    Y = Y.reshape(-1, Y.shape[-1])
-    return Y.T @ Y
-
-
-def _project_12(W: torch.Tensor, A1, A2) -> torch.Tensor:
-    """W x1 A1^T x2 A2^T, shape (n, r1, r2)."""
-    Y = W if A1 is None else A1.T @ W
-    return Y if A2 is None else Y @ A2
+def _right(X: torch.Tensor, A) -> torch.Tensor:
+    """A applied to the last axis of X (..., k) -> (..., r), as one matmul."""
+    return X if A is None else (X.reshape(-1, X.shape[-1]) @ A).reshape(*X.shape[:-1], A.shape[1])
 
 
 def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e-4, max_iter: int = 100):
@@ -67,51 +66,60 @@ def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e
     `max_iter=0` the result is the (truncated) HOSVD itself.
     """
     start = time.perf_counter()
-    W = W.float()
+    W = W.float().contiguous()
     n, D1, D2 = W.shape
     r0, r1, r2 = ranks
-    full = (r0 >= n, r1 >= D1, r2 >= D2)
-    norm = torch.linalg.vector_norm(W.double()).item()
+    trunc = (r0 < n, r1 < D1, r2 < D2)
+    norm2 = torch.linalg.vector_norm(W, dtype=torch.float64).item() ** 2
 
-    def rel_error(core):
-        fit = torch.linalg.vector_norm(core.double()).item()
-        return max(norm**2 - fit**2, 0.0) ** 0.5 / norm if norm else 0.0
+    def rel_error(fit2: float) -> float:
+        return max(norm2 - fit2, 0.0) ** 0.5 / norm2**0.5 if norm2 else 0.0
 
+    Wt = W.transpose(0, 1).contiguous() if trunc[0] or trunc[1] else None  # (D1, n, D2)
     # HOSVD start: Gram matrices of the three unfoldings.
-    flat1 = W.transpose(0, 1).reshape(D1, -1)
-    A1 = None if full[1] else leading_eigvecs(flat1 @ flat1.T, r1)
-    del flat1
-    flat2 = W.reshape(-1, D2)
-    A2 = None if full[2] else leading_eigvecs(flat2.T @ flat2, r2)
-    if full[0]:
-        A0 = None
-    else:
-        flat0 = W.reshape(n, -1)
-        A0 = leading_eigvecs(flat0 @ flat0.T, r0)
-    Y = _project_12(W, A1, A2)
-    core = Y if A0 is None else torch.einsum("nl,nab->lab", A0, Y)
-    errors, sweep_seconds = [rel_error(core)], []
+    A0 = A1 = A2 = None
+    if trunc[0]:
+        flat = W.reshape(n, -1)
+        A0, _ = leading_eigvecs(flat @ flat.T, r0)
+    if trunc[1]:
+        flat = Wt.reshape(D1, -1)
+        A1, _ = leading_eigvecs(flat @ flat.T, r1)
+    if trunc[2]:
+        flat = W.reshape(-1, D2)
+        A2, _ = leading_eigvecs(flat.T @ flat, r2)
+
+    def mode2_input():
+        """W x0 A0^T x1 A1^T as (r0, r1, D2)."""
+        Z = _left(A0, W)  # (r0, D1, D2)
+        return Z if A1 is None else A1.T @ Z
+
+    Q = mode2_input()
+    errors, sweep_seconds = [rel_error(torch.linalg.vector_norm(_right(Q, A2), dtype=torch.float64).item() ** 2)], []
     log.debug("HOSVD start: relative error %.6f", errors[0])
 
-    needs_sweeps = sum(not f for f in full) >= 2  # with one truncated mode HOSVD is already optimal
+    needs_sweeps = sum(trunc) >= 2  # with one truncated mode HOSVD is already optimal
     for sweep in range(max_iter if needs_sweeps else 0):
         t0 = time.perf_counter()
-        Z = W if A0 is None else torch.einsum("nl,nab->lab", A0, W)  # (r0, D1, D2)
-        if not full[1]:
-            A1 = leading_eigvecs(_gram_mode1(Z, A2), r1)
-        if not full[2]:
-            A2 = leading_eigvecs(_gram_mode2(Z, A1), r2)
-        Y = _project_12(W, A1, A2)
-        if not full[0]:
-            flat = Y.reshape(n, -1)
-            A0 = leading_eigvecs(flat @ flat.T, r0)
-        core = Y if A0 is None else torch.einsum("nl,nab->lab", A0, Y)
-        errors.append(rel_error(core))
+        V = _right(Wt, A2) if Wt is not None else None  # W x2 A2^T as (D1, n, r2)
+        if trunc[0]:
+            X = _left(A1, V)  # (r1, n, r2)
+            A0, fit2 = leading_eigvecs(torch.bmm(X, X.transpose(1, 2)).sum(0), r0)
+        if trunc[1]:
+            Y = (V if A0 is None else A0.T @ V).reshape(D1, -1)  # (D1, r0 * r2)
+            A1, fit2 = leading_eigvecs(Y @ Y.T, r1)
+        if trunc[2]:
+            Q = mode2_input()
+            flat = Q.reshape(-1, D2)  # (r0 * r1, D2)
+            A2, fit2 = leading_eigvecs(flat.T @ flat, r2)
+        errors.append(rel_error(fit2))
         sweep_seconds.append(time.perf_counter() - t0)
         log.debug("HOOI sweep %d: relative error %.6f (%.2fs)", sweep + 1, errors[-1], sweep_seconds[-1])
         if errors[-2] - errors[-1] < tol:
             break
 
+    if not trunc[2]:
+        Q = mode2_input()  # otherwise Q was formed in the last sweep, with the final A0 and A1
+    core = _right(Q, A2)
     eye = lambda k: torch.eye(k, dtype=W.dtype)  # noqa: E731
     factors = [eye(n) if A0 is None else A0, eye(D1) if A1 is None else A1, eye(D2) if A2 is None else A2]
     return core.contiguous(), factors, HooiInfo(errors, time.perf_counter() - start, sweep_seconds)
