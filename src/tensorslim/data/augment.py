@@ -359,7 +359,8 @@ def augment_task(task: str, glue_dir: str | os.PathLike, *, mlm: str | os.PathLi
     sentence (text_a), other columns unchanged; the header (if any) is train.tsv's. Work is saved
     every `chunk_size` examples in train_aug.tsv.partial/ (chunk files + state.json); SIGINT or
     SIGTERM stops at the next chunk boundary with KeyboardInterrupt, and `resume=True` continues to
-    exactly the output an uninterrupted run gives. train_aug.tsv appears only when complete.
+    exactly the output an uninterrupted run gives (also when the kill came after train_aug.tsv was
+    written but before the partial directory was removed). train_aug.tsv appears only when complete.
     `mlm`: a masked-LM directory, or None for GloVe-only mode. `glove`: a GloVe text file, "kumo",
     or None (kumo if installed). `n`: new sentences per example, None for the task's default.
     """
@@ -371,7 +372,7 @@ def augment_task(task: str, glue_dir: str | os.PathLike, *, mlm: str | os.PathLi
     out = train.with_name(OUTPUT_NAME)
     partial = out.with_name(OUTPUT_NAME + ".partial")
     state_path = partial / "state.json"
-    if out.exists() and not overwrite:
+    if out.exists() and not overwrite and not (resume and state_path.is_file()):
         raise TensorslimError(f"{out} already exists", "pass --overwrite to replace it")
     if partial.exists() and not (resume or overwrite):
         raise TensorslimError(f"an unfinished augmentation exists in {partial}",
@@ -405,6 +406,8 @@ def augment_task(task: str, glue_dir: str | os.PathLike, *, mlm: str | os.PathLi
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         write_json(state_path, state)
+    for stale in out.parent.glob(f".{OUTPUT_NAME}.*.tmp"):  # a killed run's half-written output
+        stale.unlink(missing_ok=True)
 
     augmentor = build_augmentor(mlm=mlm, glove=glove, n=n, p=p, m=m, seed=seed, batch_size=batch_size,
                                 device=device, glove_words=glove_words)

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import random
 import re
@@ -304,15 +305,34 @@ _WORKER: dict = {}
 
 
 def _init_worker(vocab: _Vocab, in_pool: bool) -> None:
-    """Load the tokenizer once per process; pool workers leave Ctrl-C to the main process."""
+    """Load the tokenizer once per process; pool workers leave Ctrl-C to the main process and end
+    with it (`_exit_with_parent`)."""
     from tokenizers import Tokenizer
 
     if in_pool:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _exit_with_parent()
     tokenizer = Tokenizer.from_str(vocab.tokenizer_json)
     tokenizer.no_truncation()
     tokenizer.no_padding()
     _WORKER.update(vocab=vocab, tokenizer=tokenizer)
+
+
+def _exit_with_parent() -> None:
+    """End this pool worker as soon as the main process is gone (e.g. killed with SIGKILL).
+
+    Otherwise it would wait for work forever, and keep the forkserver it came from alive too: each
+    holds the other's pipes open, so neither sees the main process go.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def shard_files(out: Path, shard: int, epoch: int, formats: Iterable[str]) -> list[Path]:
@@ -445,6 +465,7 @@ def _prepare(out: Path, settings: dict, resume: bool, overwrite: bool) -> dict[i
         if json.loads(state.read_text()) != settings:
             raise TensorslimError(f"{out} holds an interrupted run with different settings, corpus or tokenizer",
                                   "rerun with exactly the same arguments, or drop --resume to start over")
+        _remove_temporaries(out)
         return _read_progress(out / PROGRESS)
     if resume and manifest.exists():
         previous = json.loads(manifest.read_text())
@@ -463,6 +484,14 @@ def _prepare(out: Path, settings: dict, resume: bool, overwrite: bool) -> dict[i
     (out / MARKER).touch()
     write_json(state, settings)
     return {}
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Delete the half-written files of a killed run: `atomic_file` writes `.<name>.<random>.tmp`
+    beside each file and renames it when complete."""
+    for path in [*out.glob(".*.tmp"), *out.glob("epoch_*/.*.tmp")]:
+        log.info("removing %s, left half-written by the interrupted run", path)
+        path.unlink(missing_ok=True)
 
 
 def _read_progress(path: Path) -> dict[int, dict]:

@@ -14,7 +14,7 @@ from transformers import TrainingArguments, set_seed
 
 from ..distill import recipes
 from ..distill.config import DistillationConfig
-from ..distill.trainer import DistillationTrainer
+from ..distill.trainer import DistillationTrainer, GracefulStop
 from . import run_dir
 from .args import for_run
 from .models import load_encoder, load_tokenizer
@@ -35,23 +35,25 @@ def distill_general(teacher: str | Path, student: str | Path, data: str | Path, 
     best-checkpoint selection. `pad_to_max_length` pads every batch to the data's max_seq_len
     (equal shapes on every worker) instead of to its longest sequence. Returns the final metrics.
     """
-    config = config or recipes.general_objective()
-    teacher_model = load_encoder(teacher)
-    tokenizer = load_tokenizer(student, teacher)
-    args = for_run(args, Path(out), recipes.GENERAL_TRAINING)
-    with args.main_process_first(local=False, desc="preparing --out"):
-        out, last = run_dir.prepare(out, resume, overwrite)
-    set_seed(args.seed)  # any newly initialised student weights start the same in every run
-    student_model = load_encoder(student)
-    train = load_inputs(data)
-    if max_train_samples:
-        train = train.select(range(min(max_train_samples, len(train))))
-    evaluation = load_inputs(eval_data) if eval_data else None
-    trainer = DistillationTrainer(
-        model=student_model, args=args, train_dataset=train, eval_dataset=evaluation,
-        data_collator=PretrainingCollator(tokenizer.pad_token_id or 0, max_seq_len(data) if pad_to_max_length else None),
-        teacher=teacher_model, distill_config=config,
-    )
-    info = {"command": "distill general", "teacher": str(teacher), "student": str(student), "data": str(data),
-            "train_examples": len(train), "distillation": config.to_dict()}
-    return train_and_save(trainer, out, last, tokenizer, info)
+    with GracefulStop() as stop:  # a signal from here on stops at the next safe point
+        config = config or recipes.general_objective()
+        teacher_model = load_encoder(teacher)
+        tokenizer = load_tokenizer(student, teacher)
+        args = for_run(args, Path(out), recipes.GENERAL_TRAINING)
+        with args.main_process_first(local=False, desc="preparing --out"):
+            out, last = run_dir.prepare(out, resume, overwrite)
+        set_seed(args.seed)  # any newly initialised student weights start the same in every run
+        student_model = load_encoder(student)
+        train = load_inputs(data)
+        if max_train_samples:
+            train = train.select(range(min(max_train_samples, len(train))))
+        evaluation = load_inputs(eval_data) if eval_data else None
+        trainer = DistillationTrainer(
+            model=student_model, args=args, train_dataset=train, eval_dataset=evaluation,
+            data_collator=PretrainingCollator(tokenizer.pad_token_id or 0,
+                                              max_seq_len(data) if pad_to_max_length else None),
+            teacher=teacher_model, distill_config=config,
+        )
+        info = {"command": "distill general", "teacher": str(teacher), "student": str(student), "data": str(data),
+                "train_examples": len(train), "distillation": config.to_dict()}
+        return train_and_save(trainer, out, last, tokenizer, info, stop)

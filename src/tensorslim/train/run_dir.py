@@ -9,16 +9,26 @@ Layout::
     <out>/stage1/               task distillation: the finished stage-1 model (same layout)
 
 The final model appears in one rename: it is saved into a temporary sibling directory
-(``.<out>.final.tmp``), the existing checkpoints are moved in, and the sibling replaces `out`. A checkpoint counts as complete
-when its trainer_state.json exists (Trainer writes it last).
+(``.<out>.final.tmp``), the existing checkpoints are moved in, and the sibling replaces `out`.
+A process killed halfway through that leaves the pieces beside `out`; `--resume` finishes the
+move (`recover`) instead of losing the checkpoints.
+
+--resume continues from the newest checkpoint that is complete and verifies (`checkpoint_problem`:
+trainer_state.json parses, the weights' safetensors headers match their file sizes, optimizer and
+scheduler files are whole); a newer torn or corrupt one (e.g. a process killed while writing it)
+is skipped with a warning naming it, and training writes it again when it gets there. When no
+checkpoint verifies, --resume warns and starts from the beginning, as it does when there is no
+checkpoint at all: with the same seed that reaches the same result, just later.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 from ..errors import TensorslimError
@@ -35,13 +45,83 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+# transformers' Trainer._save_checkpoint (5.x) writes straight into checkpoint-<step>/, with no
+# temporary directory or rename: the model (model.safetensors, config, tokenizer, training_args.bin),
+# then optimizer.pt and scheduler.pt, rng_state.pth, and trainer_state.json last; then it deletes
+# old checkpoints beyond save_total_limit. A kill can therefore leave any prefix of that list, and
+# a checkpoint being rewritten (after resuming from an earlier one) can mix two runs' files; hence
+# every file is checked, not just the presence of trainer_state.json.
+_TORCH_FILES = ("optimizer.pt", "scheduler.pt")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint directory `path` cannot be resumed from, or None when it is complete."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json (written last: the checkpoint is incomplete)"
+    except (OSError, ValueError) as exc:
+        return f"trainer_state.json is unreadable ({exc})"
+    match = _CHECKPOINT.match(path.name)
+    if not isinstance(state, dict) or (match and state.get("global_step") != int(match.group(1))):
+        return f"trainer_state.json does not describe step {match.group(1) if match else '?'}"
+    weights = [path / "model.safetensors"]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weights = [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            return f"{index.name} is unreadable ({exc})"
+    for file in weights:
+        problem = _safetensors_problem(file)
+        if problem:
+            return problem
+    for name in _TORCH_FILES:
+        try:
+            with zipfile.ZipFile(path / name):  # torch.save's zip archive ends with its directory
+                pass
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, zipfile.BadZipFile) as exc:
+            return f"{name} is truncated or corrupt ({exc})"
+    return None
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Whether `file` is a whole safetensors file: an 8-byte header size, a JSON header, then
+    exactly the bytes its tensors' offsets describe."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or length > size - 8:
+                return f"{file.name} is truncated ({size} bytes, header of {length})"
+            header = json.loads(handle.read(length))
+        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    except FileNotFoundError:
+        return f"{file.name} is missing"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"{file.name} has an unreadable header ({exc})"
+    if 8 + length + end != size:
+        return f"{file.name} holds {size} bytes but its tensors need {8 + length + end}"
+    return None
+
+
 def last_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The highest-step checkpoint-<N> under `checkpoints` whose trainer_state.json exists."""
+    """The highest-step checkpoint-<N> under `checkpoints` that verifies (`checkpoint_problem`).
+
+    Newer ones that do not are skipped with a warning naming them.
+    """
     if not checkpoints.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _CHECKPOINT.match(p.name))
-             and (p / "trainer_state.json").is_file()]
-    return max(found)[1] if found else None
+    found = sorted(((int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _CHECKPOINT.match(p.name))
+                    and p.is_dir()), reverse=True)
+    for _, path in found:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log.warning("skipping checkpoint %s: %s", path, problem)
+    return None
 
 
 def is_finished(path: Path) -> bool:
@@ -57,10 +137,12 @@ def prepare(out: str | Path, resume: bool, overwrite: bool) -> tuple[Path, Path 
     """
     out = Path(out)
     checkpoints = out / CHECKPOINTS
-    last = last_complete_checkpoint(checkpoints)
     if not is_main_process():  # distributed workers: the main process checks and prepares `out`
-        return out, last if resume else None
+        return out, last_complete_checkpoint(checkpoints) if resume else None
     out = check_output_dir(out, overwrite or resume)
+    if resume:
+        recover(out)
+    last = last_complete_checkpoint(checkpoints)
     if resume:
         if last is None:
             log.warning("--resume: no complete checkpoint in %s; starting from the beginning", checkpoints)
@@ -101,23 +183,21 @@ def clear_staging(out: Path) -> Path:
     return staged
 
 
+def _old_dir(out: Path) -> Path:
+    return out.with_name(f".{out.name}.old")
+
+
 def publish(out: Path, info: dict) -> Path:
     """Replace `out` by its staged final model in one rename, keeping the checkpoints of `out`."""
     staged = staging_dir(out)
     moved: list[str] = []
     try:
-        write_json(staged / INFO_FILE, info)
+        write_json(staged / INFO_FILE, info)  # after the model files: a staged INFO_FILE means a whole model
         (staged / MARKER).touch()
-        for entry in out.iterdir():
-            if entry.name != MARKER and not (staged / entry.name).exists():
-                os.replace(entry, staged / entry.name)
-                moved.append(entry.name)
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(staged, out)
-        shutil.rmtree(old, ignore_errors=True)
+        _swap(out, staged, moved)
     except BaseException:
+        if not out.exists() and _old_dir(out).exists():  # stopped between the two renames
+            os.replace(_old_dir(out), out)
         for name in moved:  # put the checkpoints back before dropping the staged model
             if (staged / name).exists():
                 os.replace(staged / name, out / name)
@@ -125,3 +205,29 @@ def publish(out: Path, info: dict) -> Path:
         raise
     log.info("saved the final model to %s", out)
     return out
+
+
+def _swap(out: Path, staged: Path, moved: list[str]) -> None:
+    """Move the entries of `out` into `staged` (appending their names to `moved`), then rename
+    `staged` to `out`."""
+    for entry in out.iterdir():
+        if entry.name != MARKER and not (staged / entry.name).exists():
+            os.replace(entry, staged / entry.name)
+            moved.append(entry.name)
+    old = _old_dir(out)
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(staged, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(out: Path) -> None:
+    """Finish a `publish` that a killed process left halfway: the staged model is complete (its
+    INFO_FILE is written after the model) but `out` still holds, or has already given up, the
+    checkpoints. Without this, --resume would find no checkpoint and start over."""
+    staged, old = staging_dir(out), _old_dir(out)
+    if (staged / INFO_FILE).is_file() and (staged / MARKER).exists():
+        log.warning("completing the final save of %s that an interrupted run left in %s", out, staged)
+        out.mkdir(exist_ok=True)
+        _swap(out, staged, [])
+    shutil.rmtree(old, ignore_errors=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
 
 from ..distill.trainer import GracefulStop
+from ..errors import TensorslimError
 from . import run_dir
 
 log = logging.getLogger(__name__)
@@ -26,22 +28,37 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint; rerun with --resume."""
 
 
-def train_and_save(trainer, out: Path, resume_from: Path | None, tokenizer, info: dict) -> dict:
+def train_and_save(trainer, out: Path, resume_from: Path | None, tokenizer, info: dict,
+                   stop: GracefulStop | None = None) -> dict:
     """Train (resuming from `resume_from` if given), evaluate if there is an eval set, save to `out`.
 
     Returns the metrics also written to <out>/tensorslim_training.json. Raises TrainingInterrupted
-    when a signal stopped training (a checkpoint was saved first, nothing final was written).
+    when a signal stopped training (a checkpoint was saved first, nothing final was written) or came
+    before it began. `stop`: a GracefulStop the caller keeps active for the whole command; a signal
+    during the final evaluation and save lets them finish, and a later call (task distillation's
+    stage 2) raises before training. Without it, signals are caught only during `Trainer.train`.
     """
-    stop = GracefulStop()
+    stop = stop or GracefulStop()
+    if stop.signal is not None:
+        raise TrainingInterrupted(f"stopped before training into {out} began; rerun the same command with "
+                                  "--resume to continue")
     trainer.add_callback(stop)
     if trainer.args.disable_tqdm:
         trainer.add_callback(LogProgress())
     resume = resume_from or trainer.args.resume_from_checkpoint
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if resume and not resume_from:
+        problem = run_dir.checkpoint_problem(Path(resume))
+        if problem:
+            raise TensorslimError(f"--resume_from_checkpoint {resume} cannot be resumed from: {problem}",
+                                  "pass a complete checkpoint, or --resume to use the last complete one in --out")
+    if resume and _is_last_step(trainer, Path(resume)):  # the final save was cut short: redo only that
+        _load_last_step(trainer, Path(resume))
+        metrics = {}
+    else:
+        metrics = dict(trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics)
     if stop.signal is not None:
         raise TrainingInterrupted(f"stopped at step {trainer.state.global_step} after saving a checkpoint in "
                                   f"{trainer.args.output_dir}; rerun the same command with --resume to continue")
-    metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
     info = {**info, "global_step": trainer.state.global_step, "metrics": metrics,
@@ -55,4 +72,27 @@ def train_and_save(trainer, out: Path, resume_from: Path | None, tokenizer, info
         tokenizer.save_pretrained(staged)
         run_dir.publish(out, info)
     trainer.accelerator.wait_for_everyone()
+    if stop.signal is not None:
+        log.warning("the signal came after training ended: the final model in %s is complete", out)
     return metrics
+
+
+def _is_last_step(trainer, checkpoint: Path) -> bool:
+    """True when `checkpoint` holds the last optimizer step of this run (of --max_steps when given).
+
+    `Trainer.train` must not resume from it: transformers 5 checks max_steps only after a step, so
+    it would take one step more than an uninterrupted run.
+    """
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    last = trainer.args.max_steps if trainer.args.max_steps > 0 else state.get("max_steps", 0)
+    return 0 < last <= state.get("global_step", 0)
+
+
+def _load_last_step(trainer, checkpoint: Path) -> None:
+    """Load the state and weights (the best checkpoint's with --load_best_model_at_end) of a run
+    whose training had finished."""
+    log.info("%s is the last training step; loading it instead of training", checkpoint)
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint
+    trainer._load_from_checkpoint(best if trainer.args.load_best_model_at_end and best and Path(best).is_dir()
+                                  else str(checkpoint))

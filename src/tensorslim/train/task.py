@@ -17,7 +17,7 @@ from transformers import TrainingArguments, set_seed
 from ..data.glue import get_task
 from ..distill import recipes
 from ..distill.config import DistillationConfig
-from ..distill.trainer import DistillationTrainer
+from ..distill.trainer import DistillationTrainer, GracefulStop
 from ..errors import TensorslimError
 from . import run_dir
 from .args import parse_training_args
@@ -60,45 +60,49 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
     task = get_task(task)
     if stage not in STAGES:
         raise TensorslimError(f"unknown stage {stage!r}", "use --stage 1, 2 or both")
-    teacher_model = load_classifier(teacher, task, "teacher")
-    load_config(student)  # fail early on a bad student directory
-    tokenizer = load_tokenizer(student, teacher)
-    args = dict(args or {})
-    for s in STAGES[stage]:
-        if s not in args:
-            args[s] = stage_training_args([], out, task.name, s)
-    with args[STAGES[stage][0]].main_process_first(local=False, desc="preparing --out"):
-        out, _ = run_dir.prepare(out, resume, overwrite)
-        if 1 in STAGES[stage]:
-            (out / "stage1").mkdir(exist_ok=True)
-    objectives = {**recipes.task_objectives(task.is_regression), **(objectives or {})}
-    length = max_seq_length or task.max_seq_length
-    split = "train_aug" if aug else "train"
-    train = encode_split(glue_dir, task, split, tokenizer, length, max_train_samples)
-    dev = encode_split(glue_dir, task, task.dev_splits[0], tokenizer, length)
-    info = {"command": "distill task", "task": task.name, "max_seq_length": length, "train_split": split,
-            "train_examples": len(train), "teacher": str(teacher), "student": str(student)}
+    with GracefulStop() as stop:  # a signal from here on (both stages) stops at the next safe point
+        teacher_model = load_classifier(teacher, task, "teacher")
+        load_config(student)  # fail early on a bad student directory
+        tokenizer = load_tokenizer(student, teacher)
+        args = dict(args or {})
+        for s in STAGES[stage]:
+            if s not in args:
+                args[s] = stage_training_args([], out, task.name, s)
+        with args[STAGES[stage][0]].main_process_first(local=False, desc="preparing --out"):
+            out, _ = run_dir.prepare(out, resume, overwrite)
+            if 1 in STAGES[stage]:
+                if resume and run_dir.is_main_process():
+                    run_dir.recover(out / "stage1")
+                (out / "stage1").mkdir(exist_ok=True)
+        objectives = {**recipes.task_objectives(task.is_regression), **(objectives or {})}
+        length = max_seq_length or task.max_seq_length
+        split = "train_aug" if aug else "train"
+        train = encode_split(glue_dir, task, split, tokenizer, length, max_train_samples)
+        dev = encode_split(glue_dir, task, task.dev_splits[0], tokenizer, length)
+        info = {"command": "distill task", "task": task.name, "max_seq_length": length, "train_split": split,
+                "train_examples": len(train), "teacher": str(teacher), "student": str(student)}
 
-    metrics: dict = {}
-    stage1_dir = out / "stage1"
-    for s in STAGES[stage]:
-        stage_out = stage1_dir if s == 1 else out
-        if s == 1 and resume and run_dir.is_finished(stage1_dir):
-            log.info("stage 1 already finished in %s; skipping it", stage1_dir)
-            continue
-        source = stage1_dir if s == 2 and 1 in STAGES[stage] else student
-        last = run_dir.last_complete_checkpoint(stage_out / run_dir.CHECKPOINTS) if resume else None
-        args[s].output_dir = str(stage_out / run_dir.CHECKPOINTS)
-        log.info("task distillation stage %d: %s on %s, %s epochs, objective %s", s, source, split,
-                 args[s].num_train_epochs if args[s].max_steps <= 0 else f"{args[s].max_steps} steps",
-                 objectives[s].losses)
-        set_seed(args[s].seed)  # a new classification head starts the same in every run (and on --resume)
-        trainer = DistillationTrainer(
-            model=load_classifier(source, task, "student", new_head_ok=True), args=args[s],
-            train_dataset=train, eval_dataset=dev, data_collator=collator(tokenizer, length if pad_to_max_length else None),
-            compute_metrics=metrics_fn(task) if "logits" in objectives[s].needs else None,
-            teacher=teacher_model, distill_config=objectives[s],
-        )
-        stage_info = {**info, "stage": s, "distillation": objectives[s].to_dict()}
-        metrics = train_and_save(trainer, stage_out, last, tokenizer, stage_info)
-    return metrics
+        metrics: dict = {}
+        stage1_dir = out / "stage1"
+        for s in STAGES[stage]:
+            stage_out = stage1_dir if s == 1 else out
+            if s == 1 and resume and run_dir.is_finished(stage1_dir):
+                log.info("stage 1 already finished in %s; skipping it", stage1_dir)
+                continue
+            source = stage1_dir if s == 2 and 1 in STAGES[stage] else student
+            last = run_dir.last_complete_checkpoint(stage_out / run_dir.CHECKPOINTS) if resume else None
+            args[s].output_dir = str(stage_out / run_dir.CHECKPOINTS)
+            log.info("task distillation stage %d: %s on %s, %s epochs, objective %s", s, source, split,
+                     args[s].num_train_epochs if args[s].max_steps <= 0 else f"{args[s].max_steps} steps",
+                     objectives[s].losses)
+            set_seed(args[s].seed)  # a new classification head starts the same in every run (and on --resume)
+            trainer = DistillationTrainer(
+                model=load_classifier(source, task, "student", new_head_ok=True), args=args[s],
+                train_dataset=train, eval_dataset=dev,
+                data_collator=collator(tokenizer, length if pad_to_max_length else None),
+                compute_metrics=metrics_fn(task) if "logits" in objectives[s].needs else None,
+                teacher=teacher_model, distill_config=objectives[s],
+            )
+            stage_info = {**info, "stage": s, "distillation": objectives[s].to_dict()}
+            metrics = train_and_save(trainer, stage_out, last, tokenizer, stage_info, stop)
+        return metrics
