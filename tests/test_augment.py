@@ -324,7 +324,7 @@ def _run_until_first_chunk(root: Path, args: list[str]) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "tensorslim.cli", "-q", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = root / "SST-2" / "train_aug.tsv.partial" / "state.json"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: CI machines can be loaded
     while time.monotonic() < deadline and proc.poll() is None:
         if state.is_file() and json.loads(state.read_text())["chunks"]:
             return proc

@@ -2,19 +2,32 @@
 
 Importing the package registers the decomposed student with transformers' Auto classes, so that
 `AutoModelForSequenceClassification.from_pretrained(student_dir)` works after `import tensorslim`.
+Data-worker processes (pregenerate's pool) set TENSORSLIM_DATA_WORKER=1 to skip that import of
+torch and transformers (4-5 s per process); the names below are then loaded on first use.
 """
 
+import importlib
+import os
+
 from .errors import TensorslimError
-from .modeling import (
-    DecomposedBertConfig,
-    DecomposedBertForMaskedLM,
-    DecomposedBertForSequenceClassification,
-    DecomposedBertModel,
-)
-from .modeling.convert import decompose, decompose_to_dir, export_dense, from_teacher
+
+DATA_WORKER_ENV = "TENSORSLIM_DATA_WORKER"
+_EXPORTS = {
+    "DecomposedBertConfig": "modeling", "DecomposedBertModel": "modeling",
+    "DecomposedBertForSequenceClassification": "modeling", "DecomposedBertForMaskedLM": "modeling",
+    "decompose": "modeling.convert", "decompose_to_dir": "modeling.convert", "export_dense": "modeling.convert",
+    "from_teacher": "modeling.convert",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if os.environ.get(DATA_WORKER_ENV) != "1":
+    from . import modeling  # noqa: F401  (registers the Auto classes)
 
 __version__ = "0.1.0"
-__all__ = [
-    "TensorslimError", "DecomposedBertConfig", "DecomposedBertModel", "DecomposedBertForSequenceClassification",
-    "DecomposedBertForMaskedLM", "decompose", "decompose_to_dir", "export_dense", "from_teacher", "__version__",
-]
+__all__ = ["TensorslimError", *_EXPORTS, "__version__"]
