@@ -70,7 +70,7 @@ class DistillationTrainer(Trainer):
         if self.args.world_size > 1:  # every process must stop together or the others hang
             torch.distributed.all_reduce(bad)
         if bad.item():
-            values = ", ".join(f"{name}={float(term):.4g}" for name, term in terms.items())
+            values = ", ".join(f"{name}={float(term.detach()):.4g}" for name, term in terms.items())
             step = self.state.global_step + 1
             cause = ("fp16 overflow: use --bf16 or full precision" if self.args.fp16
                      else "learning rate too high: lower --learning_rate or raise --warmup_steps")
