@@ -92,8 +92,8 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
             source = stage1_dir if s == 2 and 1 in STAGES[stage] else student
             last = run_dir.last_complete_checkpoint(stage_out / run_dir.CHECKPOINTS) if resume else None
             args[s].output_dir = str(stage_out / run_dir.CHECKPOINTS)
-            log.info("task distillation stage %d: %s on %s, %s epochs, objective %s", s, source, split,
-                     args[s].num_train_epochs if args[s].max_steps <= 0 else f"{args[s].max_steps} steps",
+            log.info("task distillation stage %d: %s on %s, %s, objective %s", s, source, split,
+                     f"{args[s].num_train_epochs} epochs" if args[s].max_steps <= 0 else f"{args[s].max_steps} steps",
                      objectives[s].losses)
             set_seed(args[s].seed)  # a new classification head starts the same in every run (and on --resume)
             trainer = DistillationTrainer(
