@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import TensorslimError
+
+log = logging.getLogger(__name__)
 
 #: A directory we created carries this marker, so that re-runs may replace it without --overwrite.
 MARKER = ".tensorslim"
@@ -42,6 +45,16 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, name: str = "*") -> list[Path]:
+    """Delete the half-written `atomic_file` temporaries a killed process left in `directory`
+    for files called `name` (a glob); return what was removed."""
+    stale = [p for p in Path(directory).glob(f".{name}.*.tmp") if p.is_file()]
+    for path in stale:
+        log.info("removing %s, left half-written by an interrupted run", path)
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

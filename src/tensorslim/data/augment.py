@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import TensorslimError
-from ..io import atomic_file, write_json
+from ..io import atomic_file, remove_stale_temporaries, write_json
 from .glove import DEFAULT_MAX_WORDS, NeighbourIndex, load_glove
 from .glue import task_file, get_task, read_tsv, write_tsv
 
@@ -406,8 +406,7 @@ def augment_task(task: str, glue_dir: str | os.PathLike, *, mlm: str | os.PathLi
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         write_json(state_path, state)
-    for stale in out.parent.glob(f".{OUTPUT_NAME}.*.tmp"):  # a killed run's half-written output
-        stale.unlink(missing_ok=True)
+    remove_stale_temporaries(out.parent, OUTPUT_NAME)  # a killed run's half-written output
 
     augmentor = build_augmentor(mlm=mlm, glove=glove, n=n, p=p, m=m, seed=seed, batch_size=batch_size,
                                 device=device, glove_words=glove_words)

@@ -49,7 +49,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from ..errors import TensorslimError
-from ..io import MARKER, atomic_file, check_output_dir, write_json
+from ..io import MARKER, atomic_file, check_output_dir, remove_stale_temporaries, write_json
 from .corpus import LAYOUTS, CorpusReader
 
 log = logging.getLogger(__name__)
@@ -487,11 +487,9 @@ def _prepare(out: Path, settings: dict, resume: bool, overwrite: bool) -> dict[i
 
 
 def _remove_temporaries(out: Path) -> None:
-    """Delete the half-written files of a killed run: `atomic_file` writes `.<name>.<random>.tmp`
-    beside each file and renames it when complete."""
-    for path in [*out.glob(".*.tmp"), *out.glob("epoch_*/.*.tmp")]:
-        log.info("removing %s, left half-written by the interrupted run", path)
-        path.unlink(missing_ok=True)
+    """Delete the half-written files a killed run left in `out` and its epoch directories."""
+    for directory in [out, *out.glob("epoch_*")]:
+        remove_stale_temporaries(directory)
 
 
 def _read_progress(path: Path) -> dict[int, dict]:
