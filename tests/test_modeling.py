@@ -77,6 +77,19 @@ def test_attention_scores_are_pre_softmax_qk():
     torch.testing.assert_close(out.attention_scores[1], q @ k.transpose(-1, -2) / 8**0.5, atol=1e-5, rtol=1e-4)
 
 
+def test_cpu_inference_in_chunks_of_sequences_gives_the_same_outputs():
+    """inference_chunk_tokens=11 runs each layer one sequence at a time (padding mask included)."""
+    student = from_teacher(teacher(), "tucker", 6, 10).eval()
+    outputs = {}
+    for chunk in (0, 11, 25):
+        student.config.inference_chunk_tokens = chunk
+        with torch.no_grad():
+            outputs[chunk] = student(**batch(), output_hidden_states=True, output_attention_scores=True)
+    for chunk in (11, 25):
+        for name in ("logits", "hidden_states", "attention_scores"):
+            torch.testing.assert_close(outputs[chunk][name], outputs[0][name], atol=1e-6, rtol=1e-5)
+
+
 def test_gradients_reach_every_factor_and_training_reduces_loss():
     student = from_teacher(teacher(), "tucker", 6, 8).train()
     labels = torch.tensor([0, 2, 1])

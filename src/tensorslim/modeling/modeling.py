@@ -103,12 +103,24 @@ class DecomposedBertEncoder(nn.Module):
         super().__init__()
         self.factors = Factors(config.method, config.num_slices, config.hidden_size)
         self.layer = nn.ModuleList(DecomposedBertLayer(config, i) for i in range(config.num_hidden_layers))
+        self.config = config
+
+    def run_layer(self, layer: DecomposedBertLayer, x, mask, want_scores: bool):
+        """layer(x); in CPU inference on groups of at most `inference_chunk_tokens` tokens (whole
+        sequences), so that the large activations stay in cache (see DecomposedBertConfig)."""
+        chunk = self.config.inference_chunk_tokens
+        per = max(1, chunk // x.shape[1]) if chunk else x.shape[0]
+        if per >= x.shape[0] or x.device.type != "cpu" or torch.is_grad_enabled():
+            return layer(x, mask, self.factors, want_scores)
+        parts = [layer(x[i:i + per], None if mask is None else mask[i:i + per], self.factors, want_scores)
+                 for i in range(0, x.shape[0], per)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]) if want_scores else None
 
     def forward(self, x, mask, output_hidden_states: bool, output_attention_scores: bool):
         self.factors.begin_forward()
         hidden, scores = [x] if output_hidden_states else None, [] if output_attention_scores else None
         for layer in self.layer:
-            x, s = layer(x, mask, self.factors, output_attention_scores)
+            x, s = self.run_layer(layer, x, mask, output_attention_scores)
             if hidden is not None:
                 hidden.append(x)
             if scores is not None:
