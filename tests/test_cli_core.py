@@ -19,10 +19,18 @@ def test_decompose_writes_a_loadable_student(tiny_bert_dir, tmp_path):
     assert record["parameters"]["teacher"]["encoder"] > record["parameters"]["student"]["encoder"]
     assert record["decomposed_weights"]["student"] == 2 * 32 * 8 + 24 * 6 + 6 * 64
     assert set(record["relative_error_per_slot"]) == {"q", "k", "v", "o", *(f"ffn_{s}.{j}" for s in ("in", "out") for j in range(4))}
-    assert record["seconds"]["total"] > 0
+    assert record["seconds"]["total"] > 0 and record["hooi"]["sweep_dtype"] in ("float32", "bfloat16")
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert type(model).__name__ == "DecomposedBertForMaskedLM"
     assert (out / "tokenizer.json").is_file()
+
+
+def test_decompose_precision_reaches_hooi(tiny_bert_dir, tmp_path):
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / precision
+        assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--rank", "8", "--layer-rank", "6",
+                     "--precision", precision]) == 0
+        assert json.loads((out / "decomposition.json").read_text())["hooi"]["sweep_dtype"] == precision
 
 
 def test_decompose_from_budget(tiny_bert_dir, tmp_path):

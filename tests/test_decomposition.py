@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from transformers import BertConfig, BertModel
 
 from tensorslim.decomposition.budget import ranks_for_budget
-from tensorslim.decomposition.hooi import tucker_hooi
+from tensorslim.decomposition.hooi import sweep_dtype, tucker_hooi
 from tensorslim.decomposition.methods import METHODS, get_method
 from tensorslim.decomposition.stacking import check_encoder, layer_slots, ops_slots, slice_of, stack
 from tensorslim.errors import TensorslimError
@@ -98,14 +98,15 @@ def test_lowrank_is_the_truncated_svd():
     torch.testing.assert_close(torch.linalg.matrix_norm((W - R).double()), optimal, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("ranks", [(10, 6, 6), (24, 8, 8), (5, 16, 4), (10, 6, 16)])
-def test_hooi_matches_tensorly(ranks):
+def test_hooi_matches_tensorly(ranks, precision):
     tl = pytest.importorskip("tensorly")
     from tensorly.decomposition import partial_tucker
 
     tl.set_backend("pytorch")
     W = stack(tiny_bert(seed=1).encoder.layer, "all", 16, 4)
-    core, factors, info = tucker_hooi(W, ranks, tol=1e-6)
+    core, factors, info = tucker_hooi(W, ranks, tol=1e-6, precision=precision)
     ours = ((W - tucker_to_tensor(core, factors)).norm() / W.norm()).item()
     (tl_core, tl_factors), _ = partial_tucker(W, rank=list(ranks), modes=[0, 1, 2], n_iter_max=100, tol=1e-6)
     theirs = ((W - tl.tucker_to_tensor((tl_core, tl_factors))).norm() / W.norm()).item()
@@ -118,11 +119,47 @@ def test_hooi_matches_tensorly(ranks):
 
 def test_hooi_is_deterministic_and_monotone():
     W = stack(tiny_bert(seed=2).encoder.layer, "all", 16, 4)
-    a = tucker_hooi(W, (8, 6, 6), tol=1e-7)
-    b = tucker_hooi(W, (8, 6, 6), tol=1e-7)
+    a = tucker_hooi(W, (8, 6, 6), tol=1e-7, precision="float32")
+    b = tucker_hooi(W, (8, 6, 6), tol=1e-7, precision="float32")
     assert torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
     errors = a[2].errors
     assert all(e1 >= e2 - 1e-9 for e1, e2 in zip(errors, errors[1:]))
+
+
+def test_bfloat16_sweeps_finish_like_float32():
+    """bfloat16 sweeps, then one with float32 Grams and a float32 core: float32 orthonormal factors,
+    the core is W's projection, and the error is no worse than the float32 run's by 1e-5."""
+    W = stack(tiny_bert(hidden=32, seed=3).encoder.layer, "all", 32, 4)  # (24, 32, 32)
+    runs = {p: tucker_hooi(W, (12, 16, 16), precision=p) for p in ("float32", "bfloat16")}
+    errors = {}
+    for p, (core, factors, info) in runs.items():
+        assert core.dtype == torch.float32 and all(A.dtype == torch.float32 for A in factors)
+        for A in factors:
+            torch.testing.assert_close(A.T @ A, torch.eye(A.shape[1]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(core, torch.einsum("nDE,nl,Da,Eb->lab", W, *factors), atol=1e-5, rtol=1e-4)
+        errors[p] = ((W - tucker_to_tensor(core, factors)).double().norm() / W.double().norm()).item()
+        assert info.errors[-1] == pytest.approx(errors[p], abs=1e-6)
+    assert errors["bfloat16"] <= errors["float32"] + 1e-5
+    assert not torch.equal(runs["bfloat16"][0], runs["float32"][0])  # the bfloat16 path did run
+
+
+def test_bfloat16_finishing_sweep_counts_against_max_iter():
+    W = stack(tiny_bert(seed=4).encoder.layer, "all", 16, 4)
+    assert tucker_hooi(W, (8, 6, 6), tol=1.0, precision="float32")[2].sweeps == 2  # converged at the 2nd
+    assert tucker_hooi(W, (8, 6, 6), tol=1.0, precision="bfloat16")[2].sweeps == 3  # + the finishing sweep
+    for max_iter in (1, 2, 3):
+        assert tucker_hooi(W, (8, 6, 6), tol=0.0, max_iter=max_iter, precision="bfloat16")[2].sweeps == max_iter
+
+
+def test_auto_precision_uses_bfloat16_for_large_tensors_where_the_cpu_multiplies_it_natively(monkeypatch):
+    cpu, large = torch.device("cpu"), 1 << 22
+    for amx, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda amx=amx: {"amx_bf16": amx})
+        assert sweep_dtype("auto", cpu, large) == dtype
+        assert sweep_dtype("auto", cpu, large - 1) == torch.float32
+        assert sweep_dtype("float32", cpu, large) == torch.float32 and sweep_dtype("bfloat16", cpu, 1) == torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be 'auto', 'float32' or 'bfloat16', got 'fp16'"):
+        sweep_dtype("fp16", cpu, large)
 
 
 def test_bad_ranks_and_names():
@@ -157,7 +194,7 @@ def test_tucker_property(n, D, data):
     torch.manual_seed(n * 100 + D)
     W = torch.randn(n, D, D)
     l, d = data.draw(st.integers(1, n)), data.draw(st.integers(1, D))
-    core, factors, info = tucker_hooi(W, (l, d, d), max_iter=5)
+    core, factors, info = tucker_hooi(W, (l, d, d), max_iter=5, precision=data.draw(st.sampled_from(["float32", "bfloat16"])))
     err = ((W - tucker_to_tensor(core, factors)).norm() / W.norm()).item()
     assert info.errors[-1] == pytest.approx(err, abs=1e-4)
     core, factors, _ = tucker_hooi(W, (n, D, D))

@@ -41,6 +41,10 @@ def register(sub) -> None:
     p.add_argument("--num-labels", type=int, help="labels of a new classification head (default: the teacher's)")
     p.add_argument("--tol", type=float, default=1e-4, help="HOOI stops when the relative error improves less in a sweep (default 1e-4, as the release)")
     p.add_argument("--max-iter", type=int, default=100, help="at most this many HOOI sweeps (default 100)")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="dtype of the HOOI sweep products: bfloat16 sweeps, then one with float32 Gram matrices, "
+                        "3x faster and the same error to ~1e-6; auto (default) uses bfloat16 where the hardware "
+                        "multiplies it natively (CPUs with AMX, CUDA GPUs with bf16)")
     p.add_argument("--overwrite", action="store_true", help="replace --out even if tensorslim did not write it")
     p.set_defaults(func=run)
 
@@ -49,7 +53,8 @@ def run(args) -> None:
     from ..modeling.convert import decompose_to_dir
 
     record = decompose_to_dir(args.teacher, args.out, args.method, args.rank, args.layer_rank, args.ops, args.budget,
-                              args.head, args.num_labels, args.overwrite, tol=args.tol, max_iter=args.max_iter)
+                              args.head, args.num_labels, args.overwrite, tol=args.tol, max_iter=args.max_iter,
+                              precision=args.precision)
     w = record["decomposed_weights"]
     log.info("wrote %s: %s rank=%s layer_rank=%s ops=%s, %s -> %s decomposed weights (%.1fx), relative error %.4f",
              args.out, record["method"], record["rank"], record["layer_rank"], record["ops"], f"{w['teacher']:,}",

@@ -9,8 +9,13 @@ deterministic.
 A sweep updates modes 0, 1, 2 in turn (tensorly's order, so both follow the same path). Every
 product is one large matmul on W's own layout: V = W x2 A2^T is computed once per sweep and serves
 modes 0 and 1, mode 2 projects on A0 first (r0 < n rows), the fit ||G|| comes from the eigenvalues
-of the last Gram matrix, and the intermediates live in buffers allocated once. Why each choice,
-with timings: docs/decomposition.md, section 3.
+of the last Gram matrix, and the intermediates live in buffers allocated once.
+
+Where the hardware multiplies bfloat16 natively (CPUs with AMX, CUDA GPUs with bf16), the sweeps
+on large tensors run on a bfloat16 copy of W (float32 accumulation, 3-4x faster) until they
+converge, a check sweep with float32 Gram matrices confirms the error (or hands over to float32
+sweeps), and the core is projected from the float32 W: the final error is a float32 run's to
+~1e-5. Why each choice, with timings: docs/decomposition.md, section 3.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class HooiInfo:
     """What a run did: the relative error after each sweep (after the HOSVD start when no sweep
-    runs), and seconds."""
+    runs; estimates after bfloat16 sweeps, the last one always measured), and seconds."""
 
     errors: list[float]
     seconds: float
@@ -39,31 +44,56 @@ class HooiInfo:
         return len(self.sweep_seconds)
 
 
+AUTO_BFLOAT16_NUMEL = 1 << 22  # "auto" keeps smaller tensors in float32: fast anyway, and noisier in bfloat16
+
+
+def sweep_dtype(precision: str, device: torch.device, numel: int) -> torch.dtype:
+    """The dtype of the sweep products for a tensor of `numel` elements: "float32", "bfloat16", or
+    "auto" (bfloat16 for tensors of at least 4M elements where the device multiplies it natively:
+    a CPU with AMX, a CUDA GPU with bf16; float32 otherwise)."""
+    if precision not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"precision must be 'auto', 'float32' or 'bfloat16', got {precision!r}")
+    if precision != "auto":
+        return getattr(torch, precision)
+    if numel < AUTO_BFLOAT16_NUMEL:
+        return torch.float32
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = device.type == "cpu" and bool(torch.cpu.get_capabilities().get("amx_bf16"))
+    return torch.bfloat16 if native else torch.float32
+
+
 def leading_eigvecs(gram: torch.Tensor, rank: int) -> tuple[torch.Tensor, float]:
-    """Top-`rank` eigenvectors (columns, signs fixed, on gram's device) of a symmetric PSD matrix,
-    and the sum of their eigenvalues (the squared norm the projection keeps). LAPACK in numpy on
-    the CPU, whatever the device: the matrix is at most D x D."""
-    vals, vecs = np.linalg.eigh(gram.cpu().numpy())
-    vals, vecs = vals[::-1][:rank], vecs[:, ::-1][:, :rank]
-    signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(rank)])
+    """Top-`rank` eigenvectors (float32 columns, signs fixed, on gram's device) of a symmetric PSD
+    matrix, and the sum of their eigenvalues (the squared norm the projection keeps). A float32
+    gram goes to numpy's LAPACK on the CPU whatever its device (it is at most D x D, and on the CPU
+    numpy's thread pool is the one the float32 products use); a bfloat16 gram comes from torch's
+    products and stays with torch."""
+    if gram.dtype == torch.float32:
+        vals, vecs = (torch.from_numpy(x.copy()) for x in np.linalg.eigh(gram.cpu().numpy()))
+    else:
+        vals, vecs = torch.linalg.eigh(gram.float())
+    vals, vecs = vals.flip(0)[:rank], vecs.flip(1)[:, :rank]
+    signs = torch.sign(vecs[vecs.abs().argmax(dim=0), torch.arange(rank, device=vecs.device)])
     signs[signs == 0] = 1
-    return torch.from_numpy(vecs * signs).to(gram.device), float(vals.sum(dtype=np.float64))
+    return (vecs * signs).to(gram.device), vals.double().sum().item()
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ b (batched like torch.matmul), written into `out` if given. On CPU the product runs in
-    numpy on the same memory: its OpenBLAS is 1.5-3x faster than torch's MKL on these thin float32
+    """a @ b (batched like torch.matmul), written into `out` if given. On CPU in float32 the product
+    runs in numpy on the same memory: its OpenBLAS is 1.5-3x faster than torch's MKL on these thin float32
     products on AMD CPUs, turns X @ X.T into a symmetric rank-k update (half the flops), and one
     thread pool for the whole sweep avoids two pools fighting over the cores."""
-    if a.device.type != "cpu":
+    if a.device.type != "cpu" or a.dtype != torch.float32:
         return torch.matmul(a, b, out=out)
     result = np.matmul(a.numpy(), b.numpy(), out=None if out is None else out.numpy())
     return out if out is not None else torch.from_numpy(result)
 
 
 def _copy(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """dst[...] = src (same shape; src may be a strided view); numpy on CPU, as in _mm."""
-    if dst.device.type != "cpu":
+    """dst[...] = src (same shape; src may be a strided view); numpy as in _mm."""
+    if dst.device.type != "cpu" or dst.dtype != torch.float32:
         return dst.copy_(src)
     np.copyto(dst.numpy(), src.numpy())
     return dst
@@ -86,12 +116,18 @@ def _right(X: torch.Tensor, A, out=None) -> torch.Tensor:
     return _mm(X.reshape(-1, X.shape[-1]), A, flat).reshape(*X.shape[:-1], A.shape[1])
 
 
-def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e-4, max_iter: int = 100):
-    """Tucker of W (n, D1, D2) with `ranks`; returns (core, [A0, A1, A2], HooiInfo).
+def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e-4, max_iter: int = 100,
+                precision: str = "auto"):
+    """Tucker of W (n, D1, D2) with `ranks`; returns (core, [A0, A1, A2], HooiInfo), all float32.
 
     Starts from the leading Gram eigenvectors of each unfolding (HOSVD), then sweeps until the
     relative error improves by less than `tol` from one sweep to the next, or `max_iter` sweeps.
-    With `max_iter=0` the result is the (truncated) HOSVD itself.
+    With `max_iter=0` the result is the (truncated) HOSVD itself. `precision` (see sweep_dtype)
+    sets the dtype of the sweep products. In bfloat16, convergence is followed by a check sweep
+    with float32 Gram matrices; if its error is not within `tol` of the bfloat16 estimate before
+    it (the rounding noise is larger than `tol`: small tensors, tight tolerances), float32 sweeps
+    continue to convergence. All sweeps count against `max_iter`; the core is always projected
+    from the float32 W.
     """
     start = time.perf_counter()
     W = W.detach().float().contiguous()
@@ -101,70 +137,91 @@ def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e
     # float32 row norms summed in float64: exact enough, and 20x faster than a float64 norm of W
     norm2 = torch.linalg.vector_norm(W.view(-1, D2), dim=1).double().pow(2).sum().item()
     sweeps = max_iter if sum(trunc) >= 2 else 0  # with one truncated mode HOSVD is already optimal
-    buffers: dict[str, torch.Tensor] = {}  # sweep intermediates, allocated once and reused
+    low = sweeps > 1 and sweep_dtype(precision, W.device, W.numel()) == torch.bfloat16
+    X = W.bfloat16() if low else W  # the tensor the sweep products read
+    buffers: dict[tuple, torch.Tensor] = {}  # sweep intermediates, allocated once and reused
 
-    def buffer(name: str, *shape: int) -> torch.Tensor | None:
+    def buffer(name: str, X: torch.Tensor, *shape: int) -> torch.Tensor | None:
         if not sweeps:
             return None
-        if name not in buffers:
-            buffers[name] = torch.empty(shape, dtype=W.dtype, device=W.device)
-        return buffers[name]
+        if (name, X.dtype) not in buffers:
+            buffers[name, X.dtype] = torch.empty(shape, dtype=X.dtype, device=X.device)
+        return buffers[name, X.dtype]
 
     def rel_error(fit2: float) -> float:
         return max(norm2 - fit2, 0.0) ** 0.5 / norm2**0.5 if norm2 else 0.0
 
-    def mode1_gram(X: torch.Tensor, out=None) -> torch.Tensor:
-        """Gram matrix (D1 x D1) of X (k, D1, m) unfolded along its middle axis."""
-        k, _, m = X.shape
-        flat = _copy(X.new_empty(D1, k, m) if out is None else out, X.transpose(0, 1)).view(D1, -1)
-        return _mm(flat, flat.T)  # contiguous rows, so that the product is a rank-k update
+    def eigvecs(flat: torch.Tensor, rank: int, columns: bool = False):
+        """leading_eigvecs of flat @ flat.T (flat.T @ flat with `columns`)."""
+        return leading_eigvecs(_mm(flat.T, flat) if columns else _mm(flat, flat.T), rank)
 
-    def mode2_input():
-        """W x0 A0^T x1 A1^T as (r0, r1, D2)."""
-        Z = _left(A0, W, buffer("Z", r0, D1, D2))  # (r0, D1, D2)
-        return Z if A1 is None else _mm(A1.T, Z, buffer("Q", r0, r1, D2))
+    def unfold1(Y: torch.Tensor, out=None) -> torch.Tensor:
+        """Y (k, D1, m) unfolded along its middle axis: (D1, k * m), contiguous rows, so that its
+        Gram matrix is a rank-k update."""
+        k, _, m = Y.shape
+        return _copy(Y.new_empty(D1, k, m) if out is None else out, Y.transpose(0, 1)).view(D1, -1)
+
+    def mode2_input(X, A0, A1):
+        """X x0 A0^T x1 A1^T as (r0, r1, D2)."""
+        Z = _left(A0, X, buffer("Z", X, r0, D1, D2))  # (r0, D1, D2)
+        return Z if A1 is None else _mm(A1.T, Z, buffer("Q", X, r0, r1, D2))
 
     # HOSVD start: Gram matrices of the unfoldings. The first sweep starts by recomputing A0 from
     # A1 and A2, so the HOSVD A0 (and its error) is only needed when no sweep runs.
     A0 = A1 = A2 = None
     if trunc[0] and not sweeps:
-        flat = W.reshape(n, -1)
-        A0, _ = leading_eigvecs(_mm(flat, flat.T), r0)
+        A0, _ = eigvecs(X.reshape(n, -1), r0)
     if trunc[1]:
-        A1, _ = leading_eigvecs(mode1_gram(W), r1)
+        A1, _ = eigvecs(unfold1(X), r1)
     if trunc[2]:
-        flat = W.reshape(-1, D2)
-        A2, _ = leading_eigvecs(_mm(flat.T, flat), r2)
+        A2, _ = eigvecs(X.reshape(-1, D2), r2, columns=True)
 
     errors, sweep_seconds = [], []
     if not sweeps:
-        Q = mode2_input()
+        Q = mode2_input(X, A0, A1)
         errors.append(rel_error(torch.linalg.vector_norm(_right(Q, A2), dtype=torch.float64).item() ** 2))
         log.debug("HOSVD: relative error %.6f", errors[0])
+    # bfloat16 sweeps until they converge, then a check sweep with float32 Gram matrices; if its
+    # error is not within tol of the last bfloat16 estimate, float32 sweeps until they converge
+    phase = "bfloat16" if X is not W else "float32"
+    since = 0  # index of the first error measured in the current phase
     for sweep in range(sweeps):
         t0 = time.perf_counter()
-        V = _right(W, A2, buffer("V", n, D1, r2))  # W x2 A2^T as (n, D1, r2)
+        if phase == "bfloat16" and sweep == sweeps - 1:
+            phase = "check"
+        if phase == "float32":
+            X = W
+        cast = lambda A: None if A is None else A.to(X.dtype)  # noqa: E731  (factors stay float32)
+        gram = (lambda F: F) if phase == "bfloat16" else (lambda F: F.float())  # noqa: E731
+        V = _right(X, cast(A2), buffer("V", X, n, D1, r2))  # X x2 A2^T as (n, D1, r2)
         if trunc[0]:
-            flat = (V if A1 is None else _mm(A1.T, V, buffer("T", n, r1, r2))).reshape(n, -1)  # (n, r1 * r2)
-            A0, fit2 = leading_eigvecs(_mm(flat, flat.T), r0)
+            flat = (V if A1 is None else _mm(cast(A1).T, V, buffer("T", X, n, r1, r2))).reshape(n, -1)  # (n, r1 * r2)
+            A0, fit2 = eigvecs(gram(flat), r0)
         if trunc[1]:
-            Y = _left(A0, V, buffer("Y", r0, D1, r2))  # (r0, D1, r2)
-            A1, fit2 = leading_eigvecs(mode1_gram(Y, buffer("Yt", D1, *Y.shape[::2])), r1)
+            Y = _left(cast(A0), V, buffer("Y", X, r0, D1, r2))  # (r0, D1, r2)
+            A1, fit2 = eigvecs(gram(unfold1(Y, buffer("Yt", X, D1, r0, r2))), r1)
         if trunc[2]:
-            Q = mode2_input()
-            flat = Q.reshape(-1, D2)  # (r0 * r1, D2)
-            A2, fit2 = leading_eigvecs(_mm(flat.T, flat), r2)
+            Q = mode2_input(X, cast(A0), cast(A1))
+            A2, fit2 = eigvecs(gram(Q.reshape(-1, D2)), r2, columns=True)  # (r0 * r1, D2)
         errors.append(rel_error(fit2))
         sweep_seconds.append(time.perf_counter() - t0)
-        log.debug("HOOI sweep %d: relative error %.6f (%.2fs)", sweep + 1, errors[-1], sweep_seconds[-1])
-        if len(errors) > 1 and errors[-2] - errors[-1] < tol:
-            break
+        log.debug("HOOI sweep %d (%s): relative error %.6f (%.2fs)", sweep + 1, phase, errors[-1], sweep_seconds[-1])
+        gain = errors[-2] - errors[-1] if len(errors) > since + 1 else float("inf")
+        if phase == "check":
+            if abs(errors[-2] - errors[-1]) < tol:
+                break
+            phase, since = "float32", len(errors)
+        elif gain < tol:
+            if phase == "float32":
+                break
+            phase, since = "check", len(errors)
 
-    if not trunc[2]:
-        Q = mode2_input()  # otherwise Q was formed in the last sweep, with the final A0 and A1
+    if not trunc[2] or Q.dtype != W.dtype:  # Q is missing, or bfloat16: project W itself
+        Q = mode2_input(W, A0, A1)
     core = _right(Q, A2)
-    eye = lambda k: torch.eye(k, dtype=W.dtype, device=W.device)  # noqa: E731
-    factors = [eye(n) if A0 is None else A0, eye(D1) if A1 is None else A1, eye(D2) if A2 is None else A2]
+    factors = [torch.eye(k, device=W.device) if A is None else A for A, k in ((A0, n), (A1, D1), (A2, D2))]
+    if X is not W:
+        errors[-1] = rel_error(torch.linalg.vector_norm(core, dtype=torch.float64).item() ** 2)
     if errors[-1] < 1e-2:  # ||W||^2 - ||G||^2 cancels in float32: measure a near-exact fit directly
         recon = torch.einsum("lab,nl,Da,Eb->nDE", *(t.double() for t in (core, *factors)))
         errors[-1] = (torch.linalg.vector_norm(W.double() - recon) / norm2**0.5).item() if norm2 else 0.0

@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from ..decomposition.budget import ranks_for_budget
+from ..decomposition.hooi import sweep_dtype
 from ..decomposition.methods import get_method
 from ..decomposition.stacking import check_encoder, dense_weights, group_weight, ops_slots, stack, unslice
 from ..errors import TensorslimError
@@ -157,11 +158,12 @@ def _copy_head(teacher, student) -> None:
 
 def decompose(teacher: str | Path | PreTrainedModel, method: str = "tucker", rank: int = 384,
               layer_rank: int | None = None, ops: str = "all", head: str = "auto", num_labels: int | None = None,
-              tol: float = 1e-4, max_iter: int = 100) -> tuple[DecomposedBertPreTrainedModel, dict]:
+              tol: float = 1e-4, max_iter: int = 100, precision: str = "auto") -> tuple[DecomposedBertPreTrainedModel, dict]:
     """Build a student from `teacher` (directory or model); return it with a decomposition record.
 
-    The record holds method, ranks, ops, relative reconstruction errors (overall, per slot, per
-    layer and slot), the HOSVD spectra of the stack and the seconds taken.
+    `tol`, `max_iter` and `precision` go to HOOI (decomposition.hooi.tucker_hooi). The record holds
+    method, ranks, ops, relative reconstruction errors (overall, per slot, per layer and slot), the
+    HOSVD spectra of the stack and the seconds taken.
     """
     start = time.perf_counter()
     if isinstance(teacher, PreTrainedModel):
@@ -187,7 +189,7 @@ def decompose(teacher: str | Path | PreTrainedModel, method: str = "tucker", ran
 
     W = stack(teacher.base_model.encoder.layer, ops, D, k)
     fit_start = time.perf_counter()
-    factors = decomposition.fit(W, tol=tol, max_iter=max_iter)
+    factors = decomposition.fit(W, tol=tol, max_iter=max_iter, precision=precision)
     fit_seconds = time.perf_counter() - fit_start
     student.base_model.encoder.factors.load(factors)
 
@@ -204,6 +206,8 @@ def decompose(teacher: str | Path | PreTrainedModel, method: str = "tucker", ran
         "relative_error_per_slot": {s.name: (sq_err[:, j].sum() / sq_norm[:, j].sum()).sqrt().item()
                                     for j, s in enumerate(slots)},
         "relative_error_per_layer_slot": per_slice.tolist(),
+        "hooi": None if method == "lowrank" else {"tol": tol, "max_iter": max_iter,
+                                                  "sweep_dtype": str(sweep_dtype(precision, W.device, W.numel()))[6:]},
         "spectra": spectra(W),
         "seconds": {"fit": fit_seconds, "total": time.perf_counter() - start},
     }
