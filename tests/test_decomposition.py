@@ -127,8 +127,8 @@ def test_hooi_is_deterministic_and_monotone():
 
 
 def test_bfloat16_sweeps_finish_like_float32():
-    """bfloat16 sweeps, then one with float32 Grams and a float32 core: float32 orthonormal factors,
-    the core is W's projection, and the error is no worse than the float32 run's by 1e-5."""
+    """bfloat16 sweeps, then float32 ones: float32 orthonormal factors, the core is W's projection,
+    and the error is no worse than the float32 run's by 1e-5."""
     W = stack(tiny_bert(hidden=32, seed=3).encoder.layer, "all", 32, 4)  # (24, 32, 32)
     runs = {p: tucker_hooi(W, (12, 16, 16), precision=p) for p in ("float32", "bfloat16")}
     errors = {}
@@ -143,10 +143,10 @@ def test_bfloat16_sweeps_finish_like_float32():
     assert not torch.equal(runs["bfloat16"][0], runs["float32"][0])  # the bfloat16 path did run
 
 
-def test_bfloat16_finishing_sweep_counts_against_max_iter():
+def test_bfloat16_sweeps_and_their_float32_finish_count_against_max_iter():
     W = stack(tiny_bert(seed=4).encoder.layer, "all", 16, 4)
     assert tucker_hooi(W, (8, 6, 6), tol=1.0, precision="float32")[2].sweeps == 2  # converged at the 2nd
-    assert tucker_hooi(W, (8, 6, 6), tol=1.0, precision="bfloat16")[2].sweeps == 3  # + the finishing sweep
+    assert tucker_hooi(W, (8, 6, 6), tol=1.0, precision="bfloat16")[2].sweeps == 4  # 3 bfloat16 + 1 float32
     for max_iter in (1, 2, 3):
         assert tucker_hooi(W, (8, 6, 6), tol=0.0, max_iter=max_iter, precision="bfloat16")[2].sweeps == max_iter
 

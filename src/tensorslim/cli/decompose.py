@@ -42,9 +42,9 @@ def register(sub) -> None:
     p.add_argument("--tol", type=float, default=1e-4, help="HOOI stops when the relative error improves less in a sweep (default 1e-4, as the release)")
     p.add_argument("--max-iter", type=int, default=100, help="at most this many HOOI sweeps (default 100)")
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="dtype of the HOOI sweep products: bfloat16 sweeps, then one with float32 Gram matrices, "
-                        "3x faster and the same error to ~1e-6; auto (default) uses bfloat16 where the hardware "
-                        "multiplies it natively (CPUs with AMX, CUDA GPUs with bf16)")
+                   help="dtype of the HOOI sweeps: bfloat16 sweeps finish with float32 ones (2-3x faster, same or "
+                        "lower error); auto (default) uses bfloat16 for large stacks where the hardware multiplies "
+                        "it natively (CPUs with AMX, CUDA GPUs with bf16), float32 elsewhere")
     p.add_argument("--overwrite", action="store_true", help="replace --out even if tensorslim did not write it")
     p.set_defaults(func=run)
 

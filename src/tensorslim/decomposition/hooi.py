@@ -13,9 +13,8 @@ of the last Gram matrix, and the intermediates live in buffers allocated once.
 
 Where the hardware multiplies bfloat16 natively (CPUs with AMX, CUDA GPUs with bf16), the sweeps
 on large tensors run on a bfloat16 copy of W (float32 accumulation, 3-4x faster) until they
-converge, a check sweep with float32 Gram matrices confirms the error (or hands over to float32
-sweeps), and the core is projected from the float32 W: the final error is a float32 run's to
-~1e-5. Why each choice, with timings: docs/decomposition.md, section 3.
+converge, and float32 sweeps finish: one when it confirms the bfloat16 error estimate, more when
+it does not. Why each choice, with timings: docs/decomposition.md, section 3.
 """
 
 from __future__ import annotations
@@ -123,11 +122,11 @@ def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e
     Starts from the leading Gram eigenvectors of each unfolding (HOSVD), then sweeps until the
     relative error improves by less than `tol` from one sweep to the next, or `max_iter` sweeps.
     With `max_iter=0` the result is the (truncated) HOSVD itself. `precision` (see sweep_dtype)
-    sets the dtype of the sweep products. In bfloat16, convergence is followed by a check sweep
-    with float32 Gram matrices; if its error is not within `tol` of the bfloat16 estimate before
-    it (the rounding noise is larger than `tol`: small tensors, tight tolerances), float32 sweeps
-    continue to convergence. All sweeps count against `max_iter`; the core is always projected
-    from the float32 W.
+    sets the dtype of the sweep products. bfloat16 sweeps run until their error estimate improves
+    by less than `tol` twice in a row; float32 sweeps follow, and the first of them ends the run if
+    its error is within `tol` of the last bfloat16 estimate (otherwise the rounding noise exceeds
+    `tol`, as on small tensors with tight tolerances, and float32 sweeps go on to convergence). All
+    sweeps count against `max_iter`; the last one is always float32, so are core and factors.
     """
     start = time.perf_counter()
     W = W.detach().float().contiguous()
@@ -181,47 +180,42 @@ def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e
         Q = mode2_input(X, A0, A1)
         errors.append(rel_error(torch.linalg.vector_norm(_right(Q, A2), dtype=torch.float64).item() ** 2))
         log.debug("HOSVD: relative error %.6f", errors[0])
-    # bfloat16 sweeps until they converge, then a check sweep with float32 Gram matrices; if its
-    # error is not within tol of the last bfloat16 estimate, float32 sweeps until they converge
-    phase = "bfloat16" if X is not W else "float32"
-    since = 0  # index of the first error measured in the current phase
+    # bfloat16 sweeps until their (noisy) error estimate improves by less than tol twice in a row,
+    # then float32 sweeps: the first of them ends the run if its error is within tol of the last
+    # bfloat16 estimate, later ones when one improves by less than tol. The last sweep is float32.
+    since = 0 if X is W else None  # index of the first float32 sweep's error
     for sweep in range(sweeps):
         t0 = time.perf_counter()
-        if phase == "bfloat16" and sweep == sweeps - 1:
-            phase = "check"
-        if phase == "float32":
-            X = W
+        if since is None and sweep == sweeps - 1:
+            X, since = W, len(errors)
         cast = lambda A: None if A is None else A.to(X.dtype)  # noqa: E731  (factors stay float32)
-        gram = (lambda F: F) if phase == "bfloat16" else (lambda F: F.float())  # noqa: E731
         V = _right(X, cast(A2), buffer("V", X, n, D1, r2))  # X x2 A2^T as (n, D1, r2)
         if trunc[0]:
             flat = (V if A1 is None else _mm(cast(A1).T, V, buffer("T", X, n, r1, r2))).reshape(n, -1)  # (n, r1 * r2)
-            A0, fit2 = eigvecs(gram(flat), r0)
+            A0, fit2 = eigvecs(flat, r0)
         if trunc[1]:
             Y = _left(cast(A0), V, buffer("Y", X, r0, D1, r2))  # (r0, D1, r2)
-            A1, fit2 = eigvecs(gram(unfold1(Y, buffer("Yt", X, D1, r0, r2))), r1)
+            A1, fit2 = eigvecs(unfold1(Y, buffer("Yt", X, D1, r0, r2)), r1)
         if trunc[2]:
             Q = mode2_input(X, cast(A0), cast(A1))
-            A2, fit2 = eigvecs(gram(Q.reshape(-1, D2)), r2, columns=True)  # (r0 * r1, D2)
+            A2, fit2 = eigvecs(Q.reshape(-1, D2), r2, columns=True)  # (r0 * r1, D2)
         errors.append(rel_error(fit2))
         sweep_seconds.append(time.perf_counter() - t0)
-        log.debug("HOOI sweep %d (%s): relative error %.6f (%.2fs)", sweep + 1, phase, errors[-1], sweep_seconds[-1])
-        gain = errors[-2] - errors[-1] if len(errors) > since + 1 else float("inf")
-        if phase == "check":
-            if abs(errors[-2] - errors[-1]) < tol:
+        log.debug("HOOI sweep %d (%s): relative error %.6f (%.2fs)", sweep + 1, X.dtype, errors[-1], sweep_seconds[-1])
+        gains = [a - b for a, b in zip(errors, errors[1:])]
+        if since is None:
+            if len(gains) > 1 and max(gains[-2:]) < tol:
+                X, since = W, len(errors)
+        elif len(errors) - since == 1 and since > 0:
+            if abs(gains[-1]) < tol:
                 break
-            phase, since = "float32", len(errors)
-        elif gain < tol:
-            if phase == "float32":
-                break
-            phase, since = "check", len(errors)
+        elif gains and len(errors) - since > 1 and gains[-1] < tol:
+            break
 
-    if not trunc[2] or Q.dtype != W.dtype:  # Q is missing, or bfloat16: project W itself
-        Q = mode2_input(W, A0, A1)
+    if not trunc[2]:
+        Q = mode2_input(W, A0, A1)  # otherwise Q was formed in the last sweep, a float32 one
     core = _right(Q, A2)
     factors = [torch.eye(k, device=W.device) if A is None else A for A, k in ((A0, n), (A1, D1), (A2, D2))]
-    if X is not W:
-        errors[-1] = rel_error(torch.linalg.vector_norm(core, dtype=torch.float64).item() ** 2)
     if errors[-1] < 1e-2:  # ||W||^2 - ||G||^2 cancels in float32: measure a near-exact fit directly
         recon = torch.einsum("lab,nl,Da,Eb->nDE", *(t.double() for t in (core, *factors)))
         errors[-1] = (torch.linalg.vector_norm(W.double() - recon) / norm2**0.5).item() if norm2 else 0.0
