@@ -138,14 +138,18 @@ def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e
     sweeps = max_iter if sum(trunc) >= 2 else 0  # with one truncated mode HOSVD is already optimal
     low = sweeps > 1 and sweep_dtype(precision, W.device, W.numel()) == torch.bfloat16
     X = W.bfloat16() if low else W  # the tensor the sweep products read
-    buffers: dict[tuple, torch.Tensor] = {}  # sweep intermediates, allocated once and reused
+    buffers: dict[str, torch.Tensor] = {}  # sweep intermediates, allocated once and reused
 
     def buffer(name: str, X: torch.Tensor, *shape: int) -> torch.Tensor | None:
+        """The float32 buffer `name`, or for bfloat16 X a bfloat16 view of its first half (so the
+        float32 sweeps reuse the pages the bfloat16 ones touched)."""
         if not sweeps:
             return None
-        if (name, X.dtype) not in buffers:
-            buffers[name, X.dtype] = torch.empty(shape, dtype=X.dtype, device=X.device)
-        return buffers[name, X.dtype]
+        if name not in buffers:
+            buffers[name] = torch.empty(shape, dtype=W.dtype, device=W.device)
+        if X.dtype == W.dtype:
+            return buffers[name]
+        return buffers[name].view(-1).view(torch.uint8)[: buffers[name].numel() * X.element_size()].view(X.dtype).view(shape)
 
     def rel_error(fit2: float) -> float:
         return max(norm2 - fit2, 0.0) ** 0.5 / norm2**0.5 if norm2 else 0.0
@@ -184,10 +188,15 @@ def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e
     # then float32 sweeps: the first of them ends the run if its error is within tol of the last
     # bfloat16 estimate, later ones when one improves by less than tol. The last sweep is float32.
     since = 0 if X is W else None  # index of the first float32 sweep's error
+
+    def to_float32():
+        nonlocal X, since
+        X, since = W, len(errors)  # frees the bfloat16 copy of W
+
     for sweep in range(sweeps):
         t0 = time.perf_counter()
         if since is None and sweep == sweeps - 1:
-            X, since = W, len(errors)
+            to_float32()
         cast = lambda A: None if A is None else A.to(X.dtype)  # noqa: E731  (factors stay float32)
         V = _right(X, cast(A2), buffer("V", X, n, D1, r2))  # X x2 A2^T as (n, D1, r2)
         if trunc[0]:
@@ -205,7 +214,7 @@ def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e
         gains = [a - b for a, b in zip(errors, errors[1:])]
         if since is None:
             if len(gains) > 1 and max(gains[-2:]) < tol:
-                X, since = W, len(errors)
+                to_float32()
         elif len(errors) - since == 1 and since > 0:
             if abs(gains[-1]) < tol:
                 break
