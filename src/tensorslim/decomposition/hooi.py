@@ -147,9 +147,10 @@ def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e
             return None
         if name not in buffers:
             buffers[name] = torch.empty(shape, dtype=W.dtype, device=W.device)
-        if X.dtype == W.dtype:
-            return buffers[name]
-        return buffers[name].view(-1).view(torch.uint8)[: buffers[name].numel() * X.element_size()].view(X.dtype).view(shape)
+        full = buffers[name]
+        if X.dtype == full.dtype:
+            return full
+        return full.view(-1).view(torch.uint8)[: full.numel() * X.element_size()].view(X.dtype).view(shape)
 
     def rel_error(fit2: float) -> float:
         return max(norm2 - fit2, 0.0) ** 0.5 / norm2**0.5 if norm2 else 0.0
