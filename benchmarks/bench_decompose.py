@@ -4,7 +4,7 @@ Tensors: a BERT-base-shaped stack (144 x 768 x 768, BERT's N(0, 0.02) initialisa
 packaged teacher's stack (all-MiniLM-L6-v2: 72 x 384 x 384). Both stop when the relative error
 improves less than 1e-4 in a sweep (tensorly's default and the release's setting). tensorslim runs
 in float32, and also with bfloat16 sweeps when this machine multiplies bfloat16 natively (what
-precision="auto" picks there); s_per_sweep is the mean over all its sweeps, check sweep included.
+precision="auto" picks there); s_per_sweep is the mean over all its sweeps, float32 finish included.
 Usage: python benchmarks/bench_decompose.py [--quick]   (--quick: the real teacher only)
 """
 

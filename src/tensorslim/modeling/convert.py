@@ -207,7 +207,7 @@ def decompose(teacher: str | Path | PreTrainedModel, method: str = "tucker", ran
                                     for j, s in enumerate(slots)},
         "relative_error_per_layer_slot": per_slice.tolist(),
         "hooi": None if method == "lowrank" else {"tol": tol, "max_iter": max_iter,
-                                                  "sweep_dtype": str(sweep_dtype(precision, W.device, W.numel()))[6:]},
+                                                  "sweep_dtype": str(sweep_dtype(precision, W.device, W.numel())).removeprefix("torch.")},
         "spectra": spectra(W),
         "seconds": {"fit": fit_seconds, "total": time.perf_counter() - start},
     }
