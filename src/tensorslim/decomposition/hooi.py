@@ -70,7 +70,7 @@ def leading_eigvecs(gram: torch.Tensor, rank: int) -> tuple[torch.Tensor, float]
     numpy's thread pool is the one the float32 products use); a bfloat16 gram comes from torch's
     products and stays with torch."""
     if gram.dtype == torch.float32:
-        vals, vecs = (torch.from_numpy(x.copy()) for x in np.linalg.eigh(gram.cpu().numpy()))
+        vals, vecs = map(torch.from_numpy, np.linalg.eigh(gram.cpu().numpy()))
     else:
         vals, vecs = torch.linalg.eigh(gram.float())
     vals, vecs = vals.flip(0)[:rank], vecs.flip(1)[:, :rank]
@@ -212,14 +212,14 @@ def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e
         errors.append(rel_error(fit2))
         sweep_seconds.append(time.perf_counter() - t0)
         log.debug("HOOI sweep %d (%s): relative error %.6f (%.2fs)", sweep + 1, X.dtype, errors[-1], sweep_seconds[-1])
-        gains = [a - b for a, b in zip(errors, errors[1:])]
-        if since is None:
-            if len(gains) > 1 and max(gains[-2:]) < tol:
+        gain = errors[-2] - errors[-1] if len(errors) > 1 else float("inf")
+        if since is None:  # bfloat16
+            if len(errors) > 2 and max(errors[-3] - errors[-2], gain) < tol:
                 to_float32()
-        elif len(errors) - since == 1 and since > 0:
-            if abs(gains[-1]) < tol:
+        elif since > 0 and len(errors) == since + 1:  # the first float32 sweep after bfloat16 ones
+            if abs(gain) < tol:
                 break
-        elif gains and len(errors) - since > 1 and gains[-1] < tol:
+        elif len(errors) > since + 1 and gain < tol:
             break
 
     if not trunc[2]:

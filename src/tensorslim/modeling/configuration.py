@@ -20,8 +20,8 @@ class DecomposedBertConfig(BertConfig):
     inference_chunk_tokens (`int`): CPU inference runs each layer on groups of whole sequences of at
         most this many tokens (at least one sequence); 0 runs the whole batch at once. Same outputs,
         but the (tokens, 4D) FFN activations stay in cache and under glibc's 32 MB mmap threshold,
-        so they are not fresh zeroed pages on every call: 20-30% faster at batch 32 x 128
-        (docs/results.md). Training and GPUs always run the whole batch.
+        so they are not fresh zeroed pages on every call: 19-34% faster at batch 32 x 128 on
+        an AMD EPYC (docs/results.md). Training and GPUs always run the whole batch.
     """
 
     model_type = "decomposed_bert"
