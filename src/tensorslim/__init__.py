@@ -1,9 +1,11 @@
-"""tensorslim: extreme parameter compression of BERT-family encoders (Ren et al., ICLR 2022).
+"""tensorslim: compress transformers models by cross-layer tensor decomposition and distillation
+(Ren et al., ICLR 2022, extended to any family in `tensorslim.families`).
 
-Importing the package registers the decomposed student with transformers' Auto classes, so that
-`AutoModelForSequenceClassification.from_pretrained(student_dir)` works after `import tensorslim`.
-Data-worker processes (pregenerate's pool) set TENSORSLIM_DATA_WORKER=1 to skip that import of
-torch and transformers (4-5 s per process); the names below are then loaded on first use.
+Importing the package registers the "tensorslim" section of config.json with transformers, so
+that after `import tensorslim` any `from_pretrained` of a student directory (Auto classes or the
+model's own class) rebuilds the student. Data-worker processes (pregenerate's pool) set
+TENSORSLIM_DATA_WORKER=1 to skip that import of torch and transformers; the names below are then
+loaded on first use.
 """
 
 import importlib
@@ -13,10 +15,8 @@ from .errors import TensorslimError
 
 DATA_WORKER_ENV = "TENSORSLIM_DATA_WORKER"
 _EXPORTS = {
-    "DecomposedBertConfig": "modeling", "DecomposedBertModel": "modeling",
-    "DecomposedBertForSequenceClassification": "modeling", "DecomposedBertForMaskedLM": "modeling",
-    "decompose": "modeling.convert", "decompose_to_dir": "modeling.convert", "export_dense": "modeling.convert",
-    "from_teacher": "modeling.convert",
+    "decompose": "compress.api", "decompose_to_dir": "compress.api", "export_dense": "compress.api",
+    "from_teacher": "compress.api", "load_model": "compress.loading",
 }
 
 
@@ -27,7 +27,7 @@ def __getattr__(name: str):
 
 
 if os.environ.get(DATA_WORKER_ENV) != "1":
-    from . import modeling  # noqa: F401  (registers the Auto classes)
+    from . import compress  # noqa: F401  (registers the config section with transformers)
 
 __version__ = "0.1.0"
 __all__ = ["TensorslimError", *_EXPORTS, "__version__"]

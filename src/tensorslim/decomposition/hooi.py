@@ -12,9 +12,9 @@ modes 0 and 1, mode 2 projects on A0 first (r0 < n rows), the fit ||G|| comes fr
 of the last Gram matrix, and the intermediates live in buffers allocated once.
 
 Where the hardware multiplies bfloat16 natively (CPUs with AMX, CUDA GPUs with bf16), the sweeps
-on large tensors run on a bfloat16 copy of W (float32 accumulation, 3-4x faster) until they
-converge, and float32 sweeps finish: one when it confirms the bfloat16 error estimate, more when
-it does not. Why each choice, with timings: docs/decomposition.md, section 3.
+on large tensors run on a bfloat16 copy of W (float32 accumulation) until they converge, and
+float32 sweeps finish: one when it confirms the bfloat16 error estimate, more when it does not.
+Why each choice, with measurements: docs/decomposition.md, section 3.
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ class HooiInfo:
     errors: list[float]
     seconds: float
     sweep_seconds: list[float]
+    sweep_dtype: str = "float32"
 
     @property
     def sweeps(self) -> int:
         return len(self.sweep_seconds)
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
 AUTO_BFLOAT16_NUMEL = 1 << 22  # "auto" keeps smaller tensors in float32: fast anyway, and noisier in bfloat16
 
 
@@ -50,7 +52,7 @@ def sweep_dtype(precision: str, device: torch.device, numel: int) -> torch.dtype
     """The dtype of the sweep products for a tensor of `numel` elements: "float32", "bfloat16", or
     "auto" (bfloat16 for tensors of at least 4M elements where the device multiplies it natively:
     a CPU with AMX, a CUDA GPU with bf16; float32 otherwise)."""
-    if precision not in ("auto", "float32", "bfloat16"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto', 'float32' or 'bfloat16', got {precision!r}")
     if precision != "auto":
         return getattr(torch, precision)
@@ -81,9 +83,9 @@ def leading_eigvecs(gram: torch.Tensor, rank: int) -> tuple[torch.Tensor, float]
 
 def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """a @ b (batched like torch.matmul), written into `out` if given. On CPU in float32 the product
-    runs in numpy on the same memory: its OpenBLAS is 1.5-3x faster than torch's MKL on these thin float32
-    products on AMD CPUs, turns X @ X.T into a symmetric rank-k update (half the flops), and one
-    thread pool for the whole sweep avoids two pools fighting over the cores."""
+    runs in numpy on the same memory: its OpenBLAS is faster than torch's MKL on these thin float32
+    products on AMD CPUs (docs/decomposition.md), turns X @ X.T into a symmetric rank-k update (half
+    the flops), and one thread pool for the whole sweep avoids two pools fighting over the cores."""
     if a.device.type != "cpu" or a.dtype != torch.float32:
         return torch.matmul(a, b, out=out)
     result = np.matmul(a.numpy(), b.numpy(), out=None if out is None else out.numpy())
@@ -133,7 +135,7 @@ def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e
     n, D1, D2 = W.shape
     r0, r1, r2 = ranks
     trunc = (r0 < n, r1 < D1, r2 < D2)
-    # float32 row norms summed in float64: exact enough, and 20x faster than a float64 norm of W
+    # float32 row norms summed in float64: exact enough, and much faster than a float64 norm of W
     norm2 = torch.linalg.vector_norm(W.view(-1, D2), dim=1).double().pow(2).sum().item()
     sweeps = max_iter if sum(trunc) >= 2 else 0  # with one truncated mode HOSVD is already optimal
     low = sweeps > 1 and sweep_dtype(precision, W.device, W.numel()) == torch.bfloat16
@@ -229,4 +231,5 @@ def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e
     if errors[-1] < 1e-2:  # ||W||^2 - ||G||^2 cancels in float32: measure a near-exact fit directly
         recon = torch.einsum("lab,nl,Da,Eb->nDE", *(t.double() for t in (core, *factors)))
         errors[-1] = (torch.linalg.vector_norm(W.double() - recon) / norm2**0.5).item() if norm2 else 0.0
-    return core.contiguous(), factors, HooiInfo(errors, time.perf_counter() - start, sweep_seconds)
+    dtype = "bfloat16" if low else "float32"
+    return core.contiguous(), factors, HooiInfo(errors, time.perf_counter() - start, sweep_seconds, dtype)

@@ -1,0 +1,158 @@
+"""teacher -> student (`decompose`, `decompose_to_dir`) and student -> dense model (`export_dense`)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from ..decomposition.methods import Method, get_method
+from ..errors import TensorslimError
+from ..io import atomic_dir, check_output_dir, write_json
+from .counts import count_parameters
+from .inplace import factorize, is_decomposed, merge
+from .loading import check_head, infer_head, load_config, load_model, save_tokenizer
+from .section import section_of
+
+log = logging.getLogger(__name__)
+
+
+def decompose(teacher: str | Path | PreTrainedModel, method: str | Method = "tucker", *, ops: str = "all",
+              head: str = "auto", num_labels: int | None = None, budget: int | None = None,
+              **options) -> tuple[PreTrainedModel, dict]:
+    """Decompose `teacher` (a directory, or a model changed in place); return it with a record.
+
+    `method` is a registered name with its `options` (rank, layer_rank, tol, ...; see
+    `decomposition.methods`) or a `Method`. With `budget` the ranks not given are the largest
+    whose factors fit in that many weights. The record holds the method and ranks, weights
+    before and after, relative errors (overall, per slot, per layer and slot, per group), the
+    spectra of the largest group and the seconds taken.
+    """
+    start = time.perf_counter()
+    if not isinstance(teacher, PreTrainedModel):
+        config = load_config(teacher)
+        head = check_head(infer_head(config) if head == "auto" else head)
+        teacher = load_model(teacher, head, **({"num_labels": num_labels} if num_labels else {}))
+    head = infer_head(teacher.config, teacher)
+    if is_decomposed(teacher) or section_of(teacher.config) is not None:
+        raise TensorslimError("the teacher is already a decomposed student", "export it with export_dense() first")
+    method = method if isinstance(method, Method) else get_method(method, **options)
+    if budget is not None:
+        from .inplace import layout
+
+        groups, _, _ = layout(teacher, ops)
+        if budget < 1:
+            raise TensorslimError(f"parameter budget {budget} is not positive", "pass a budget of at least 1 weight")
+        method = method.for_budget(groups, teacher.config.hidden_size, budget)
+    teacher_parameters = count_parameters(teacher)
+    fit_start = time.perf_counter()
+    result = factorize(teacher, method, ops)
+    record = make_record(teacher, method, ops, head, result, time.perf_counter() - fit_start)
+    record["parameters"] = {"teacher": teacher_parameters, "student": count_parameters(teacher)}
+    record["seconds"]["total"] = time.perf_counter() - start
+    w = record["decomposed_weights"]
+    log.info("%s %s ops=%s: relative error %.4f, %.1fx fewer decomposed weights, %.1fs", method.name,
+             {k: v for k, v in method.values.items() if k in ("rank", "layer_rank")}, ops, record["relative_error"],
+             w["ratio"], record["seconds"]["total"])
+    return teacher, record
+
+
+def make_record(model, method: Method, ops: str, head: str, result: dict, fit_seconds: float) -> dict:
+    groups, ranks, layouts, found = result["groups"], result["ranks"], result["layouts"], result["found"]
+    bank = model.base_model.tensorslim_factors
+    num_layers = len({key.split(".", 1)[0] for key, _, _ in found})
+    slots, sq_err, sq_norm, group_records = [], {}, {}, {}
+    with torch.no_grad():
+        recon = {n: bank.reconstruct(n) for n in groups}
+        for name, (fit_record, W) in result["fits"].items():
+            err = torch.linalg.matrix_norm(W - recon[name].to(W.device)).double().pow(2)
+            norm = torch.linalg.matrix_norm(W).double().pow(2)
+            sq_err[name], sq_norm[name] = err, norm
+            group_records[name] = {"rows": groups[name].rows, "cols": groups[name].cols,
+                                   "num_slices": groups[name].num_slices, "ranks": ranks[name],
+                                   "relative_error": (err.sum() / norm.sum().clamp_min(1e-30)).sqrt().item(),
+                                   "weights": {"teacher": W.numel(),
+                                               "student": method.num_params(groups[name], ranks[name])},
+                                   "solver": fit_record}
+    per_layer: dict[int, dict[str, float]] = {}
+    slot_err: dict[str, list[float]] = {}
+    for lay, (key, _, proj) in zip(layouts, found):
+        layer = int(key.split(".", 1)[0])
+        width = lay.out_features // len(proj.parts)
+        for j, part in enumerate(proj.parts):
+            blocks = [b for b in lay.blocks if j * width <= b.out_start < (j + 1) * width]
+            for k, b in enumerate(blocks):
+                slot = part if len(blocks) == 1 else f"{part}.{k}"
+                if layer == 0:
+                    slots.append(slot)
+                e, n = sq_err[b.group][b.index].item(), sq_norm[b.group][b.index].item()
+                per_layer.setdefault(layer, {})[slot] = (e / n) ** 0.5 if n else 0.0
+                slot_err.setdefault(slot, [0.0, 0.0])
+                slot_err[slot][0] += e
+                slot_err[slot][1] += n
+    total_e = sum(v.sum().item() for v in sq_err.values())
+    total_n = sum(v.sum().item() for v in sq_norm.values())
+    teacher_w = sum(g["weights"]["teacher"] for g in group_records.values())
+    student_w = sum(g["weights"]["student"] for g in group_records.values())
+    largest = max(groups, key=lambda n: groups[n].num_slices * groups[n].rows * groups[n].cols)
+    first = ranks[largest]
+    return {
+        "method": method.name, "rank": first["rank"], "layer_rank": first.get("layer_rank"), "ops": ops, "head": head,
+        "options": {k: v for k, v in method.values.items() if v is not None},
+        "family": model.config.model_type, "num_layers": num_layers, "hidden_size": model.config.hidden_size,
+        "num_slices": sum(g.num_slices for g in groups.values()), "slots": slots,
+        "decomposed_weights": {"teacher": teacher_w, "student": student_w, "ratio": teacher_w / student_w},
+        "relative_error": (total_e / total_n) ** 0.5 if total_n else 0.0,
+        "relative_error_per_slot": {s: (e / n) ** 0.5 if n else 0.0 for s, (e, n) in slot_err.items()},
+        "relative_error_per_layer_slot": [[per_layer[i][s] for s in slots] for i in sorted(per_layer)],
+        "groups": group_records,
+        "hooi": next((g["solver"] and {"tol": method.values.get("tol"), "max_iter": method.values.get("max_iter"),
+                                       "sweep_dtype": g["solver"].get("sweep_dtype")}
+                      for g in group_records.values() if g["solver"]), None),
+        "spectra": spectra(result["fits"][largest][1]),
+        "seconds": {"fit": fit_seconds},
+    }
+
+
+def spectra(W: torch.Tensor) -> dict[str, list[float]]:
+    """Singular values of the three unfoldings of W (slices, rows, columns), descending."""
+    n, D1, D2 = W.shape
+    W = W.float()
+    grams = {"slices": W.reshape(n, -1) @ W.reshape(n, -1).T,
+             "rows": (lambda f: f @ f.T)(W.transpose(0, 1).reshape(D1, -1)),
+             "columns": (lambda f: f.T @ f)(W.reshape(-1, D2))}
+    return {mode: torch.linalg.eigvalsh(g.double()).flip(0).clamp_min(0).sqrt().tolist() for mode, g in grams.items()}
+
+
+def from_teacher(teacher, method: str = "tucker", **kwargs) -> PreTrainedModel:
+    """A student initialised from `teacher`'s weights (see `decompose`)."""
+    return decompose(teacher, method, **kwargs)[0]
+
+
+def decompose_to_dir(teacher: str | Path, out: str | Path, method: str = "tucker", *, ops: str = "all",
+                     budget: int | None = None, head: str = "auto", num_labels: int | None = None,
+                     overwrite: bool = False, **options) -> dict:
+    """Decompose the teacher in directory `teacher` and write a loadable student directory `out`
+    (config, safetensors, tokenizer, decomposition.json). Returns the decomposition record."""
+    config = load_config(teacher)
+    check_head(infer_head(config) if head == "auto" else head)
+    check_output_dir(out, overwrite)
+    get_method(method, **options)  # refuse unknown methods and bad options before loading
+    student, record = decompose(teacher, method, ops=ops, head=head, num_labels=num_labels, budget=budget, **options)
+    record["teacher"] = str(Path(teacher).resolve())
+    with atomic_dir(out, overwrite) as tmp:
+        student.save_pretrained(tmp)
+        save_tokenizer(teacher, tmp)
+        write_json(Path(tmp) / "decomposition.json", record)
+    return record
+
+
+@torch.no_grad()
+def export_dense(student: PreTrainedModel) -> PreTrainedModel:
+    """An ordinary instance of the student's own class with the factors merged into dense weights
+    (the student itself is left as it is)."""
+    return merge(copy.deepcopy(student)).eval()

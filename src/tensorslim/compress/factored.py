@@ -1,0 +1,200 @@
+"""Factors stored once (`FactorBank`, on the base model) and the projections that read them
+(`FactoredProjection`, in place of a model's `nn.Linear` / `Conv1D`), without ever forming a
+dense weight in the forward pass.
+
+A module's [in, out] matrix is made of slices (see `decomposition.slices`); slice i of a group is
+U_i S_i V_i. A block stored [in, out] is U S V: its input side is A = U, the middle S, the output
+side B = V. A block stored [out, in] (transposed) is V^T S^T U^T: A = V^T, middle S^T, B = U^T.
+
+With a shared basis (one A for the whole group) a module computes, for input x (..., in):
+
+    one input block, g output blocks (fan-out: q, k, v, an FFN input matrix):
+        y = (x A) @ [M_1 B | ... | M_g B] + b                        M_j the middle of block j
+    g input blocks, one output block (fan-in: an FFN output matrix cut into D x D tiles):
+        y = [x_1 A | ... | x_g A] @ vstack(M_j) @ B + b              (or vstack(M_j B) when cheaper)
+
+and x A is computed once for all the modules that read the same x with the same A (Q, K and V;
+gate and up). Without a shared basis (lowrank) each block has its own A and B. Products that do not
+depend on x (S = P C, M B) are built once per forward; under torch.no_grad they are kept across
+forwards until a factor changes (tensor version counters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..decomposition.methods import Method
+from ..decomposition.slices import Group, ModuleLayout
+
+
+def affine(h: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """h @ W (+ bias) in one call, for h of any leading shape."""
+    flat = h.reshape(-1, h.shape[-1])
+    out = torch.mm(flat, W) if bias is None else torch.addmm(bias, flat, W)
+    return out.view(*h.shape[:-1], W.shape[-1])
+
+
+class FactorGroup(nn.Module):
+    """The factors of one slice group, named and shaped by the method (e.g. U, P, C, V)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        super().__init__()
+        for name, shape in shapes.items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape)))
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.named_parameters())
+
+
+class FactorBank(nn.Module):
+    """Every decomposed group's factors, stored once; lives at `<base model>.tensorslim_factors`."""
+
+    def __init__(self, method: Method, groups: dict[str, Group], ranks: dict[str, dict[str, int]]):
+        super().__init__()
+        self.method, self.info, self.ranks = method, groups, ranks
+        self.groups = nn.ModuleDict({name: FactorGroup(method.shapes(g, ranks[name])) for name, g in groups.items()})
+        self._memo: dict = {}
+        self._memo_key = None
+        self._inputs: dict = {}
+        self.share_inputs = True
+
+    def __getstate__(self):
+        """Copies and pickles carry the factors, not the caches of a forward."""
+        return {**self.__dict__, "_memo": {}, "_memo_key": None, "_inputs": {}}
+
+    # called around every forward of the base model (hooks installed by compress.inplace)
+    def begin_forward(self, module: nn.Module, *_) -> None:
+        """Keep cached products only without gradients and while no factor has changed; share x A
+        between modules unless gradient checkpointing will recompute the layers."""
+        self._inputs = {}
+        self.share_inputs = not (torch.is_grad_enabled() and getattr(module, "gradient_checkpointing", False))
+        if torch.is_grad_enabled():
+            self._memo, self._memo_key = {}, None
+            return
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
+        if key != self._memo_key:
+            self._memo, self._memo_key = {}, key
+
+    def end_forward(self, *_) -> None:
+        self._inputs = {}
+
+    def memo(self, key, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
+
+    def factors(self, group: str) -> dict[str, torch.Tensor]:
+        return self.groups[group].as_dict()
+
+    def cores(self, group: str) -> torch.Tensor:
+        """S (n, r1, r2) of `group`, built once per forward."""
+        return self.memo(("S", group), lambda: self.method.cores(self.factors(group)))
+
+    def sides(self, group: str, transposed: bool, index: torch.Tensor | None = None):
+        """(A, B): the input-side and output-side factors; batched (g, ., .) at `index` for lowrank."""
+        U, V = self.groups[group].U, self.groups[group].V
+        if index is not None:
+            U, V = U[index], V[index]
+        return (V.mT, U.mT) if transposed else (U, V)
+
+    def shared_input(self, key, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """x @ A, computed once for the modules of one forward that read the same x with the same A."""
+        if not self.share_inputs:
+            return x @ A
+        hit = self._inputs.get(key)
+        if hit is not None and hit[0] is x and hit[1] == x._version:
+            return hit[2]
+        h = x @ A
+        self._inputs[key] = (x, x._version, h)
+        return h
+
+    def reconstruct(self, group: str) -> torch.Tensor:
+        """The dense (n, R, C) stack of `group` (for merging and checks)."""
+        return self.method.reconstruct(self.factors(group))
+
+
+class FactoredProjection(nn.Module):
+    """A module's [in, out] matrix as blocks of one group (see the module docstring), plus its bias."""
+
+    def __init__(self, layout: ModuleLayout, bank: FactorBank, bias: bool):
+        super().__init__()
+        self.layout, self.in_features, self.out_features = layout, layout.in_features, layout.out_features
+        object.__setattr__(self, "bank", bank)  # read at call time, not a submodule: stored once
+        self.bias = nn.Parameter(torch.zeros(layout.out_features)) if bias else None
+        blocks = layout.blocks
+        self.fan_in = len({b.in_start for b in blocks}) > 1
+        if self.fan_in and len({b.out_start for b in blocks}) > 1:
+            raise ValueError(f"{layout.key}: blocks tile both the input and the output")
+        order = sorted(blocks, key=lambda b: (b.in_start, b.out_start))
+        if [b.in_start if self.fan_in else b.out_start for b in order] != [
+                i * (b.in_size if self.fan_in else b.out_size) for i, b in enumerate(order)]:
+            raise ValueError(f"{layout.key}: blocks are not equal consecutive tiles")
+        self.g, self.block_in, self.block_out = len(order), order[0].in_size, order[0].out_size
+        self.slice_ids = tuple(b.index for b in order)  # not a buffer: from_pretrained builds on "meta"
+        self._index: dict[torch.device, torch.Tensor] = {}
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group={self.layout.group}, "
+                f"slices={list(self.slice_ids)}, transposed={self.layout.transposed}")
+
+    def __getstate__(self):
+        return {**self.__dict__, "_index": {}}
+
+    def index(self, device: torch.device) -> torch.Tensor:
+        """The slice indices as a tensor on `device` (made once per device)."""
+        if device not in self._index:
+            self._index[device] = torch.tensor(self.slice_ids, device=device)
+        return self._index[device]
+
+    def _middles(self) -> torch.Tensor:
+        S = self.bank.cores(self.layout.group)
+        S = S[self.index(S.device)]
+        return S.mT if self.layout.transposed else S  # (g, r_in, r_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bank, group, transposed = self.bank, self.layout.group, self.layout.transposed
+        key = id(self)
+        if not bank.method.shared:
+            A, B = bank.sides(group, transposed, self.index(x.device))  # (g, in_block, r), (g, r, out_block)
+            G = bank.memo(key, lambda: self._middles() @ B)  # (g, r, out_block)
+            if not self.fan_in:
+                h = torch.einsum("...i,gir->...gr", x, A)
+                y = torch.einsum("...gr,gro->...go", h, G).flatten(-2)
+            else:
+                h = torch.einsum("...gi,gir->...gr", x.unflatten(-1, (self.g, self.block_in)), A)
+                y = torch.einsum("...gr,gro->...o", h, G)
+            return y if self.bias is None else y + self.bias
+        A, B = bank.sides(group, transposed)
+        r_in, r_out = A.shape[-1], B.shape[0]
+        if not self.fan_in:
+            h = bank.shared_input((group, transposed), x, A)
+            G = bank.memo(key, lambda: (self._middles() @ B).transpose(0, 1).reshape(r_in, -1))
+            return affine(h, G, self.bias)
+        h = (x.unflatten(-1, (self.g, self.block_in)) @ A).flatten(-2)  # (..., g r_in)
+        if self.g * self.block_out <= self.g * r_out + self.block_out:  # merging vstack(M) @ B is cheaper per token
+            return affine(h, bank.memo(key, lambda: (self._middles() @ B).reshape(-1, self.block_out)), self.bias)
+        M = bank.memo(key, lambda: self._middles().reshape(-1, r_out))
+        return affine(h @ M, B, self.bias)
+
+    def macs_per_token(self) -> int:
+        """Multiply-adds per token as forward() computes them (bias excluded; x A counted here
+        even where another module of the same input shares it)."""
+        A, B = self.bank.sides(self.layout.group, self.layout.transposed)
+        r_in, r_out = A.shape[-1], B.shape[-2]
+        g, i, o = self.g, self.block_in, self.block_out
+        if not self.bank.method.shared:
+            return g * (i * r_in + r_in * o)
+        if not self.fan_in:
+            return i * r_in + r_in * g * o
+        merged = g * o <= g * r_out + o
+        return g * i * r_in + (g * r_in * o if merged else g * r_in * r_out + r_out * o)
+
+    @torch.no_grad()
+    def dense_weight(self) -> torch.Tensor:
+        """The module's [in, out] matrix from the current factors."""
+        from ..decomposition.slices import assemble
+
+        return assemble({self.layout.group: self.bank.reconstruct(self.layout.group)}, self.layout)

@@ -1,0 +1,216 @@
+"""The user's own model, changed in place (as PEFT does): each decomposed projection becomes a
+`FactoredProjection` reading factors stored once in a `FactorBank` on the base model; `merge`
+turns them back into the original dense modules.
+
+Which modules are decomposed, and how their matrices become slices, comes from the model's family
+(`families`) and `decomposition.slices`; what the factors are comes from the method.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+
+from ..decomposition.methods import Method, get_method
+from ..decomposition.slices import Group, Matrix, ModuleLayout, plan
+from ..errors import TensorslimError
+from ..families import Family, Projection, get_family, get_path, layers_of, set_path
+from .factored import FactorBank, FactoredProjection
+from .section import DecompositionConfig, DecompositionLoader, section_of
+
+log = logging.getLogger(__name__)
+
+OPS = {"all": ("attention", "ffn"), "san": ("attention",), "ffn": ("ffn",)}
+BANK = "tensorslim_factors"
+
+
+def check_ops(ops: str) -> tuple[str, ...]:
+    if ops not in OPS:
+        raise TensorslimError(f"unknown ops {ops!r}", f"use one of {', '.join(OPS)}")
+    return OPS[ops]
+
+
+def targets(model: PreTrainedModel, ops: str = "all") -> list[tuple[str, nn.Module, Projection]]:
+    """(key "<layer>.<path>", module, projection spec) of every module `ops` decomposes, in stacking order."""
+    family = get_family(model.config)
+    kinds = check_ops(ops)
+    found = []
+    for i, layer in enumerate(layers_of(model.base_model, family)):
+        for proj in family.projections:
+            if proj.kind in kinds:
+                found.append((f"{i}.{proj.path}", get_path(layer, proj.path), proj))
+    return found
+
+
+def in_out(module: nn.Module) -> tuple[int, int]:
+    """(in, out) features of a Linear, Conv1D or FactoredProjection."""
+    if isinstance(module, Conv1D):
+        return module.weight.shape[0], module.weight.shape[1]
+    return module.in_features, module.out_features
+
+
+def matrix_of(module: nn.Module) -> torch.Tensor:
+    """The module's [in, out] weight (a view for Linear and Conv1D)."""
+    if isinstance(module, FactoredProjection):
+        return module.dense_weight()
+    return module.weight if isinstance(module, Conv1D) else module.weight.T
+
+
+def layout(model: PreTrainedModel, ops: str = "all") -> tuple[dict[str, Group], list[ModuleLayout], list]:
+    """Slice groups and module layouts of `model` (see decomposition.slices), with the targets."""
+    found = targets(model, ops)
+    if not found:
+        raise TensorslimError(f"ops={ops!r} selects no projection of this model", "use --ops all")
+    matrices = []
+    for key, module, proj in found:
+        if not isinstance(module, (nn.Linear, Conv1D, FactoredProjection)):
+            raise TensorslimError(f"{key} is a {type(module).__name__}, not a linear projection",
+                                  "this checkpoint's modules differ from its family's table entry")
+        fan_in, fan_out = in_out(module)
+        if fan_out % len(proj.parts):
+            raise TensorslimError(f"{key} has {fan_out} outputs, not divisible into {proj.parts}",
+                                  "this checkpoint's modules differ from its family's table entry")
+        matrices.append(Matrix(key, fan_in, (fan_out // len(proj.parts),) * len(proj.parts), proj.transposed))
+    groups, layouts = plan(matrices, model.config.hidden_size)
+    return groups, layouts, found
+
+
+def is_decomposed(model: nn.Module) -> bool:
+    return hasattr(getattr(model, "base_model", model), BANK)
+
+
+def bank_of(model: nn.Module) -> FactorBank:
+    return getattr(model.base_model, BANK)
+
+
+def _install(model: PreTrainedModel, method: Method, groups: dict[str, Group], ranks: dict[str, dict],
+             layouts: list[ModuleLayout], found: list) -> FactorBank:
+    """Register the bank on the base model and swap the target modules for factored ones (biases
+    copied; factors left for the caller to fill)."""
+    base = model.base_model
+    bank = FactorBank(method, groups, ranks)
+    base.add_module(BANK, bank)
+    layers = layers_of(base, get_family(model.config))
+    for lay, (key, module, _) in zip(layouts, found):
+        bias = getattr(module, "bias", None)
+        new = FactoredProjection(lay, bank, bias is not None)
+        if bias is not None and bias.device.type != "meta":
+            with torch.no_grad():
+                new.bias.copy_(bias)
+        new.to(device=bias.device if bias is not None else module.weight.device,
+               dtype=bias.dtype if bias is not None else module.weight.dtype)
+        index, _, path = key.partition(".")
+        set_path(layers[int(index)], path, new)
+        # transformers' _init_weights of some families reaches into a projection's `.weight` from its
+        # parent module (GPT-2, ModernBERT); the factors are loaded or fitted, never initialised there
+        parent = get_path(layers[int(index)], path.rpartition(".")[0])
+        if not any(True for _ in parent.parameters(recurse=False)):
+            parent._is_hf_initialized = True
+        new._is_hf_initialized = True
+    bank.to(device=next(base.parameters()).device)
+    base.register_forward_pre_hook(bank.begin_forward)
+    base.register_forward_hook(bank.end_forward)
+    return bank
+
+
+def section_for(method: Method, groups: dict[str, Group], ranks: dict, ops: str) -> DecompositionConfig:
+    return DecompositionConfig(method=method.name, options={k: v for k, v in method.values.items() if v is not None},
+                               ops=ops, groups={n: {"rows": g.rows, "cols": g.cols, "num_slices": g.num_slices,
+                                                    "ranks": ranks[n]} for n, g in groups.items()})
+
+
+def attach_section(model: PreTrainedModel, section: DecompositionConfig) -> None:
+    """Record the section in the config (save_pretrained writes it) and the loader that merges."""
+    model.config.quantization_config = section
+    model.hf_quantizer = DecompositionLoader(section, pre_quantized=True)
+
+
+def apply_structure(model: PreTrainedModel, section: DecompositionConfig) -> FactorBank:
+    """Give `model` the factored structure `section` describes (factors uninitialised): the loading path."""
+    method = get_method(section.method, **section.options)
+    groups, layouts, found = layout(model, section.ops)
+    expected = {n: (g["rows"], g["cols"], g["num_slices"]) for n, g in section.groups.items()}
+    if expected != {n: (g.rows, g.cols, g.num_slices) for n, g in groups.items()}:
+        raise TensorslimError("the decomposition section of config.json does not match the model's shapes",
+                              "the config was edited or comes from another model; re-run tensorslim decompose")
+    ranks = {n: dict(g["ranks"]) for n, g in section.groups.items()}
+    return _install(model, method, groups, ranks, layouts, found)
+
+
+def factorize(model: PreTrainedModel, method: Method, ops: str = "all") -> dict:
+    """Decompose `model` in place with `method`; return the fit record per group.
+
+    Each group's stack is fitted from the current dense weights (never from zeros); see
+    `decomposition.slices` for the orientation.
+    """
+    if is_decomposed(model):
+        raise TensorslimError("the model is already decomposed", "merge it first (model.dequantize()) or pass the teacher")
+    from ..decomposition.slices import stack
+
+    groups, layouts, found = layout(model, ops)
+    hidden = model.config.hidden_size
+    ranks = {n: method.group_ranks(g, hidden) for n, g in groups.items()}
+    with torch.no_grad():
+        stacks = stack({key: matrix_of(module) for key, module, _ in found}, groups, layouts)
+    for name, W in stacks.items():
+        if not torch.isfinite(W).all():
+            raise TensorslimError(f"the teacher's weights hold NaN or infinite values (slice group {name})",
+                                  "the checkpoint is corrupt or training diverged; use a finite teacher")
+    fits = {}
+    for name, W in stacks.items():
+        factors, record = method.fit(W.to(next(model.parameters()).device), groups[name], ranks[name])
+        fits[name] = (factors, record, W)
+    bank = _install(model, method, groups, ranks, layouts, found)
+    with torch.no_grad():
+        for name, (factors, _, _) in fits.items():
+            for fname, param in bank.groups[name].named_parameters():
+                param.copy_(factors[fname])
+    attach_section(model, section_for(method, groups, ranks, ops))
+    return {"groups": groups, "ranks": ranks, "layouts": layouts, "found": found,
+            "fits": {n: (rec, W) for n, (_, rec, W) in fits.items()}}
+
+
+@torch.no_grad()
+def merge(model: PreTrainedModel) -> PreTrainedModel:
+    """Replace every FactoredProjection by the original dense module with the reconstructed weight
+    (PEFT's merge_and_unload); the model becomes an ordinary instance of its class."""
+    base = model.base_model
+    if not is_decomposed(model):
+        raise TensorslimError("the model is not decomposed", "pass a tensorslim student")
+    bank = bank_of(model)
+    family: Family = get_family(model.config)
+    stacks = {name: bank.reconstruct(name) for name in bank.groups}
+    layers = layers_of(base, family)
+    from ..decomposition.slices import assemble
+
+    for i, layer in enumerate(layers):
+        for proj in family.projections:
+            module = get_path(layer, proj.path)
+            if not isinstance(module, FactoredProjection):
+                continue
+            M = assemble(stacks, module.layout)
+            dtype = module.bias.dtype if module.bias is not None else M.dtype
+            if proj.conv1d:
+                dense = Conv1D(module.out_features, module.in_features)
+                dense.weight.copy_(M)
+            else:
+                dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+                dense.weight.copy_(M.T)
+            if module.bias is not None:
+                dense.bias.copy_(module.bias)
+            set_path(layer, proj.path, dense.to(device=M.device, dtype=dtype))
+    for hooks in (base._forward_pre_hooks, base._forward_hooks):
+        for key, hook in list(hooks.items()):
+            if getattr(hook, "__self__", None) is bank:
+                del hooks[key]
+    delattr(base, BANK)
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            delattr(model, attr)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model

@@ -1,0 +1,97 @@
+"""Loading teachers and students: config checks, the head a model has, verified weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from safetensors import SafetensorError
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+from ..errors import TensorslimError
+from ..families import get_family
+
+log = logging.getLogger(__name__)
+
+HEADS = {
+    "base": AutoModel,
+    "sequence_classification": AutoModelForSequenceClassification,
+    "masked_lm": AutoModelForMaskedLM,
+    "causal_lm": AutoModelForCausalLM,
+}
+
+
+def load_config(path: str | Path):
+    """The model's config, with clear errors for a missing directory, config or unsupported family."""
+    path = Path(path)
+    if not path.is_dir():
+        raise TensorslimError(f"model directory {path} does not exist", "pass the directory written by save_pretrained")
+    if not (path / "config.json").is_file():
+        raise TensorslimError(f"{path} has no config.json, so it is not a transformers model directory",
+                              "pass the directory written by save_pretrained (config.json + model.safetensors)")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
+        raise TensorslimError(f"cannot read {path / 'config.json'}: {exc}", "fix or regenerate config.json") from exc
+    get_family(config)
+    return config
+
+
+def infer_head(config, model: PreTrainedModel | None = None) -> str:
+    """The head a model has: from its class, or the `architectures` it was saved with."""
+    arch = type(model).__name__ if model is not None else " ".join(getattr(config, "architectures", None) or [])
+    if "SequenceClassification" in arch:
+        return "sequence_classification"
+    if "MaskedLM" in arch or "PreTraining" in arch:
+        return "masked_lm"
+    if "CausalLM" in arch or "LMHead" in arch:
+        return "causal_lm"
+    return "base"
+
+
+def check_head(head: str) -> str:
+    if head not in HEADS:
+        raise TensorslimError(f"unknown head {head!r}", f"use one of auto, {', '.join(HEADS)}")
+    return head
+
+
+def load_model(path: str | Path, head: str = "auto", **kwargs) -> PreTrainedModel:
+    """Load a teacher or student directory with the Auto class of `head`, verifying its weights:
+    every weight of the base model (all but a new head and pooler) must come from the file."""
+    config = kwargs.pop("config", None) or load_config(path)
+    head = check_head(infer_head(config) if head == "auto" else head)
+    try:
+        model, info = HEADS[head].from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
+        raise TensorslimError(f"cannot load the weights in {path}: {exc}",
+                              "the weights file is missing, truncated or does not match config.json; "
+                              "re-save the model") from exc
+    prefix = model.base_model_prefix
+    own = model.base_model is model
+    missing = sorted(k for k in info["missing_keys"]
+                     if (own or k.startswith(prefix + ".")) and "pooler." not in k)
+    if missing:
+        raise TensorslimError(f"{path} does not hold the weights its config.json describes "
+                              f"(missing: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})",
+                              "the weights file and config.json come from different models; re-save the model")
+    return model
+
+
+def save_tokenizer(source: str | Path, out: str | Path) -> bool:
+    """Copy the tokenizer of model directory `source` into `out`, if it has one."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("no tokenizer copied from %s (%s); pass --tokenizer to later commands", source, exc)
+        return False
+    tokenizer.save_pretrained(out)
+    return True

@@ -1,0 +1,102 @@
+"""The decomposition section of a student's config.json, and the hook that rebuilds a student
+inside transformers' own `from_pretrained`.
+
+transformers reads `quantization_config` from config.json and, through a registered
+`HfQuantizer`, lets a method replace modules after the model class is built and before its
+weights load: exactly what a decomposed student needs. tensorslim registers itself as the
+method "tensorslim" (public `register_quantization_config` / `register_quantizer`), so after
+`import tensorslim` any `from_pretrained` of a student (Auto classes, the concrete class,
+pipelines, lm-eval's HFLM) builds the teacher's own class with factored projections, and
+`model.dequantize()` merges the factors back into dense weights. The model is not quantized in
+any other sense: `is_quantized` is left False, so training, `.half()` and `.to()` behave as
+for the dense class. Without `import tensorslim`, transformers warns that it does not know the
+method and the projections load uninitialised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers.quantizers import HfQuantizer
+from transformers.quantizers.auto import (
+    AUTO_QUANTIZATION_CONFIG_MAPPING,
+    AUTO_QUANTIZER_MAPPING,
+    register_quantization_config,
+    register_quantizer,
+)
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+SECTION = "tensorslim"
+
+
+@dataclass
+class DecompositionConfig(QuantizationConfigMixin):
+    """config.json's `quantization_config` of a student: the method with its options, which
+    projections (`ops`), and each slice group's shape and ranks."""
+
+    method: str = "tucker"
+    options: dict = field(default_factory=dict)
+    ops: str = "all"
+    groups: dict = field(default_factory=dict)  # name -> {rows, cols, num_slices, ranks}
+    quant_method: str = SECTION
+
+    def __post_init__(self):
+        self.quant_method = SECTION
+
+    def to_dict(self) -> dict:
+        return {"quant_method": SECTION, "method": self.method, "options": dict(self.options), "ops": self.ops,
+                "groups": {k: dict(v) for k, v in self.groups.items()}}
+
+
+def section_of(config) -> DecompositionConfig | None:
+    """The decomposition section of a model config (object or dict), or None for a dense model."""
+    q = getattr(config, "quantization_config", None)
+    if isinstance(q, DecompositionConfig):
+        return q
+    if isinstance(q, dict) and q.get("quant_method") == SECTION:
+        return DecompositionConfig.from_dict(q)
+    return None
+
+
+class DecompositionLoader(HfQuantizer):
+    """Builds the factored structure before the weights load; merges on `dequantize()`."""
+
+    requires_calibration = False
+
+    def _process_model_before_weight_loading(self, model, **kwargs):
+        from .inplace import apply_structure
+
+        apply_structure(model, self.quantization_config)
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        model.is_quantized = False  # factored, not quantized: Trainer, .half() and .to() as for the dense class
+        return model
+
+    def is_serializable(self, *args, **kwargs) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_qat_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+    def _dequantize(self, model, dtype=None):
+        from .inplace import merge
+
+        return merge(model)
+
+
+def register() -> None:
+    """Make transformers know the "tensorslim" section (idempotent)."""
+    if SECTION not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(SECTION)(DecompositionConfig)
+    if SECTION not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(SECTION)(DecompositionLoader)

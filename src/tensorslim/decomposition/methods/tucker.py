@@ -1,0 +1,55 @@
+"""IV: the paper's matrix bank. S_i = sum_k P[i, k] C_k with l bank matrices per group."""
+
+from __future__ import annotations
+
+import torch
+
+from ...errors import TensorslimError
+from ..slices import Group
+from .base import RANK, Method, Option, unmeetable
+from .hooi_options import HOOI_OPTIONS, run_hooi
+
+LAYER_RANK = Option("layer_rank", int, None, "l, the size of a group's matrix bank (at most its slice count); "
+                    "default: half the slices, or from --budget")
+
+
+class Tucker(Method):
+    """U (R, r1), P (n, l), C (l, r1, r2), V (r2, C); R r1 + C r2 + n l + l r1 r2 weights."""
+
+    name = "tucker"
+    paper = "IV"
+    options = (RANK, LAYER_RANK, *HOOI_OPTIONS)
+    factor_names = ("U", "P", "C", "V")
+
+    def group_ranks(self, group, hidden_size):
+        ranks = super().group_ranks(group, hidden_size)
+        n = group.num_slices
+        l = self.layer_rank if self.layer_rank is not None else max(1, n // 2)
+        if l < 1:
+            raise TensorslimError(f"layer rank {l} is not positive", f"choose --layer-rank between 1 and {n}")
+        return {**ranks, "layer_rank": min(l, n)}
+
+    def shapes(self, group: Group, ranks):
+        r1, r2 = self.side_ranks(group, ranks)
+        l = ranks["layer_rank"]
+        return {"U": (group.rows, r1), "P": (group.num_slices, l), "C": (l, r1, r2), "V": (r2, group.cols)}
+
+    def fit(self, W, group, ranks):
+        r1, r2 = self.side_ranks(group, ranks)
+        core, (P, U, V), record = run_hooi(self, W, (ranks["layer_rank"], r1, r2))
+        return {"U": U, "P": P, "C": core, "V": V.T.contiguous()}, record
+
+    def cores(self, factors):
+        return torch.einsum("nl,lab->nab", factors["P"], factors["C"])
+
+    def for_budget(self, groups, hidden_size, budget):
+        """With --rank fixed: the largest bank that fits; otherwise banks of half the slices (as
+        the paper's 72-384 student of BERT-base) and the largest rank."""
+        if self.rank is None or self.layer_rank is not None:
+            return super().for_budget(groups, hidden_size, budget)
+        largest = max(g.num_slices for g in groups.values())
+        fits = [l for l in range(1, largest + 1)
+                if self.with_values(layer_rank=l).total_params(groups, hidden_size) <= budget]
+        if not fits:
+            unmeetable(self.name, budget, self.with_values(layer_rank=1).total_params(groups, hidden_size))
+        return self.with_values(layer_rank=max(fits))
