@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, GPT2Config, GPT2Model
+from transformers import AutoModelForMaskedLM, T5Config, T5Model
 
 from tensorslim.cli import main
 
@@ -21,7 +21,9 @@ def test_decompose_writes_a_loadable_student(tiny_bert_dir, tmp_path):
     assert set(record["relative_error_per_slot"]) == {"q", "k", "v", "o", *(f"ffn_{s}.{j}" for s in ("in", "out") for j in range(4))}
     assert record["seconds"]["total"] > 0 and record["hooi"]["sweep_dtype"] in ("float32", "bfloat16")
     model = AutoModelForMaskedLM.from_pretrained(out)
-    assert type(model).__name__ == "DecomposedBertForMaskedLM"
+    assert type(model).__name__ == "BertForMaskedLM"  # the teacher's own class, with factored projections
+    assert type(model.bert.encoder.layer[0].attention.self.query).__name__ == "FactoredProjection"
+    assert model.config.quantization_config.method == "tucker"
     assert (out / "tokenizer.json").is_file()
 
 
@@ -56,20 +58,15 @@ def test_report_prints_and_writes_json(tiny_bert_dir, tmp_path):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("missing", "does not exist"), ("noconfig", "has no config.json"), ("gpt2", "not a BERT-family encoder"),
-    ("ffn", "not a multiple"), ("corrupt", "cannot load the weights"),
+    ("missing", "does not exist"), ("noconfig", "has no config.json"), ("t5", "model type 't5' is not supported"),
+    ("corrupt", "cannot load the weights"),
 ])
 def test_bad_teacher_directories(tmp_path, tiny_bert_dir, case, message, caplog):
     teacher = tmp_path / "teacher"
     if case == "noconfig":
         teacher.mkdir()
-    elif case == "gpt2":
-        GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)).save_pretrained(teacher)
-    elif case == "ffn":
-        from transformers import BertConfig, BertModel
-
-        BertModel(BertConfig(hidden_size=16, intermediate_size=40, num_attention_heads=2, num_hidden_layers=1,
-                             vocab_size=50)).save_pretrained(teacher)
+    elif case == "t5":
+        T5Model(T5Config(num_layers=1, d_model=16, d_kv=8, d_ff=32, num_heads=2, vocab_size=50)).save_pretrained(teacher)
     elif case == "corrupt":
         import shutil
 
@@ -127,7 +124,7 @@ def test_student_weights_are_finite(tiny_bert_dir, tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("damage,message", [("rank", "cannot load the weights"), ("drop", "does not hold the encoder weights")])
+@pytest.mark.parametrize("damage,message", [("rank", "cannot load the weights"), ("drop", "does not hold the weights")])
 def test_student_whose_config_and_weights_disagree(tiny_bert_dir, tmp_path, damage, message, caplog):
     from safetensors.torch import load_file, save_file
 
@@ -135,11 +132,11 @@ def test_student_whose_config_and_weights_disagree(tiny_bert_dir, tmp_path, dama
     main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(student), "--rank", "8", "--layer-rank", "6"])
     if damage == "rank":
         config = json.loads((student / "config.json").read_text())
-        config["rank"] = 10
+        config["quantization_config"]["groups"]["32x32"]["ranks"]["rank"] = 10
         (student / "config.json").write_text(json.dumps(config))
     else:
         weights = load_file(student / "model.safetensors")
-        weights.pop("bert.encoder.factors.C")
+        weights.pop("bert.tensorslim_factors.groups.32x32.C")
         save_file(weights, student / "model.safetensors", metadata={"format": "pt"})
     assert main(["report", "--model", str(student), "--seconds", "0.1", "--batch-size", "2", "--seq-len", "8"]) == 2
     assert message in caplog.text and "fix:" in caplog.text

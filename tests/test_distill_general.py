@@ -124,8 +124,7 @@ def test_non_finite_loss_stops_with_the_step_and_cause(tmp_path, tiny_bert_dir, 
 
 
 def test_decomposed_student_general_distillation(tmp_path, tiny_bert_dir, pregenerated):
-    pytest.importorskip("tensorslim.modeling.convert")
-    from tensorslim.modeling.convert import decompose_to_dir
+    from tensorslim.compress.api import decompose_to_dir
 
     decompose_to_dir(tiny_bert_dir, tmp_path / "student", method="tucker", rank=16, layer_rank=8)
     out = tmp_path / "out"
@@ -134,7 +133,10 @@ def test_decomposed_student_general_distillation(tmp_path, tiny_bert_dir, pregen
                  "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--layer-map", "uniform",
                  "--embedding-loss"]) == 0
     model = AutoModelForMaskedLM.from_pretrained(out)
-    assert model.config.model_type == "decomposed_bert"
+    assert model.config.model_type == "bert" and model.config.quantization_config.method == "tucker"
+    before = AutoModelForMaskedLM.from_pretrained(tmp_path / "student")
+    trained, initial = model.bert.tensorslim_factors.groups["32x32"], before.bert.tensorslim_factors.groups["32x32"]
+    assert all(not torch.equal(getattr(trained, n), getattr(initial, n)) for n in ("U", "P", "C", "V"))
     info = json.loads((out / "tensorslim_training.json").read_text())
     assert info["distillation"]["losses"] == ["attention", "hidden", "embedding"]
     assert info["metrics"]["train_loss"] > 0

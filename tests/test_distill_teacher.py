@@ -88,8 +88,7 @@ def test_unsupported_model_is_refused():
 
 
 def test_decomposed_model_gives_scores_natively(tiny_bert_dir):
-    pytest.importorskip("tensorslim.modeling.convert")
-    from tensorslim.modeling.convert import from_teacher
+    from tensorslim.compress.api import from_teacher
 
     student = from_teacher(tiny_bert_dir, method="tucker", rank=16, layer_rank=8, head="base").eval()
     batch = inputs()

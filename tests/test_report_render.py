@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tensorslim.errors import TensorslimError
-from tensorslim.modeling.convert import decompose_to_dir
+from tensorslim.compress.api import decompose_to_dir
 from tensorslim.report.plots import loss_points, retained_energy
 from tensorslim.report.render import fmt_int, fmt_percent, fmt_ratio, fmt_seconds, fmt_si, render_report
 from tensorslim.report.summary import describe

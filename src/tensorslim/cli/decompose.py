@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..decomposition.methods import METHODS
-from ..decomposition.stacking import OPS
-
 log = logging.getLogger(__name__)
 
 
@@ -21,40 +18,49 @@ def parse_count(text: str) -> int:
 
 
 def register(sub) -> None:
+    from ..compress.inplace import OPS
+    from ..compress.loading import HEADS
+    from ..decomposition.methods import METHODS, all_options
+    from ..families import SUPPORTED_MODEL_TYPES
+
     p = sub.add_parser(
-        "decompose", help="teacher BERT -> compressed student initialised from the teacher's weights",
-        description="Stack the teacher's encoder matrices into an (n, D, D) tensor, decompose it (tucker: "
-                    "HOSVD + HOOI) and write a student model directory with decomposition.json. Ranks default to "
-                    "the paper's 72-384 shape scaled to the teacher (d = D/2, l = n/2).",
+        "decompose", help="teacher -> compressed student initialised from the teacher's weights",
+        description="Stack the teacher's projection matrices into groups of equal-shape slices, decompose each "
+                    "group (tucker: HOSVD + HOOI) and write a student directory: the teacher's own class with "
+                    "factored projections, plus decomposition.json. Ranks default to the paper's 72-384 shape scaled "
+                    "to the teacher (d = D/2, l = n/2).",
     )
-    p.add_argument("--teacher", required=True, help="teacher model directory (BERT, RoBERTa, ELECTRA, MiniLM)")
+    p.add_argument("--teacher", required=True, help=f"teacher model directory ({', '.join(SUPPORTED_MODEL_TYPES)})")
     p.add_argument("--out", required=True, help="student directory to write")
     p.add_argument("--method", default="tucker", choices=list(METHODS),
-                   help="tucker (paper's IV, matrix bank), shared (III) or lowrank (II) (default: tucker)")
-    p.add_argument("--rank", type=int, help="d, rank of the D x D sides (default: D/2, or from --budget)")
-    p.add_argument("--layer-rank", type=int, help="l, matrix-bank size for tucker (default: n/2, or from --budget)")
+                   help="; ".join(f"{name}: paper's {cls.paper}, options {', '.join(o.name for o in cls.options)}"
+                                  for name, cls in METHODS.items()) + " (default: tucker)")
+    for option in all_options().values():
+        p.add_argument("--" + option.name.replace("_", "-"), type=option.type, default=None, choices=option.choices,
+                       help=option.help + (f" (default: {option.default})" if option.default is not None else ""))
     p.add_argument("--budget", type=parse_count,
                    help="choose ranks so the factors hold at most this many weights, e.g. 2M")
-    p.add_argument("--ops", default="all", choices=OPS, help="matrices to decompose: all, san (attention), ffn")
-    p.add_argument("--head", default="auto", choices=["auto", "base", "sequence_classification", "masked_lm"],
+    p.add_argument("--ops", default="all", choices=list(OPS), help="matrices to decompose: all, san (attention), ffn")
+    p.add_argument("--head", default="auto", choices=["auto", *HEADS],
                    help="which head to keep (default: the one the teacher was saved with)")
     p.add_argument("--num-labels", type=int, help="labels of a new classification head (default: the teacher's)")
-    p.add_argument("--tol", type=float, default=1e-4, help="HOOI stops when the relative error improves less in a sweep (default 1e-4, as the release)")
-    p.add_argument("--max-iter", type=int, default=100, help="at most this many HOOI sweeps (default 100)")
-    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="dtype of the HOOI sweeps: bfloat16 sweeps finish with float32 ones (2-3x faster, same or "
-                        "lower error); auto (default) uses bfloat16 for large stacks where the hardware multiplies "
-                        "it natively (CPUs with AMX, CUDA GPUs with bf16), float32 elsewhere")
     p.add_argument("--overwrite", action="store_true", help="replace --out even if tensorslim did not write it")
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
-    from ..modeling.convert import decompose_to_dir
+    from ..compress.api import decompose_to_dir
+    from ..decomposition.methods import METHODS, all_options
+    from ..errors import TensorslimError
 
-    record = decompose_to_dir(args.teacher, args.out, args.method, args.rank, args.layer_rank, args.ops, args.budget,
-                              args.head, args.num_labels, args.overwrite, tol=args.tol, max_iter=args.max_iter,
-                              precision=args.precision)
+    accepted = {o.name for o in METHODS[args.method].options}
+    given = {name: getattr(args, name) for name in all_options() if getattr(args, name) is not None}
+    if set(given) - accepted:
+        raise TensorslimError(f"--method {args.method} takes no {', '.join('--' + n.replace('_', '-') for n in sorted(set(given) - accepted))}",
+                              f"{args.method} accepts {', '.join('--' + n.replace('_', '-') for n in sorted(accepted))}")
+    options = given
+    record = decompose_to_dir(args.teacher, args.out, args.method, ops=args.ops, budget=args.budget, head=args.head,
+                              num_labels=args.num_labels, overwrite=args.overwrite, **options)
     w = record["decomposed_weights"]
     log.info("wrote %s: %s rank=%s layer_rank=%s ops=%s, %s -> %s decomposed weights (%.1fx), relative error %.4f",
              args.out, record["method"], record["rank"], record["layer_rank"], record["ops"], f"{w['teacher']:,}",

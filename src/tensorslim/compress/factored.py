@@ -104,11 +104,12 @@ class FactorBank(nn.Module):
         """x @ A, computed once for the modules of one forward that read the same x with the same A."""
         if not self.share_inputs:
             return x @ A
+        version = -1 if x.is_inference() else x._version  # inference tensors have no version counter
         hit = self._inputs.get(key)
-        if hit is not None and hit[0] is x and hit[1] == x._version:
+        if hit is not None and hit[0] is x and hit[1] == version:
             return hit[2]
         h = x @ A
-        self._inputs[key] = (x, x._version, h)
+        self._inputs[key] = (x, version, h)
         return h
 
     def reconstruct(self, group: str) -> torch.Tensor:

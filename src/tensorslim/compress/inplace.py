@@ -153,6 +153,7 @@ def factorize(model: PreTrainedModel, method: Method, ops: str = "all") -> dict:
 
     groups, layouts, found = layout(model, ops)
     hidden = model.config.hidden_size
+    method.validate(groups, hidden)
     ranks = {n: method.group_ranks(g, hidden) for n, g in groups.items()}
     with torch.no_grad():
         stacks = stack({key: matrix_of(module) for key, module, _ in found}, groups, layouts)

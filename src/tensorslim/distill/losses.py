@@ -26,16 +26,22 @@ class LossBatch:
     layer_map: list[tuple[int, int]]  # (student layer, teacher layer) pairs, 0-based
     labels: torch.Tensor | None = None  # (B,) class ids or float scores
     temperature: float = 1.0
+    causal: bool = False  # decoders: a query attends to no later key
 
 
-def masked_score_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """MSE between (B, H, T, T) pre-softmax scores with padded *key* positions set to 0 in both.
+def masked_score_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor,
+                     causal: bool = False) -> torch.Tensor:
+    """MSE between (B, H, T, T) pre-softmax scores with padded *key* positions (and, for causal
+    models, keys after the query) set to 0 in both.
 
     This is the paper's attention loss: the release adds the -10000 mask and then zeroes every
     score <= -100, which is the same as zeroing masked key columns. The mean runs over all
     B*H*T*T entries, zeros included (as `torch.nn.MSELoss` does in the release).
     """
     keep = attention_mask[:, None, None, :].to(torch.bool)
+    if causal:
+        T = student.shape[-1]
+        keep = keep & torch.ones(T, T, dtype=torch.bool, device=keep.device).tril()
     zero = student.new_zeros(())
     return F.mse_loss(torch.where(keep, student, zero), torch.where(keep, teacher.to(student.dtype), zero))
 
@@ -53,7 +59,8 @@ def attention_loss(student, teacher, batch: LossBatch) -> torch.Tensor:
     total = 0.0
     for s, t in batch.layer_map:
         _check_width(student.attention_scores[s], teacher.attention_scores[t], "attention scores")
-        total = total + masked_score_mse(student.attention_scores[s], teacher.attention_scores[t], batch.attention_mask)
+        total = total + masked_score_mse(student.attention_scores[s], teacher.attention_scores[t], batch.attention_mask,
+                                         batch.causal)
     return total
 
 

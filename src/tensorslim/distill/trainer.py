@@ -17,7 +17,7 @@ from transformers import Trainer, TrainerCallback
 from ..errors import TensorslimError
 from .config import DistillationConfig
 from .losses import LossBatch, get_loss
-from .teacher import forward_features, freeze, num_layers
+from .teacher import forward_features, freeze, is_causal, num_layers
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class DistillationTrainer(Trainer):
         self.teacher = freeze(teacher, self.args.device)
         self.distill_config = distill_config
         self.layer_map = distill_config.resolve_layer_map(num_layers(self.model), num_layers(self.teacher))
+        self.causal = is_causal(self.teacher)
         self._term_sums: dict[str, float] = {}
         self._term_count = 0
 
@@ -51,7 +52,7 @@ class DistillationTrainer(Trainer):
             teacher = forward_features(teacher_model, inputs, needs, [t for _, t in self.layer_map])
         student = forward_features(model, inputs, needs, [s for s, _ in self.layer_map])
         batch = LossBatch(attention_mask=inputs["attention_mask"], layer_map=self.layer_map,
-                          labels=inputs.get("labels"), temperature=config.temperature)
+                          labels=inputs.get("labels"), temperature=config.temperature, causal=self.causal)
         terms = {name: get_loss(name)[0](student, teacher, batch) for name in config.losses}
         total = sum(config.weight(name) * term for name, term in terms.items())
         return total, terms, student

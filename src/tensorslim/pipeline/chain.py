@@ -63,7 +63,7 @@ def student_chain(stages: StageRunner, name: str, base: Path, teacher: Path, tas
     `task distillation NAME` under `base`; `decompose_kwargs` go to `decompose_to_dir`.
     `upstream` describes the teacher, data and pregenerated data (stage inputs, see StageRunner)."""
     from ..distill import recipes
-    from ..modeling.convert import decompose_to_dir
+    from ..compress.api import decompose_to_dir
     from ..train import run_dir
     from ..train.args import parse_training_args
     from ..train.general import distill_general

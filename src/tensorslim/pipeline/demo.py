@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..data.glue import get_task
-from ..decomposition.stacking import ffn_multiple, ops_slots
 from ..errors import TensorslimError
 from ..io import MARKER, check_output_dir
 from .chain import TrainingPlan, dev_scores, student_chain
@@ -85,6 +84,7 @@ def run_demo(s: DemoSettings) -> dict:
     from ..data.packaged import prepare_wiki_corpus
     from ..data.pregenerate import PregenerateConfig, pregenerate
     from ..distill import recipes
+    from ..compress.inplace import layout
     from ..report.measure import encoder_matrix_weights
     from ..report.render import render_report
     from ..report.summary import describe
@@ -131,8 +131,7 @@ def run_demo(s: DemoSettings) -> dict:
     # Keep every slice its own bank matrix (l = n) and spend the budget on d: on a 6-layer, 384-wide
     # teacher, compressing the slice mode (l < n) wipes out whole slot types (O and FFN-out) and the
     # student collapses before training (docs/results.md); l = n keeps it working at 7x.
-    n = teacher_model.config.num_hidden_layers * len(ops_slots("all", ffn_multiple(
-        teacher_model.config.hidden_size, teacher_model.config.intermediate_size)))
+    n = max(g.num_slices for g in layout(teacher_model)[0].values())
     upstream = {name: stages.inputs(name) for name in ("finetune", "pregenerate", "augment")}
     students = [student_chain(stages, f"{s.method} {ratio:g}x", out / "students" / f"{s.method}-{ratio:g}x",
                               teacher, task.name, glue, plan, pregenerated, upstream, method=s.method,

@@ -8,7 +8,7 @@
                   "report": <tensorslim.report.summary.describe(teacher_dir)>},
       "students": [                                             # may be empty
         {"name": "tucker l=36 d=128", "path": str,
-         "decomposition": <decomposition.json of the student, see modeling.convert.decompose>,
+         "decomposition": <decomposition.json of the student, see compress.api.decompose>,
          "dev": {...}, "report": <describe(student_dir)>,
          "log_history": {"general": [...], "task_stage1": [...], "task_stage2": [...]}},   # optional
       ],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..modeling.convert import load_model
+from ..compress.loading import load_model
 from .measure import count_parameters, encoder_matrix_weights, flops_per_token, throughput
 
 

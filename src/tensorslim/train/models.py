@@ -1,6 +1,6 @@
 """Loading models and tokenizers for training: any BERT-family directory or a decomposed student.
 
-Loading goes through `tensorslim.modeling.convert.load_model`, which refuses non-BERT-family models,
+Loading goes through `tensorslim.compress.loading.load_model`, which refuses unsupported families,
 corrupt or truncated weights and weights that miss encoder tensors, with a message naming the fix.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from ..errors import TensorslimError
-from ..modeling.convert import infer_head, load_config, load_model
+from ..compress.loading import infer_head, load_config, load_model
 
 log = logging.getLogger(__name__)
 

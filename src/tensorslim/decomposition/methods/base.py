@@ -68,6 +68,11 @@ class Method(ABC):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.values.items())})"
 
     # ranks ------------------------------------------------------------------------------------
+    def validate(self, groups: dict[str, Group], hidden_size: int) -> None:
+        """Refuse option values that fit no group (before any work)."""
+        for group in groups.values():
+            self.group_ranks(group, hidden_size)
+
     def group_ranks(self, group: Group, hidden_size: int) -> dict[str, int]:
         """This method's ranks for `group` (recorded per group in the student's config)."""
         d = self.rank if self.rank is not None else max(1, hidden_size // 2)
