@@ -19,6 +19,7 @@ from ..decomposition.methods import Method, get_method
 from ..decomposition.slices import Group, Matrix, ModuleLayout, plan
 from ..errors import TensorslimError
 from ..families import Family, Projection, get_family, get_path, layers_of, set_path
+from . import chunking
 from .factored import FactorBank, FactoredProjection
 from .section import DecompositionConfig, DecompositionLoader, section_of
 
@@ -88,7 +89,7 @@ def bank_of(model: nn.Module) -> FactorBank:
 
 
 def _install(model: PreTrainedModel, method: Method, groups: dict[str, Group], ranks: dict[str, dict],
-             layouts: list[ModuleLayout], found: list) -> FactorBank:
+             layouts: list[ModuleLayout], found: list, chunk_tokens: int) -> FactorBank:
     """Register the bank on the base model and swap the target modules for factored ones (biases
     copied; factors left for the caller to fill)."""
     base = model.base_model
@@ -114,13 +115,16 @@ def _install(model: PreTrainedModel, method: Method, groups: dict[str, Group], r
     bank.to(device=next(base.parameters()).device)
     base.register_forward_pre_hook(bank.begin_forward)
     base.register_forward_hook(bank.end_forward)
+    if not get_family(model.config).causal:
+        chunking.enable(base, chunk_tokens)
     return bank
 
 
-def section_for(method: Method, groups: dict[str, Group], ranks: dict, ops: str) -> DecompositionConfig:
+def section_for(method: Method, groups: dict[str, Group], ranks: dict, ops: str, chunk_tokens: int) -> DecompositionConfig:
     return DecompositionConfig(method=method.name, options={k: v for k, v in method.values.items() if v is not None},
                                ops=ops, groups={n: {"rows": g.rows, "cols": g.cols, "num_slices": g.num_slices,
-                                                    "ranks": ranks[n]} for n, g in groups.items()})
+                                                    "ranks": ranks[n]} for n, g in groups.items()},
+                               inference_chunk_tokens=chunk_tokens)
 
 
 def attach_section(model: PreTrainedModel, section: DecompositionConfig) -> None:
@@ -138,10 +142,10 @@ def apply_structure(model: PreTrainedModel, section: DecompositionConfig) -> Fac
         raise TensorslimError("the decomposition section of config.json does not match the model's shapes",
                               "the config was edited or comes from another model; re-run tensorslim decompose")
     ranks = {n: dict(g["ranks"]) for n, g in section.groups.items()}
-    return _install(model, method, groups, ranks, layouts, found)
+    return _install(model, method, groups, ranks, layouts, found, section.inference_chunk_tokens)
 
 
-def factorize(model: PreTrainedModel, method: Method, ops: str = "all") -> dict:
+def factorize(model: PreTrainedModel, method: Method, ops: str = "all", chunk_tokens: int = 1024) -> dict:
     """Decompose `model` in place with `method`; return the fit record per group.
 
     Each group's stack is fitted from the current dense weights (never from zeros); see
@@ -165,12 +169,12 @@ def factorize(model: PreTrainedModel, method: Method, ops: str = "all") -> dict:
     for name, W in stacks.items():
         factors, record = method.fit(W.to(next(model.parameters()).device), groups[name], ranks[name])
         fits[name] = (factors, record, W)
-    bank = _install(model, method, groups, ranks, layouts, found)
+    bank = _install(model, method, groups, ranks, layouts, found, chunk_tokens)
     with torch.no_grad():
         for name, (factors, _, _) in fits.items():
             for fname, param in bank.groups[name].named_parameters():
                 param.copy_(factors[fname])
-    attach_section(model, section_for(method, groups, ranks, ops))
+    attach_section(model, section_for(method, groups, ranks, ops, chunk_tokens))
     return {"groups": groups, "ranks": ranks, "layouts": layouts, "found": found,
             "fits": {n: (rec, W) for n, (_, rec, W) in fits.items()}}
 
@@ -209,6 +213,7 @@ def merge(model: PreTrainedModel) -> PreTrainedModel:
             if getattr(hook, "__self__", None) is bank:
                 del hooks[key]
     delattr(base, BANK)
+    chunking.disable(base)
     for attr in ("hf_quantizer", "quantization_method"):
         if hasattr(model, attr):
             delattr(model, attr)

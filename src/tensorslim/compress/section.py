@@ -38,6 +38,7 @@ class DecompositionConfig(QuantizationConfigMixin):
     options: dict = field(default_factory=dict)
     ops: str = "all"
     groups: dict = field(default_factory=dict)  # name -> {rows, cols, num_slices, ranks}
+    inference_chunk_tokens: int = 1024  # encoders on the CPU: groups of at most this many tokens (compress.chunking)
     quant_method: str = SECTION
 
     def __post_init__(self):
@@ -45,7 +46,8 @@ class DecompositionConfig(QuantizationConfigMixin):
 
     def to_dict(self) -> dict:
         return {"quant_method": SECTION, "method": self.method, "options": dict(self.options), "ops": self.ops,
-                "groups": {k: dict(v) for k, v in self.groups.items()}}
+                "groups": {k: dict(v) for k, v in self.groups.items()},
+                "inference_chunk_tokens": self.inference_chunk_tokens}
 
 
 def section_of(config) -> DecompositionConfig | None:
