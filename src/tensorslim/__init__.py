@@ -3,15 +3,15 @@
 Importing the package registers the decomposed student with transformers' Auto classes, so that
 `AutoModelForSequenceClassification.from_pretrained(student_dir)` works after `import tensorslim`.
 Data-worker processes (pregenerate's pool) set TENSORSLIM_DATA_WORKER=1 to skip that import of
-torch and transformers (4-5 s per process); the names below are then loaded on first use.
+torch and transformers (seconds per process); the names below are then loaded on first use.
 """
 
 import importlib
 import os
 
+from .env import DATA_WORKER_ENV
 from .errors import TensorslimError
 
-DATA_WORKER_ENV = "TENSORSLIM_DATA_WORKER"
 _EXPORTS = {
     "DecomposedBertConfig": "modeling", "DecomposedBertModel": "modeling",
     "DecomposedBertForSequenceClassification": "modeling", "DecomposedBertForMaskedLM": "modeling",

@@ -17,13 +17,14 @@ from transformers import TrainingArguments, set_seed
 from ..data.glue import get_task
 from ..distill import recipes
 from ..distill.config import DistillationConfig
-from ..distill.trainer import DistillationTrainer, GracefulStop
+from ..distill.trainer import DistillationTrainer
 from ..errors import TensorslimError
+from ..signals import GracefulStop
 from . import run_dir
 from .args import parse_training_args
 from .glue_data import collator, encode_split, metrics_fn
 from .models import load_classifier, load_config, load_tokenizer
-from .runner import train_and_save
+from .runner import TRAINING_SAFE_POINT, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
     task = get_task(task)
     if stage not in STAGES:
         raise TensorslimError(f"unknown stage {stage!r}", "use --stage 1, 2 or both")
-    with GracefulStop() as stop:  # a signal from here on (both stages) stops at the next safe point
+    with GracefulStop(TRAINING_SAFE_POINT) as stop:  # a signal from here on (both stages) stops at the next safe point
         teacher_model = load_classifier(teacher, task, "teacher")
         load_config(student)  # fail early on a bad student directory
         tokenizer = load_tokenizer(student, teacher)
