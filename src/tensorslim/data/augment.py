@@ -287,7 +287,7 @@ def check_settings(*, n: int | None = None, p: float | None = None, m: int | Non
         (seed, "--seed", lambda v: v >= 0, "an integer >= 0"),
         (batch_size, "--batch-size", lambda v: v >= 1, "an integer >= 1"),
         (chunk_size, "--chunk-size", lambda v: v >= 1, "an integer >= 1"),
-        (max_examples, "--max-examples", lambda v: v >= 1, "an integer >= 1"),
+        (max_examples, "--max-train-samples", lambda v: v >= 1, "an integer >= 1"),
     ]
     for value, flag, ok, what in checks:
         if value is not None and not ok(value):

@@ -12,9 +12,8 @@ from pathlib import Path
 from transformers import Trainer, TrainingArguments, set_seed
 
 from ..data.glue import get_task
-from ..distill import recipes
 from ..signals import GracefulStop
-from . import run_dir
+from . import recipes, run_dir
 from .args import for_run
 from .glue_data import collator, encode_split, metrics_fn
 from .models import load_classifier, load_config, load_tokenizer

@@ -12,11 +12,10 @@ from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
-from ..distill import recipes
 from ..distill.config import DistillationConfig
 from ..distill.trainer import DistillationTrainer
 from ..signals import GracefulStop
-from . import run_dir
+from . import recipes, run_dir
 from .args import for_run
 from .models import load_encoder, load_tokenizer
 from .pretraining_data import PretrainingCollator, load_inputs, max_seq_len
