@@ -7,6 +7,7 @@ imports included), parsed with `ast`. `python tests/test_layers.py` prints the p
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -113,6 +114,13 @@ def test_no_module_imports_from_a_higher_layer():
               for (a, b), where in sorted(import_edges().items())
               if level[b] >= level[a] and (a, b) not in KNOWN_UPWARD]
     assert not upward, "imports from the same or a higher layer:\n" + "\n".join(upward)
+
+
+def test_docs_list_the_same_layers():
+    """docs/architecture.md's numbered list under "## Layers" names the units of LAYERS in order."""
+    text = (SRC.parent / "docs" / "architecture.md").read_text(encoding="utf-8").split("## Layers", 1)[1]
+    listed = [tuple(re.findall(r"`(\w+)`", line.split(" (")[0])) for line in re.findall(r"^\d+\. (.+)$", text, re.M)]
+    assert tuple(listed) == LAYERS
 
 
 def test_tolerated_upward_edges_still_exist():
