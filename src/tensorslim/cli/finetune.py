@@ -37,7 +37,7 @@ def run(args) -> None:
 
     training = parse_training_args(args.extra, args.out / CHECKPOINTS,
                                    {**FINETUNE_TRAINING, "metric_for_best_model": "score"})
+    split = "train_aug" if args.aug else getattr(args, "train_split", "train")  # --train-split: the old spelling
     finetune(args.model, args.task, args.glue_dir, args.out, training, max_seq_length=args.max_seq_length,
-             train_split="train_aug" if args.aug else getattr(args, "train_split", "train"), max_train_samples=args.max_train_samples,
-             pad_to_max_length=args.pad_to_max_length, resume=args.resume,
-             overwrite=args.overwrite)
+             train_split=split, max_train_samples=args.max_train_samples, pad_to_max_length=args.pad_to_max_length,
+             resume=args.resume, overwrite=args.overwrite)

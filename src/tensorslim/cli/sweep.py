@@ -59,7 +59,8 @@ def run(args) -> None:
                         stage2_epochs=args.stage2_epochs, batch_size=args.batch_size, aug=args.aug,
                         max_train_samples=args.max_train_samples, seed=args.seed)
     run = run_sweep(args.teacher, args.task, args.glue_dir, args.out, [parse_setting(r) for r in args.ranks], plan,
-                    args.method, args.data, args.ops, args.force, args.overwrite, max_eval_samples=args.max_eval_samples)
+                    args.method, args.data, args.ops, args.force, args.overwrite,
+                    max_eval_samples=args.max_eval_samples)
     teacher = run["teacher"]["dev"]["score"]
     for s in run["students"]:
         log.info("%-28s encoder %12s parameters  dev %.4f (%.1f%% of the teacher)", s["name"],

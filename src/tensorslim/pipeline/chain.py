@@ -72,7 +72,8 @@ def student_chain(stages: StageRunner, name: str, base: Path, teacher: Path, tas
     general = base / "general" if pregenerated is not None else None
     inputs = {"upstream": upstream, "decompose": decompose_kwargs}
     stages.run(f"decompose {name}", init, lambda p: (p / "decomposition.json").is_file(),
-               lambda: decompose_to_dir(teacher, init, overwrite=True, **decompose_kwargs)["decomposed_weights"], inputs)
+               lambda: decompose_to_dir(teacher, init, overwrite=True, **decompose_kwargs)["decomposed_weights"],
+               inputs)
     if general is not None:
         stages.run(f"general distillation {name}", general, run_dir.is_finished, lambda: distill_general(
             teacher, init, pregenerated, general,

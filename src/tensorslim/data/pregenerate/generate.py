@@ -24,16 +24,18 @@ from .pool import run_shards
 from .vocab import Vocab, load_tokenizer
 
 
-def pregenerate(corpus_paths, tokenizer_dir, out_dir, config: PregenerateConfig = PregenerateConfig(),
+def pregenerate(corpus_paths, tokenizer_dir, out_dir, config: PregenerateConfig | None = None,
                 workers: int = 1, resume: bool = False, overwrite: bool = False) -> Path:
     """Generate `config.epochs` epochs of masked-LM (+NSP) data from a corpus into `out_dir`.
 
-    Output is identical for any `workers`; `resume=True` continues an interrupted run (same
-    arguments) and skips its finished shards. SIGINT/SIGTERM stop at a shard boundary and raise
-    KeyboardInterrupt. Returns the output directory.
+    `config` None means `PregenerateConfig()` (BERT's settings). Output is identical for any
+    `workers`; `resume=True` continues an interrupted run (same arguments) and skips its finished
+    shards. SIGINT/SIGTERM stop at a shard boundary and raise KeyboardInterrupt. Returns the output
+    directory.
     """
     if workers < 1:
         raise TensorslimError(f"workers={workers}", "use --workers 1 or more")
+    config = config or PregenerateConfig()
     out = Path(out_dir)
     reader = CorpusReader(corpus_paths, config.corpus_layout, config.max_sentence_chars)
     _check_paths(out, reader.files)

@@ -36,7 +36,7 @@ def finalize(out: Path, config: PregenerateConfig, settings: dict, corpus: dict,
             write_json(out / f"epoch_{epoch}" / "metrics.json", metrics)
             entry["shards"] = [{"file": shard_files(Path(), r["shard"], epoch, ["arrow"])[0].as_posix(),
                                 "num_sequences": c["sequences"], "bytes": c["bytes"]["arrow"]}
-                               for r, c in zip(records, counts)]
+                               for r, c in zip(records, counts, strict=True)]
         if "json" in config.formats:
             _merge_json(out, epoch, records)
             write_json(out / f"epoch_{epoch}_metrics.json",

@@ -16,7 +16,6 @@ from concurrent.futures.process import BrokenProcessPool
 from ...env import DATA_WORKER_ENV
 from ...errors import TensorslimError
 from ...signals import GracefulStop
-from . import shard as shard_module
 from .shard import init_worker, process_shard
 from .vocab import Vocab
 
@@ -82,7 +81,7 @@ def pool_context():
     from multiprocessing import forkserver
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([shard_module.__name__])
+    context.set_forkserver_preload([process_shard.__module__])
     previous = os.environ.get(DATA_WORKER_ENV)
     os.environ[DATA_WORKER_ENV] = "1"
     try:

@@ -1,11 +1,5 @@
-"""One shard's work, run in a pool worker (or in-process): tokenize, build every epoch, write its files.
-
-Files of (epoch i, shard k): OUT/epoch_{i}/shard_{k:05d}.arrow, an Arrow IPC stream (input_ids
-list<int32>, token_type_ids list<int8>, masked_lm_positions list<int32>, masked_lm_labels
-list<int32>, is_random_next bool, one row a sequence, no padding), and/or
-OUT/epoch_{i}/shard_{k:05d}.jsonl, the release's JSON lines (merged into OUT/epoch_{i}.json at the end).
-Each is written to a temporary name and renamed.
-"""
+"""One shard's work, in a pool worker (or in-process): tokenize, build every epoch, write its files
+(an Arrow IPC stream and/or a JSON-lines part per epoch, see layout.py), each atomically."""
 
 from __future__ import annotations
 
@@ -92,7 +86,7 @@ def process_shard(task: tuple) -> dict:
 
 
 def _write_arrow(path: Path, rows: list[tuple]) -> None:
-    columns = [list(c) for c in zip(*rows)] if rows else [[]] * 5
+    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 5
     table = pa.Table.from_arrays([
         _column(columns[0], np.int32, pa.int32()),
         _column(columns[1], np.int8, pa.int8()),
