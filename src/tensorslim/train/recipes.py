@@ -1,5 +1,4 @@
-"""The paper's recipes as defaults that flags override: TrainingArguments settings of fine-tuning,
-general and task distillation, epochs per task, and what each distillation matches."""
+"""The paper's training recipes (docs/method.md, section 5) as defaults that flags override."""
 
 from __future__ import annotations
 
