@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--chunk-size", type=int, default=augment.DEFAULT_CHUNK_SIZE,
                         help="examples per saved chunk (the granularity of --resume)")
-    parser.add_argument("--max-train-samples", type=int, default=None, help="augment only the first N training examples")
+    parser.add_argument("--max-train-samples", type=int, default=None,
+                        help="augment only the first N training examples")
     add_hidden_alias(parser, "--max-examples", "max_train_samples", type=int)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
     parser.add_argument("--overwrite", action="store_true",
