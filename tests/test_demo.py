@@ -103,7 +103,8 @@ def test_rerun_reuses_finished_stages(demo_run, caplog):
 
 
 def test_sweep_draws_the_curve_and_resumes(demo_run, tmp_path):
-    from tensorslim.pipeline.sweep import RankSetting, parse_setting, run_sweep
+    from tensorslim.cli.sweep import parse_setting
+    from tensorslim.pipeline.sweep import RankSetting, run_sweep
 
     out, settings, _ = demo_run
     assert parse_setting("36x128") == RankSetting(rank=128, layer_rank=36)

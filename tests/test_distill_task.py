@@ -11,9 +11,10 @@ from transformers import AutoModelForSequenceClassification
 from conftest import make_tiny_bert
 from glue_subset import make_glue_subset
 from tensorslim.cli import main
+from tensorslim.cli.flags import parse_training_args
 from tensorslim.data.glue import get_task
-from tensorslim.distill import recipes
-from tensorslim.train.task import stage_training_args
+from tensorslim.train import recipes
+from tensorslim.train.task import stage_checkpoints, stage_defaults, stage_training_args
 
 FAST = ["--max_steps", "3", "--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true",
         "--save_steps", "3"]
@@ -88,13 +89,15 @@ def test_teacher_for_another_task_is_refused(tmp_path, models, glue, caplog):
 
 
 def test_paper_recipe_defaults_and_flag_overrides(tmp_path):
-    a1 = stage_training_args([], tmp_path, "CoLA", 1)
-    a2 = stage_training_args([], tmp_path, "CoLA", 2)
+    a1 = stage_training_args(tmp_path, "CoLA", 1)
+    a2 = stage_training_args(tmp_path, "CoLA", 2)
     assert (a1.num_train_epochs, a2.num_train_epochs) == (20, 30)
     assert (a1.learning_rate, a1.per_device_train_batch_size, str(a1.lr_scheduler_type)) == (5e-5, 32, "SchedulerType.CONSTANT")
     assert a2.warmup_steps == 0.1 and a2.metric_for_best_model == "score"
     assert a1.output_dir == str(tmp_path / "stage1" / "checkpoints")
-    assert stage_training_args([], tmp_path, "STS-B", 1, epochs=2.5).num_train_epochs == 2.5
-    assert stage_training_args(["--learning_rate", "1e-5"], tmp_path, "RTE", 2).learning_rate == 1e-5
+    assert stage_training_args(tmp_path, "STS-B", 1, epochs=2.5).num_train_epochs == 2.5
+    assert stage_training_args(tmp_path, "RTE", 2, learning_rate=1e-5).learning_rate == 1e-5
+    flagged = parse_training_args(["--learning_rate", "1e-5"], stage_checkpoints(tmp_path, 2), stage_defaults("RTE", 2))
+    assert (flagged.learning_rate, flagged.num_train_epochs) == (1e-5, 20)
     assert recipes.task_epochs("MNLI") == (3, 3) and get_task("SST-2").max_seq_length == 64
     assert get_task("MRPC").max_seq_length == 128

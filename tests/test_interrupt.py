@@ -463,19 +463,19 @@ def test_resume_completes_a_final_save_cut_short(tmp_path, general_case, caplog,
 
 
 def test_pregenerate_resume_removes_half_written_files(tmp_path, pregenerate_case, real_teacher_dir, monkeypatch):
-    from tensorslim.data import pregenerate as module
+    from tensorslim.data.pregenerate import pool as module
 
     args, reference = pregenerate_case
     corpus = Path(args[args.index("--corpus") + 1])
     config = PregenerateConfig(epochs=2, docs_per_shard=2, format="both")
-    original = module._process_shard
+    original = module.process_shard
 
     def signalled(task):
         if task[0] == 3:
             os.kill(os.getpid(), signal.SIGTERM)
         return original(task)
 
-    monkeypatch.setattr(module, "_process_shard", signalled)
+    monkeypatch.setattr(module, "process_shard", signalled)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         pregenerate([corpus], real_teacher_dir, out, config)
@@ -513,15 +513,16 @@ def test_augment_resume_after_a_kill_between_output_and_cleanup(tmp_path, augmen
 
 def _stop_flag_worker(rank: int, store: str, signalled_rank: int, results) -> None:
     """One of two gloo processes: only `signalled_rank` has had a signal; report what each decides."""
-    from tensorslim.distill.trainer import GracefulStop
+    from tensorslim.signals import GracefulStop
+    from tensorslim.train.runner import any_worker_signalled
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         stop = GracefulStop()
-        before = stop._any_worker_signalled(torch.device("cpu"))
+        before = any_worker_signalled(stop, torch.device("cpu"))
         if rank == signalled_rank:
             stop.signal = signal.SIGTERM
-        results[rank] = (before, stop._any_worker_signalled(torch.device("cpu")), stop.signal)
+        results[rank] = (before, any_worker_signalled(stop, torch.device("cpu")), stop.signal)
     finally:
         torch.distributed.destroy_process_group()
 

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tensorslim.distill import recipes
 from tensorslim.distill.config import DistillationConfig, make_config, read_config_file
 from tensorslim.distill.losses import (LossBatch, attention_loss, embedding_loss, get_loss, hidden_loss, logits_loss,
                                        masked_score_mse, regression_loss, soft_cross_entropy)
 from tensorslim.errors import TensorslimError
+from tensorslim.train import recipes
 
 
 def test_masked_score_mse_zeroes_padded_keys_and_averages_over_everything():

@@ -327,10 +327,10 @@ def test_pool_workers_start_without_torch():
     from concurrent.futures import ProcessPoolExecutor
 
     from tensorslim import DATA_WORKER_ENV
-    from tensorslim.data.pregenerate import _pool_context
+    from tensorslim.data.pregenerate.pool import pool_context
 
-    with ProcessPoolExecutor(1, mp_context=_pool_context()) as pool:
+    with ProcessPoolExecutor(1, mp_context=pool_context()) as pool:
         loaded = pool.submit(eval, "[m in __import__('sys').modules for m in ('torch', 'transformers', "
-                                   "'tensorslim.data.pregenerate')]").result()
+                                   "'tensorslim.data.pregenerate.shard')]").result()
     assert loaded == [False, False, True]
     assert DATA_WORKER_ENV not in os.environ

@@ -11,9 +11,9 @@ loaded on first use.
 import importlib
 import os
 
+from .env import DATA_WORKER_ENV
 from .errors import TensorslimError
 
-DATA_WORKER_ENV = "TENSORSLIM_DATA_WORKER"
 _EXPORTS = {
     "decompose": "compress.api", "decompose_to_dir": "compress.api", "export_dense": "compress.api",
     "from_teacher": "compress.api", "load_model": "compress.loading",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data import augment
+from .flags import add_hidden_alias
 
 
 def register(subparsers) -> None:
@@ -41,7 +42,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--chunk-size", type=int, default=augment.DEFAULT_CHUNK_SIZE,
                         help="examples per saved chunk (the granularity of --resume)")
-    parser.add_argument("--max-examples", type=int, default=None, help="augment only the first K training examples")
+    parser.add_argument("--max-train-samples", type=int, default=None,
+                        help="augment only the first N training examples")
+    add_hidden_alias(parser, "--max-examples", "max_train_samples", type=int)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing train_aug.tsv, or discard an unfinished run and start over")
@@ -52,5 +55,5 @@ def run(args: argparse.Namespace) -> None:
     augment.augment_task(
         args.task, args.glue_dir, mlm=args.mlm, glove=args.glove, n=args.n, p=args.p, m=args.m, seed=args.seed,
         batch_size=args.batch_size, device=args.device, resume=args.resume, overwrite=args.overwrite,
-        max_examples=args.max_examples, chunk_size=args.chunk_size, glove_words=args.glove_words,
+        max_examples=args.max_train_samples, chunk_size=args.chunk_size, glove_words=args.glove_words,
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def _common(p) -> None:
-    from ..train.args import add_run_flags
+    from .flags import add_run_flags
 
     p.add_argument("--teacher", required=True, type=Path, help="teacher model directory (frozen)")
     p.add_argument("--student", required=True, type=Path, help="student model directory (e.g. from decompose)")
@@ -18,7 +18,7 @@ def _common(p) -> None:
 
 
 def register(subparsers) -> None:
-    from ..distill.recipes import GENERAL_TRAINING, TASK_EPOCHS, TASK_TRAINING
+    from ..train.recipes import GENERAL_TRAINING, TASK_EPOCHS, TASK_TRAINING
 
     parser = subparsers.add_parser("distill", help="distill a teacher into a student (general or task)",
                                    description="Knowledge distillation with a frozen teacher.")
@@ -61,11 +61,10 @@ def register(subparsers) -> None:
 
 
 def run_general(args) -> None:
-    from ..distill import recipes
     from ..distill.config import make_config, read_config_file
-    from ..train import distill_general
-    from ..train.args import parse_training_args
+    from ..train import distill_general, recipes
     from ..train.run_dir import CHECKPOINTS
+    from .flags import parse_training_args
 
     config = recipes.general_objective()
     if args.distill_config:
@@ -79,16 +78,15 @@ def run_general(args) -> None:
     training = parse_training_args(args.extra, args.out / CHECKPOINTS, recipes.GENERAL_TRAINING)
     distill_general(args.teacher, args.student, args.data, args.out, training, config, eval_data=args.eval_data,
                     max_train_samples=args.max_train_samples, pad_to_max_length=args.pad_to_max_length,
-                    resume=args.resume, overwrite=args.overwrite)
+                 resume=args.resume, overwrite=args.overwrite)
 
 
 def run_task(args) -> None:
     from ..data.glue import get_task
-    from ..distill import recipes
     from ..distill.config import make_config, read_config_file
-    from ..train import distill_task
-    from ..train.args import passed_flags
-    from ..train.task import STAGES, stage_training_args
+    from ..train import distill_task, recipes
+    from ..train.task import STAGES, stage_checkpoints, stage_defaults
+    from .flags import parse_training_args, passed_flags
 
     task = get_task(args.task)
     objectives = recipes.task_objectives(task.is_regression)
@@ -104,9 +102,10 @@ def run_task(args) -> None:
         objectives[2] = make_config({"temperature": args.temperature}, objectives[2], "flags")
     explicit = "num_train_epochs" in passed_flags(args.extra)
     epochs = {1: args.stage1_epochs, 2: args.stage2_epochs}
-    training = {s: stage_training_args(args.extra, args.out, task.name, s, None if explicit else epochs[s])
+    training = {s: parse_training_args(args.extra, stage_checkpoints(args.out, s),
+                                       stage_defaults(task.name, s, None if explicit else epochs[s]))
                 for s in STAGES[args.stage]}
     distill_task(args.teacher, args.student, task.name, args.glue_dir, args.out, training, objectives,
                  stage=args.stage, aug=args.aug, max_seq_length=args.max_seq_length,
                  max_train_samples=args.max_train_samples, pad_to_max_length=args.pad_to_max_length,
-                    resume=args.resume, overwrite=args.overwrite)
+                 resume=args.resume, overwrite=args.overwrite)

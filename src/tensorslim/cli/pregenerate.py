@@ -7,6 +7,7 @@ import logging
 
 from ..data.corpus import LAYOUTS
 from ..data.pregenerate import FORMATS, PregenerateConfig, pregenerate
+from .flags import add_hidden_alias
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes (the output does not depend on it)")
     parser.add_argument("--format", choices=FORMATS, default=defaults.format,
                         help="arrow shards, the release's JSON lines, or both")
-    parser.add_argument("--max-seq-len", type=int, default=defaults.max_seq_len, help="tokens per sequence")
+    parser.add_argument("--max-seq-length", type=int, default=defaults.max_seq_len, help="tokens per sequence")
+    add_hidden_alias(parser, "--max-seq-len", "max_seq_length", type=int)
     parser.add_argument("--short-seq-prob", type=float, default=defaults.short_seq_prob,
                         help="probability of a shorter random target length")
     parser.add_argument("--masked-lm-prob", type=float, default=defaults.masked_lm_prob,
@@ -58,7 +60,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> None:
     config = PregenerateConfig(
-        epochs=args.epochs, seed=args.seed, max_seq_len=args.max_seq_len, short_seq_prob=args.short_seq_prob,
+        epochs=args.epochs, seed=args.seed, max_seq_len=args.max_seq_length, short_seq_prob=args.short_seq_prob,
         masked_lm_prob=args.masked_lm_prob, max_predictions_per_seq=args.max_predictions_per_seq,
         whole_word_mask=args.whole_word_mask, nsp=not args.no_nsp, docs_per_shard=args.docs_per_shard,
         format=args.format, corpus_layout=args.corpus_layout,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .flags import add_hidden_alias
+
 log = logging.getLogger(__name__)
 
 
@@ -17,7 +19,8 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="model directory (student or any BERT-family model)")
     p.add_argument("--teacher", help="teacher directory to compare against")
     p.add_argument("--batch-size", type=int, default=32, help="throughput batch size (default 32)")
-    p.add_argument("--seq-len", type=int, default=128, help="throughput sequence length (default 128)")
+    p.add_argument("--seq-length", type=int, default=128, help="throughput sequence length (default 128)")
+    add_hidden_alias(p, "--seq-len", "seq_length", type=int)
     p.add_argument("--seconds", type=float, default=3.0, help="time spent measuring each model (default 3)")
     p.add_argument("--device", default="cpu", help="device for throughput, e.g. cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
@@ -29,7 +32,7 @@ def run(args) -> None:
     from ..io import write_json
     from ..report.summary import format_report, model_report
 
-    report = model_report(args.model, args.teacher, args.batch_size, args.seq_len, args.seconds, args.device,
+    report = model_report(args.model, args.teacher, args.batch_size, args.seq_length, args.seconds, args.device,
                           args.threads)
     print(format_report(report))
     out = Path(args.json) if args.json else Path(args.model) / "report.json"

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
+import re
 from pathlib import Path
+
+from ..errors import TensorslimError
+from ..pipeline.sweep import RankSetting
+from .decompose import parse_count
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +52,32 @@ def register(sub) -> None:
 def run(args) -> None:
     from ..data.glue import get_task
     from ..pipeline.chain import TrainingPlan
-    from ..pipeline.sweep import parse_setting, run_sweep
+    from ..pipeline.sweep import run_sweep
 
     plan = TrainingPlan(max_seq_length=args.max_seq_length or get_task(args.task).max_seq_length,
                         general_steps=args.general_steps, stage1_epochs=args.stage1_epochs,
                         stage2_epochs=args.stage2_epochs, batch_size=args.batch_size, aug=args.aug,
                         max_train_samples=args.max_train_samples, seed=args.seed)
     run = run_sweep(args.teacher, args.task, args.glue_dir, args.out, [parse_setting(r) for r in args.ranks], plan,
-                    args.method, args.data, args.ops, args.force, args.overwrite, max_eval_samples=args.max_eval_samples)
+                    args.method, args.data, args.ops, args.force, args.overwrite,
+                    max_eval_samples=args.max_eval_samples)
     teacher = run["teacher"]["dev"]["score"]
     for s in run["students"]:
         log.info("%-28s encoder %12s parameters  dev %.4f (%.1f%% of the teacher)", s["name"],
                  f"{s['report']['parameters']['encoder']:,}", s["dev"]["score"], 100 * s["dev"]["score"] / teacher)
     log.info("report written to %s", run["report_paths"]["report.html"])
+
+
+def parse_setting(text: str) -> RankSetting:
+    """--ranks values: '36x128' -> layer rank 36 and rank 128; '128' -> rank 128; '2M' / 'budget=2M' -> a
+    weight budget."""
+    text = text.strip().lower().removeprefix("budget=")
+    if m := re.fullmatch(r"(\d+)x(\d+)", text):
+        return RankSetting(rank=int(m.group(2)), layer_rank=int(m.group(1)))
+    if text.isdigit():
+        return RankSetting(rank=int(text))
+    if re.fullmatch(r"[\d.]+[kmg]", text):
+        with contextlib.suppress(argparse.ArgumentTypeError):
+            return RankSetting(budget=parse_count(text))
+    raise TensorslimError(f"cannot read the rank setting {text!r}",
+                          "write LAYER_RANKxRANK (36x128), a rank (128) or a budget (2M)")

@@ -20,8 +20,6 @@ import logging
 import os
 import re
 import shutil
-import signal
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -32,8 +30,9 @@ import torch
 
 from ..errors import TensorslimError
 from ..io import atomic_file, remove_stale_temporaries, write_json
+from ..signals import GracefulStop
 from .glove import DEFAULT_MAX_WORDS, NeighbourIndex, load_glove
-from .glue import task_file, get_task, read_tsv, write_tsv
+from .glue import get_task, read_tsv, task_file, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +287,7 @@ def check_settings(*, n: int | None = None, p: float | None = None, m: int | Non
         (seed, "--seed", lambda v: v >= 0, "an integer >= 0"),
         (batch_size, "--batch-size", lambda v: v >= 1, "an integer >= 1"),
         (chunk_size, "--chunk-size", lambda v: v >= 1, "an integer >= 1"),
-        (max_examples, "--max-examples", lambda v: v >= 1, "an integer >= 1"),
+        (max_examples, "--max-train-samples", lambda v: v >= 1, "an integer >= 1"),
     ]
     for value, flag, ok, what in checks:
         if value is not None and not ok(value):
@@ -309,37 +308,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-class _StopRequest:
-    """While active, SIGINT/SIGTERM set `requested` (checked at chunk boundaries); a second signal
-    restores the previous handlers' behaviour and interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            self._restore()
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("received %s: stopping after the current chunk (send it again to stop now)",
-                    signal.Signals(signum).name)
-
-    def _restore(self):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        self._restore()
 
 
 def _chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
@@ -413,8 +381,8 @@ def augment_task(task: str, glue_dir: str | os.PathLike, *, mlm: str | os.PathLi
     from tqdm.auto import tqdm
 
     done = _done(state)
-    with _StopRequest() as stop, tqdm(total=len(rows), initial=done, unit="ex", desc=f"augment {spec.name}",
-                                      disable=None) as progress:
+    with GracefulStop("stopping after the current chunk") as stop, \
+            tqdm(total=len(rows), initial=done, unit="ex", desc=f"augment {spec.name}", disable=None) as progress:
         for begin, end in _chunks(done, len(rows), chunk_size):
             chunk = rows[begin:end]
             results = augmentor.augment([row[text_a] for row in chunk], keys=range(begin, end))

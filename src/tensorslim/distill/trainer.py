@@ -8,11 +8,10 @@ outside the accelerator: eval mode, no gradients, on the student's device, never
 from __future__ import annotations
 
 import logging
-import signal
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
 from ..errors import TensorslimError
 from .config import DistillationConfig
@@ -99,74 +98,3 @@ class DistillationTrainer(Trainer):
             return total.detach(), None, None
         return total.detach(), logits.detach(), inputs.get("labels")
 
-
-class GracefulStop(TrainerCallback):
-    """On SIGINT/SIGTERM finish the current optimizer step, save a checkpoint and stop.
-
-    `--resume` then continues from that checkpoint and reaches the same final weights as an
-    uninterrupted run. Used as a context manager, it catches the signals for a whole command
-    (loading, the final save, between the stages of task distillation) and `signal` tells the
-    command to stop at its next safe point; as a plain callback only while `Trainer.train` runs.
-    A second signal falls back to the previous handler (by default: stop at once).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._previous: dict = {}
-        self._scoped = False
-
-    def __enter__(self) -> GracefulStop:
-        self.signal, self._scoped = None, True
-        self._install()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
-        self._scoped = False
-
-    def _install(self) -> None:
-        try:
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = {}
-
-    def _restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-    def _handle(self, signum, _frame):
-        if self.signal is not None:
-            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-            raise KeyboardInterrupt
-        self.signal = signum
-        log.warning("received %s: stopping at the next safe point (in training: after the current step, with "
-                    "a checkpoint); send it again to stop at once", signal.Signals(signum).name)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if not self._scoped:
-            self.signal = None
-            self._install()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._any_worker_signalled(args.device):
-            control.should_save = True
-            control.should_training_stop = True
-
-    def _any_worker_signalled(self, device) -> bool:
-        """Whether this process, or under DDP any process, has had a signal: all workers then stop
-        after the same step and save one consistent checkpoint (one tiny all-reduce per step)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()
-                and torch.distributed.get_world_size() > 1):
-            return self.signal is not None
-        flag = torch.tensor([0 if self.signal is None else int(self.signal)], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() and self.signal is None:
-            self.signal = int(flag.item())
-        return bool(flag.item())
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if not self._scoped:
-            self._restore()

@@ -11,7 +11,7 @@ from .stages import StageRunner
 
 @dataclass
 class TrainingPlan:
-    """Step and epoch budgets and common Trainer flags of the training stages."""
+    """Step and epoch budgets and common Trainer settings of the training stages."""
 
     max_seq_length: int
     general_steps: int = 120
@@ -29,10 +29,10 @@ class TrainingPlan:
         """The settings every training stage shares (stage inputs of fine-tuning and augmentation)."""
         return {k: getattr(self, k) for k in ("max_seq_length", "max_train_samples", "batch_size", "seed")}
 
-    def flags(self, **values) -> list[str]:
-        values = dict(per_device_train_batch_size=self.batch_size, per_device_eval_batch_size=64, logging_steps=5,
-                      save_steps=100000, seed=self.seed, **values)
-        return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+    def trainer_settings(self, **values) -> dict:
+        """`TrainingArguments` fields every stage sets, plus `values` (a stage's own)."""
+        return dict(per_device_train_batch_size=self.batch_size, per_device_eval_batch_size=64, logging_steps=5,
+                    save_steps=100000, seed=self.seed, **values)
 
 
 @dataclass
@@ -62,10 +62,9 @@ def student_chain(stages: StageRunner, name: str, base: Path, teacher: Path, tas
     """Stages `decompose NAME`, `general distillation NAME` (when `pregenerated`) and
     `task distillation NAME` under `base`; `decompose_kwargs` go to `decompose_to_dir`.
     `upstream` describes the teacher, data and pregenerated data (stage inputs, see StageRunner)."""
-    from ..distill import recipes
     from ..compress.api import decompose_to_dir
-    from ..train import run_dir
-    from ..train.args import parse_training_args
+    from ..train import recipes, run_dir
+    from ..train.args import training_args
     from ..train.general import distill_general
     from ..train.task import distill_task, stage_training_args
 
@@ -73,14 +72,16 @@ def student_chain(stages: StageRunner, name: str, base: Path, teacher: Path, tas
     general = base / "general" if pregenerated is not None else None
     inputs = {"upstream": upstream, "decompose": decompose_kwargs}
     stages.run(f"decompose {name}", init, lambda p: (p / "decomposition.json").is_file(),
-               lambda: decompose_to_dir(teacher, init, overwrite=True, **decompose_kwargs)["decomposed_weights"], inputs)
+               lambda: decompose_to_dir(teacher, init, overwrite=True, **decompose_kwargs)["decomposed_weights"],
+               inputs)
     if general is not None:
         stages.run(f"general distillation {name}", general, run_dir.is_finished, lambda: distill_general(
             teacher, init, pregenerated, general,
-            parse_training_args(plan.flags(max_steps=plan.general_steps), general / run_dir.CHECKPOINTS,
-                                recipes.GENERAL_TRAINING), overwrite=True), inputs | {"plan": plan.basics(), "steps": plan.general_steps})
-    stage_args = {st: stage_training_args(plan.flags(learning_rate=plan.task_lr, **({"max_steps": steps} if steps else {})),
-                                          final, task, st, epochs)
+            training_args(general / run_dir.CHECKPOINTS, recipes.GENERAL_TRAINING,
+                          **plan.trainer_settings(max_steps=plan.general_steps)), overwrite=True),
+            inputs | {"plan": plan.basics(), "steps": plan.general_steps})
+    stage_args = {st: stage_training_args(final, task, st, epochs, **plan.trainer_settings(
+                      learning_rate=plan.task_lr, **({"max_steps": steps} if steps else {})))
                   for st, epochs, steps in ((1, plan.stage1_epochs, plan.stage1_steps),
                                             (2, plan.stage2_epochs, plan.stage2_steps))}
     samples = plan.max_train_samples

@@ -83,13 +83,12 @@ def run_demo(s: DemoSettings) -> dict:
     from ..data.augment import augment_task, output_path
     from ..data.packaged import prepare_wiki_corpus
     from ..data.pregenerate import PregenerateConfig, pregenerate
-    from ..distill import recipes
     from ..compress.inplace import layout
     from ..report.measure import encoder_matrix_weights
     from ..report.render import render_report
     from ..report.summary import describe
-    from ..train import run_dir
-    from ..train.args import parse_training_args
+    from ..train import recipes, run_dir
+    from ..train.args import training_args
     from ..train.evaluate import evaluate
     from ..train.finetune import finetune
     from ..train.models import load_encoder
@@ -112,8 +111,8 @@ def run_demo(s: DemoSettings) -> dict:
         {"corpus": stages.inputs("corpus"), "tokenizer": teacher_src, "length": plan.max_seq_length, "seed": plan.seed})
     stages.run("finetune", teacher, run_dir.is_finished, lambda: finetune(
         teacher_src, task.name, glue, teacher,
-        parse_training_args(plan.flags(num_train_epochs=s.finetune_epochs, learning_rate=s.finetune_lr),
-                            teacher / run_dir.CHECKPOINTS, recipes.FINETUNE_TRAINING),
+        training_args(teacher / run_dir.CHECKPOINTS, recipes.FINETUNE_TRAINING,
+                      **plan.trainer_settings(num_train_epochs=s.finetune_epochs, learning_rate=s.finetune_lr)),
         max_seq_length=plan.max_seq_length, max_train_samples=plan.max_train_samples, overwrite=True),
         {"data": stages.inputs("data"), "model": teacher_src, "epochs": s.finetune_epochs, "lr": s.finetune_lr,
          "plan": plan.basics()})

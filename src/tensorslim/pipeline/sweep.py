@@ -33,21 +33,6 @@ class RankSetting:
         return re.sub(r"[^A-Za-z0-9]+", "-", self.label).strip("-")
 
 
-def parse_setting(text: str) -> RankSetting:
-    """'36x128' -> layer rank 36 and rank 128; '128' -> rank 128; '2M' / 'budget=2M' -> a weight budget."""
-    from ..cli.decompose import parse_count
-
-    text = text.strip().lower().removeprefix("budget=")
-    if m := re.fullmatch(r"(\d+)x(\d+)", text):
-        return RankSetting(rank=int(m.group(2)), layer_rank=int(m.group(1)))
-    if text.isdigit():
-        return RankSetting(rank=int(text))
-    if re.fullmatch(r"[\d.]+[kmg]", text):
-        return RankSetting(budget=parse_count(text))
-    raise TensorslimError(f"cannot read the rank setting {text!r}",
-                          "write LAYER_RANKxRANK (36x128), a rank (128) or a budget (2M)")
-
-
 def run_sweep(teacher: Path, task: str, glue_dir: Path, out: Path, settings: list[RankSetting], plan: TrainingPlan,
               method: str = "tucker", pregenerated: Path | None = None, ops: str = "all", force: bool = False,
               overwrite: bool = False, throughput_seconds: float = 3.0, max_eval_samples: int | None = None) -> dict:

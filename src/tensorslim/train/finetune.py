@@ -12,13 +12,12 @@ from pathlib import Path
 from transformers import Trainer, TrainingArguments, set_seed
 
 from ..data.glue import get_task
-from ..distill import recipes
-from ..distill.trainer import GracefulStop
-from . import run_dir
+from ..signals import GracefulStop
+from . import recipes, run_dir
 from .args import for_run
 from .glue_data import collator, encode_split, metrics_fn
 from .models import load_classifier, load_config, load_tokenizer
-from .runner import train_and_save
+from .runner import TRAINING_SAFE_POINT, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ def finetune(model: str | Path, task: str, glue_dir: str | Path, out: str | Path
 
     `args` defaults to `recipes.FINETUNE_TRAINING`; its output_dir is replaced by <out>/checkpoints.
     """
-    with GracefulStop() as stop:  # a signal from here on stops at the next safe point
+    with GracefulStop(TRAINING_SAFE_POINT) as stop:  # a signal from here on stops at the next safe point
         task = get_task(task)
         load_config(model)  # fail early, before touching `out`
         tokenizer = load_tokenizer(model)

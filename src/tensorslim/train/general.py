@@ -12,14 +12,14 @@ from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
-from ..distill import recipes
 from ..distill.config import DistillationConfig
-from ..distill.trainer import DistillationTrainer, GracefulStop
-from . import run_dir
+from ..distill.trainer import DistillationTrainer
+from ..signals import GracefulStop
+from . import recipes, run_dir
 from .args import for_run
 from .models import load_encoder, load_tokenizer
 from .pretraining_data import PretrainingCollator, load_inputs, max_seq_len
-from .runner import train_and_save
+from .runner import TRAINING_SAFE_POINT, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def distill_general(teacher: str | Path, student: str | Path, data: str | Path, 
     best-checkpoint selection. `pad_to_max_length` pads every batch to the data's max_seq_len
     (equal shapes on every worker) instead of to its longest sequence. Returns the final metrics.
     """
-    with GracefulStop() as stop:  # a signal from here on stops at the next safe point
+    with GracefulStop(TRAINING_SAFE_POINT) as stop:  # a signal from here on stops at the next safe point
         config = config or recipes.general_objective()
         teacher_model = load_encoder(teacher)
         tokenizer = load_tokenizer(student, teacher)

@@ -3,7 +3,7 @@
 Stage 1 matches every (uniformly mapped) layer's attention scores and hidden states at a constant
 learning rate; stage 2 matches logits (soft cross-entropy at temperature T; MSE to the gold score
 for STS-B) with warm-up and linear decay. Per-task epochs and lengths follow the paper
-(`tensorslim.distill.recipes`). Stage 1's student is saved to <out>/stage1 and starts stage 2;
+(`tensorslim.train.recipes`). Stage 1's student is saved to <out>/stage1 and starts stage 2;
 the final model is <out>. With --resume a finished stage 1 is not repeated.
 """
 
@@ -15,35 +15,42 @@ from pathlib import Path
 from transformers import TrainingArguments, set_seed
 
 from ..data.glue import get_task
-from ..distill import recipes
 from ..distill.config import DistillationConfig
-from ..distill.trainer import DistillationTrainer, GracefulStop
+from ..distill.trainer import DistillationTrainer
 from ..errors import TensorslimError
-from . import run_dir
-from .args import parse_training_args
+from ..signals import GracefulStop
+from . import recipes, run_dir
+from .args import training_args
 from .glue_data import collator, encode_split, metrics_fn
 from .models import load_classifier, load_config, load_tokenizer
-from .runner import train_and_save
+from .runner import TRAINING_SAFE_POINT, train_and_save
 
 log = logging.getLogger(__name__)
 
 STAGES = {"1": (1,), "2": (2,), "both": (1, 2)}
 
 
-def stage_training_args(argv: list[str], out: str | Path, task: str, stage: int,
-                        epochs: float | None = None) -> TrainingArguments:
-    """TrainingArguments of one stage: the paper's defaults for `task`, then `argv` flags.
-
-    `epochs` (e.g. from --stage1-epochs) replaces the recipe's epochs; an explicit
-    --num_train_epochs in `argv` applies to both stages.
-    """
+def stage_defaults(task: str, stage: int, epochs: float | None = None) -> dict:
+    """The paper's `TrainingArguments` settings of one stage for `task`; `epochs` (e.g. from
+    --stage1-epochs) replaces the recipe's epochs."""
     name = get_task(task).name
     defaults = {**recipes.TASK_TRAINING, **recipes.STAGE_SCHEDULE[stage],
                 "num_train_epochs": float(epochs if epochs is not None else recipes.task_epochs(name)[stage - 1])}
     if stage == 2:
         defaults["metric_for_best_model"] = "score"
-    out = Path(out) / "stage1" if stage == 1 else Path(out)
-    return parse_training_args(argv, out / run_dir.CHECKPOINTS, defaults)
+    return defaults
+
+
+def stage_checkpoints(out: str | Path, stage: int) -> Path:
+    """Where one stage writes its checkpoints: <out>/stage1/checkpoints, <out>/checkpoints."""
+    return (Path(out) / "stage1" if stage == 1 else Path(out)) / run_dir.CHECKPOINTS
+
+
+def stage_training_args(out: str | Path, task: str, stage: int, epochs: float | None = None,
+                        **settings) -> TrainingArguments:
+    """TrainingArguments of one stage: the paper's defaults for `task` (`stage_defaults`), then `settings`
+    (TrainingArguments fields, e.g. max_steps=100)."""
+    return training_args(stage_checkpoints(out, stage), stage_defaults(task, stage, epochs), **settings)
 
 
 def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: str | Path, out: str | Path,
@@ -60,14 +67,14 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
     task = get_task(task)
     if stage not in STAGES:
         raise TensorslimError(f"unknown stage {stage!r}", "use --stage 1, 2 or both")
-    with GracefulStop() as stop:  # a signal from here on (both stages) stops at the next safe point
+    with GracefulStop(TRAINING_SAFE_POINT) as stop:  # a signal from here on (both stages) stops at the next safe point
         teacher_model = load_classifier(teacher, task, "teacher")
         load_config(student)  # fail early on a bad student directory
         tokenizer = load_tokenizer(student, teacher)
         args = dict(args or {})
         for s in STAGES[stage]:
             if s not in args:
-                args[s] = stage_training_args([], out, task.name, s)
+                args[s] = stage_training_args(out, task.name, s)
         with args[STAGES[stage][0]].main_process_first(local=False, desc="preparing --out"):
             out, _ = run_dir.prepare(out, resume, overwrite)
             if 1 in STAGES[stage]:

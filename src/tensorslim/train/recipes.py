@@ -1,8 +1,8 @@
-"""The paper's training recipes (METHOD.md section 5) as defaults that flags override."""
+"""The paper's training recipes (docs/method.md, section 5) as defaults that flags override."""
 
 from __future__ import annotations
 
-from .config import DistillationConfig
+from ..distill.config import DistillationConfig
 
 #: TrainingArguments defaults of general distillation: AdamW lr 1e-4, 10% linear warm-up then
 #: linear decay, weight decay 0.01 (never on biases / LayerNorm: Trainer's rule), clip 1.0, batch 32
@@ -30,8 +30,6 @@ TASK_EPOCHS = {
 }
 #: Epochs for tasks the paper does not list (WNLI, AX ...).
 DEFAULT_TASK_EPOCHS = (10, 10)
-
-GENERAL_MAX_SEQ_LENGTH = 128
 
 
 def task_epochs(task_name: str) -> tuple[float, float]:
