@@ -62,3 +62,14 @@ def tiny_inputs(batch: int = 3, length: int = 12, seed: int = 1, pad: bool = Tru
     if pad:
         mask[0, length - 4:] = 0
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer over the tiny vocabulary: "w3 w4 ..." -> ids 3, 4, ... (0 pads)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[SEP]": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")

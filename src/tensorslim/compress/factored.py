@@ -59,7 +59,7 @@ class FactorBank(nn.Module):
         self._memo: dict = {}
         self._memo_key = None
         self._inputs: dict = {}
-        self.share_inputs = True
+        self.reuse = True
 
     def __getstate__(self):
         """Copies and pickles carry the factors, not the caches of a forward."""
@@ -67,10 +67,12 @@ class FactorBank(nn.Module):
 
     # called around every forward of the base model (hooks installed by compress.inplace)
     def begin_forward(self, module: nn.Module, *_) -> None:
-        """Keep cached products only without gradients and while no factor has changed; share x A
-        between modules unless gradient checkpointing will recompute the layers."""
+        """Keep cached products only without gradients and while no factor has changed; reuse
+        products and x A within a forward unless gradient checkpointing will recompute the layers."""
         self._inputs = {}
-        self.share_inputs = not (torch.is_grad_enabled() and getattr(module, "gradient_checkpointing", False))
+        # layers recomputed in the backward pass must recompute everything they computed the first time
+        self.reuse = not (torch.is_grad_enabled() and any(
+            getattr(m, "gradient_checkpointing", False) for m in module.modules()))
         if torch.is_grad_enabled():
             self._memo, self._memo_key = {}, None
             return
@@ -82,6 +84,8 @@ class FactorBank(nn.Module):
         self._inputs = {}
 
     def memo(self, key, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if not self.reuse:
+            return build()
         if key not in self._memo:
             self._memo[key] = build()
         return self._memo[key]
@@ -102,7 +106,7 @@ class FactorBank(nn.Module):
 
     def shared_input(self, key, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         """x @ A, computed once for the modules of one forward that read the same x with the same A."""
-        if not self.share_inputs:
+        if not self.reuse:
             return x @ A
         version = -1 if x.is_inference() else x._version  # inference tensors have no version counter
         hit = self._inputs.get(key)
