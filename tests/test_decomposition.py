@@ -1,15 +1,19 @@
-"""Decomposition math: stacking orientation, the three methods, HOSVD + HOOI against tensorly, budgets."""
+"""Decomposition math: slicing and orientation, the three methods, HOSVD + HOOI against tensorly, budgets."""
+
 
 import pytest
+import tensorly as tl
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tensorly.decomposition import partial_tucker
+from tiny_models import tiny_model
 from transformers import BertConfig, BertModel
 
-from tensorslim.decomposition.budget import ranks_for_budget
+from tensorslim.compress.inplace import layout, matrix_of
 from tensorslim.decomposition.hooi import sweep_dtype, tucker_hooi
 from tensorslim.decomposition.methods import METHODS, get_method
-from tensorslim.decomposition.stacking import check_encoder, layer_slots, ops_slots, slice_of, stack
+from tensorslim.decomposition.slices import Group, assemble, stack
 from tensorslim.errors import TensorslimError
 
 
@@ -19,32 +23,42 @@ def tiny_bert(hidden=16, layers=2, ffn_mult=4, seed=0):
                                 intermediate_size=ffn_mult * hidden, max_position_embeddings=32)).eval()
 
 
+def stacks_of(model, ops="all"):
+    groups, layouts, found = layout(model, ops)
+    return groups, stack({key: matrix_of(m) for key, m, _ in found}, groups, layouts), layouts
+
+
+def bert_stack(model, ops="all"):
+    groups, stacks, _ = stacks_of(model, ops)
+    assert len(stacks) == 1
+    return next(iter(stacks.values()))
+
+
 def tucker_to_tensor(core, factors):
     return torch.einsum("lab,nl,Da,Eb->nDE", core, *factors)
 
 
 @pytest.mark.parametrize("ops,count", [("all", 12), ("san", 4), ("ffn", 8)])
-def test_stack_shape_and_order(ops, count):
+def test_bert_stack_is_the_papers(ops, count):
+    """One group of n = L x slots D x D slices, in the paper's order and orientation."""
     model = tiny_bert()
-    W = stack(model.encoder.layer, ops, 16, 4)
+    W = bert_stack(model, ops)
     assert W.shape == (2 * count, 16, 16)
-    names = [s.name for s in ops_slots(ops, 4)]
-    assert names == {"all": [s.name for s in layer_slots(4)], "san": ["q", "k", "v", "o"],
-                     "ffn": [f"ffn_in.{j}" for j in range(4)] + [f"ffn_out.{j}" for j in range(4)]}[ops]
     layer1 = model.encoder.layer[1]
-    first = ops_slots(ops, 4)[0]
-    expected = {"q": layer1.attention.self.query.weight.T, "ffn_in.0": layer1.intermediate.dense.weight[:16]}[first.name]
+    expected = {"all": layer1.attention.self.query.weight.T, "san": layer1.attention.self.query.weight.T,
+                "ffn": layer1.intermediate.dense.weight[:16]}[ops]
     torch.testing.assert_close(W[count], expected)
 
 
-def test_slices_act_like_the_dense_layers():
-    """x @ M (or x @ M.T for [out, in] slices) reproduces each nn.Linear block's output."""
+def test_bert_slices_act_like_the_dense_layers():
+    """x @ M (or x @ M.T for [out, in] slices) reproduces each nn.Linear block's output: q, k, v, o,
+    ffn_in.0-3 ([out, in] row blocks of intermediate.dense), ffn_out.0-3 ([in, out] column blocks)."""
     model = tiny_bert()
     layer = model.encoder.layer[0]
     x = torch.randn(5, 16)
-    W = stack(model.encoder.layer, "all", 16, 4)[:12]
-    q = x @ W[0]
-    torch.testing.assert_close(q, x @ layer.attention.self.query.weight.T)
+    W = bert_stack(model)[:12]
+    torch.testing.assert_close(x @ W[0], x @ layer.attention.self.query.weight.T)
+    torch.testing.assert_close(x @ W[2], x @ layer.attention.self.value.weight.T)
     ffn_in = torch.cat([x @ W[4 + j].T for j in range(4)], dim=-1)
     torch.testing.assert_close(ffn_in, x @ layer.intermediate.dense.weight.T)
     z = torch.randn(5, 64)
@@ -52,23 +66,64 @@ def test_slices_act_like_the_dense_layers():
     torch.testing.assert_close(ffn_out, z @ layer.output.dense.weight.T)
 
 
-def test_encoders_other_than_bert_are_refused():
-    from transformers import GPT2Config, T5Config
+def test_decoder_groups_by_shape_with_the_ffn_side_first():
+    """Llama (hidden 32, 2 K/V heads of 8, FFN 80): q and o are 32 x 32 slices, k and v 32 x 16, and
+    gate, up ([out, in]) and down ([in, out]) 80 x 32 slices with the FFN side first; whole, since
+    80 is not a multiple of 32."""
+    model = tiny_model("llama")
+    groups, stacks, layouts = stacks_of(model)
+    assert {n: (g.rows, g.cols, g.num_slices) for n, g in groups.items()} == {
+        "32x32": (32, 32, 4), "32x16": (32, 16, 4), "80x32": (80, 32, 6)}
+    layer = model.layers[1]
+    torch.testing.assert_close(stacks["32x32"][2], layer.self_attn.q_proj.weight.T)
+    torch.testing.assert_close(stacks["32x32"][3], layer.self_attn.o_proj.weight.T)
+    torch.testing.assert_close(stacks["32x16"][3], layer.self_attn.v_proj.weight.T)
+    torch.testing.assert_close(stacks["80x32"][3], layer.mlp.gate_proj.weight)
+    torch.testing.assert_close(stacks["80x32"][4], layer.mlp.up_proj.weight)
+    torch.testing.assert_close(stacks["80x32"][5], layer.mlp.down_proj.weight.T)
+    for lay in layouts:  # assemble is the inverse of stack
+        module = model.get_submodule("layers." + lay.key)
+        torch.testing.assert_close(assemble(stacks, lay), matrix_of(module))
 
-    for config in (GPT2Config(), T5Config()):
-        with pytest.raises(TensorslimError, match="not a BERT-family encoder"):
-            check_encoder(config)
-    with pytest.raises(TensorslimError, match="not a multiple"):
-        check_encoder(BertConfig(hidden_size=16, intermediate_size=40, num_attention_heads=2))
+
+def test_gpt2_fused_attention_splits_into_q_k_v_slices():
+    model = tiny_model("gpt2")
+    groups, stacks, layouts = stacks_of(model)
+    assert list(groups) == ["32x32"] and groups["32x32"].num_slices == 2 * (3 + 1 + 4 + 4)
+    c_attn = model.h[0].attn.c_attn.weight  # Conv1D: [in, out] = [32, 96]
+    for j in range(3):
+        torch.testing.assert_close(stacks["32x32"][j], c_attn[:, 32 * j:32 * (j + 1)])
+    c_fc = model.h[0].mlp.c_fc.weight  # [32, 128]: FFN input, sliced [out, in]
+    torch.testing.assert_close(stacks["32x32"][4], c_fc[:, :32].T)
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_full_rank_is_exact(name):
-    W = stack(tiny_bert().encoder.layer, "all", 16, 4)
-    method = get_method(name, 16, 24 if name == "tucker" else None)
-    factors = method.fit(W)
+    W = bert_stack(tiny_bert())
+    group = Group("16x16", 16, 16, 24)
+    method = get_method(name, rank=16, layer_rank=24)
+    ranks = method.group_ranks(group, 16)
+    factors, _ = method.fit(W, group, ranks)
     torch.testing.assert_close(method.reconstruct(factors), W, atol=1e-5, rtol=1e-4)
     assert all(factors[k].abs().sum() > 0 for k in factors)  # never zero factors
+
+
+def test_a_rank_at_the_smaller_side_keeps_a_rectangular_group_exact():
+    torch.manual_seed(0)
+    W = torch.randn(6, 20, 8)
+    group = Group("20x8", 20, 8, 6)
+    for name in METHODS:
+        method = get_method(name, rank=8, layer_rank=6)
+        ranks = method.group_ranks(group, 8)
+        factors, _ = method.fit(W, group, ranks)
+        torch.testing.assert_close(method.reconstruct(factors), W, atol=1e-4, rtol=1e-4)
+
+
+def test_ranks_scale_with_a_groups_smaller_side():
+    method = get_method("tucker", rank=288)  # d = D / 2 for SmolLM2 (D = 576)
+    assert method.group_ranks(Group("576x576", 576, 576, 60), 576) == {"rank": 288, "layer_rank": 30}
+    assert method.group_ranks(Group("576x192", 576, 192, 60), 576) == {"rank": 96, "layer_rank": 30}
+    assert method.group_ranks(Group("1536x576", 1536, 576, 90), 576) == {"rank": 288, "layer_rank": 45}
 
 
 @pytest.mark.parametrize("name,rank,layer_rank", [("lowrank", 6, None), ("shared", 6, None), ("tucker", 6, 10)])
@@ -76,23 +131,33 @@ def test_parameter_counts_match_the_paper_formulas(name, rank, layer_rank):
     n, D, d, l = 24, 16, rank, layer_rank
     expected = {"lowrank": n * (2 * D * d + d * d), "shared": 2 * D * d + n * d * d,
                 "tucker": 2 * D * d + n * (l or 0) + (l or 0) * d * d}[name]
-    method = get_method(name, rank, layer_rank)
-    assert method.num_params(n, D) == expected
-    factors = method.fit(stack(tiny_bert().encoder.layer, "all", 16, 4))
+    method = get_method(name, rank=rank, layer_rank=layer_rank)
+    group = Group("16x16", D, D, n)
+    ranks = method.group_ranks(group, D)
+    assert method.num_params(group, ranks) == expected
+    factors, _ = method.fit(bert_stack(tiny_bert()), group, ranks)
     assert sum(t.numel() for t in factors.values()) == expected
 
 
 def test_paper_table_for_bert_base():
-    """METHOD.md section 2: IV 72-384 holds 11,217,024 weights of BERT-base's 84,934,656."""
-    assert get_method("tucker", 384, 72).num_params(144, 768) == 11_217_024
-    assert round(144 * 768 * 768 / get_method("tucker", 256, 36).num_params(144, 768), 1) == 30.8
-    assert round(get_method("shared", 384).num_params(144, 768) / 1e6, 1) == 21.8
+    """docs/method.md: IV 72-384 holds 11,217,024 weights of BERT-base's 84,934,656."""
+    group = Group("768x768", 768, 768, 144)
+
+    def count(name, **values):
+        method = get_method(name, **values)
+        return method.num_params(group, method.group_ranks(group, 768))
+
+    assert count("tucker", rank=384, layer_rank=72) == 11_217_024
+    assert round(144 * 768 * 768 / count("tucker", rank=256, layer_rank=36), 1) == 30.8
+    assert round(count("shared", rank=384) / 1e6, 1) == 21.8
 
 
 def test_lowrank_is_the_truncated_svd():
-    W = stack(tiny_bert().encoder.layer, "all", 16, 4)
-    factors = get_method("lowrank", 5).fit(W)
-    R = get_method("lowrank", 5).reconstruct(factors)
+    W = bert_stack(tiny_bert())
+    method = get_method("lowrank", rank=5)
+    group = Group("16x16", 16, 16, 24)
+    factors, _ = method.fit(W, group, method.group_ranks(group, 16))
+    R = method.reconstruct(factors)
     s = torch.linalg.svdvals(W.double())
     optimal = s[:, 5:].pow(2).sum(-1).sqrt()  # Eckart-Young
     torch.testing.assert_close(torch.linalg.matrix_norm((W - R).double()), optimal, atol=1e-5, rtol=1e-4)
@@ -101,11 +166,8 @@ def test_lowrank_is_the_truncated_svd():
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("ranks", [(10, 6, 6), (24, 8, 8), (5, 16, 4), (10, 6, 16)])
 def test_hooi_matches_tensorly(ranks, precision):
-    tl = pytest.importorskip("tensorly")
-    from tensorly.decomposition import partial_tucker
-
     tl.set_backend("pytorch")
-    W = stack(tiny_bert(seed=1).encoder.layer, "all", 16, 4)
+    W = bert_stack(tiny_bert(seed=1))
     core, factors, info = tucker_hooi(W, ranks, tol=1e-6, precision=precision)
     ours = ((W - tucker_to_tensor(core, factors)).norm() / W.norm()).item()
     (tl_core, tl_factors), _ = partial_tucker(W, rank=list(ranks), modes=[0, 1, 2], n_iter_max=100, tol=1e-6)
@@ -118,7 +180,7 @@ def test_hooi_matches_tensorly(ranks, precision):
 
 
 def test_hooi_is_deterministic_and_monotone():
-    W = stack(tiny_bert(seed=2).encoder.layer, "all", 16, 4)
+    W = bert_stack(tiny_bert(seed=2))
     a = tucker_hooi(W, (8, 6, 6), tol=1e-7, precision="float32")
     b = tucker_hooi(W, (8, 6, 6), tol=1e-7, precision="float32")
     assert torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
@@ -129,7 +191,7 @@ def test_hooi_is_deterministic_and_monotone():
 def test_bfloat16_sweeps_finish_like_float32():
     """bfloat16 sweeps, then float32 ones: float32 orthonormal factors, the core is W's projection,
     and the error is no worse than the float32 run's by 1e-5."""
-    W = stack(tiny_bert(hidden=32, seed=3).encoder.layer, "all", 32, 4)  # (24, 32, 32)
+    W = bert_stack(tiny_bert(hidden=32, seed=3))  # (24, 32, 32)
     runs = {p: tucker_hooi(W, (12, 16, 16), precision=p) for p in ("float32", "bfloat16")}
     errors = {}
     for p, (core, factors, info) in runs.items():
@@ -144,7 +206,7 @@ def test_bfloat16_sweeps_finish_like_float32():
 
 
 def test_bfloat16_sweeps_and_their_float32_finish_count_against_max_iter():
-    W = stack(tiny_bert(seed=4).encoder.layer, "all", 16, 4)
+    W = bert_stack(tiny_bert(seed=4))
     assert tucker_hooi(W, (8, 6, 6), tol=1.0, precision="float32")[2].sweeps == 2  # converged at the 2nd
     assert tucker_hooi(W, (8, 6, 6), tol=1.0, precision="bfloat16")[2].sweeps == 4  # 3 bfloat16 + 1 float32
     for max_iter in (1, 2, 3):
@@ -164,27 +226,38 @@ def test_auto_precision_uses_bfloat16_for_large_tensors_where_the_cpu_multiplies
 
 def test_bad_ranks_and_names():
     with pytest.raises(TensorslimError, match="unknown decomposition method 'svd'"):
-        get_method("svd", 8)
+        get_method("svd", rank=8)
+    groups = {"16x16": Group("16x16", 16, 16, 24)}
     for rank in (0, -1, 17):
         with pytest.raises(TensorslimError, match="out of range"):
-            get_method("shared", rank).validate(24, 16)
-    for layer_rank in (0, 25, None):
+            get_method("shared", rank=rank).validate(groups, 16)
+    for layer_rank in (0, 25):
         with pytest.raises(TensorslimError, match="layer rank"):
-            get_method("tucker", 8, layer_rank).validate(24, 16)
+            get_method("tucker", rank=8, layer_rank=layer_rank).validate(groups, 16)
+    with pytest.raises(TensorslimError, match="rank must be a whole number|whole number"):
+        get_method("tucker", rank=8.5)
     with pytest.raises(TensorslimError, match="unknown ops"):
-        ops_slots("attention", 4)
+        layout(tiny_bert(), "attention")
 
 
 def test_ranks_for_budget():
-    n, D = 144, 768
-    d, l = ranks_for_budget("tucker", n, D, 2_000_000)
-    method = get_method("tucker", d, l)
-    assert l == 72 and method.num_params(n, D) <= 2_000_000 < get_method("tucker", d + 1, l).num_params(n, D)
-    assert ranks_for_budget("tucker", n, D, 11_217_024, layer_rank=72) == (384, 72)
-    d, _ = ranks_for_budget("shared", n, D, 1_000_000)
-    assert get_method("shared", d).num_params(n, D) <= 1_000_000 < get_method("shared", d + 1).num_params(n, D)
+    groups, D = {"768x768": Group("768x768", 768, 768, 144)}, 768
+    method = get_method("tucker").for_budget(groups, D, 2_000_000)
+    assert method.layer_rank is None and method.total_params(groups, D) <= 2_000_000
+    assert method.with_values(rank=method.rank + 1).total_params(groups, D) > 2_000_000
+    assert method.group_ranks(groups["768x768"], D)["layer_rank"] == 72
+    fixed = get_method("tucker", rank=384).for_budget(groups, D, 11_217_024)
+    assert (fixed.rank, fixed.layer_rank) == (384, 72)
+    shared = get_method("shared").for_budget(groups, D, 1_000_000)
+    assert shared.total_params(groups, D) <= 1_000_000 < shared.with_values(rank=shared.rank + 1).total_params(groups, D)
     with pytest.raises(TensorslimError, match="no lowrank rank setting fits in 100"):
-        ranks_for_budget("lowrank", n, D, 100)
+        get_method("lowrank").for_budget(groups, D, 100)
+
+
+def test_budget_across_the_groups_of_a_decoder():
+    groups = layout(tiny_model("llama"))[0]
+    method = get_method("lowrank").for_budget(groups, 32, 3000)
+    assert method.total_params(groups, 32) <= 3000 < method.with_values(rank=method.rank + 1).total_params(groups, 32)
 
 
 @settings(max_examples=25, deadline=None)
@@ -199,14 +272,7 @@ def test_tucker_property(n, D, data):
     assert info.errors[-1] == pytest.approx(err, abs=1e-4)
     core, factors, _ = tucker_hooi(W, (n, D, D))
     torch.testing.assert_close(tucker_to_tensor(core, factors), W, atol=1e-5, rtol=1e-5)
-    method = get_method("tucker", d, l)
-    assert sum(t.numel() for t in method.fit(W, max_iter=2).values()) == method.num_params(n, D)
-
-
-def test_slice_of_rejects_nothing_silently():
-    model = tiny_bert(ffn_mult=2)
-    W = stack(model.encoder.layer, "all", 16, 2)
-    assert W.shape == (2 * 8, 16, 16)
-    weights = {"ffn_out": model.encoder.layer[0].output.dense.weight}
-    slot = [s for s in layer_slots(2) if s.name == "ffn_out.1"][0]
-    torch.testing.assert_close(slice_of(weights, slot, 16), model.encoder.layer[0].output.dense.weight[:, 16:].T)
+    method = get_method("tucker", rank=d, layer_rank=l, max_iter=2)
+    group = Group(f"{D}x{D}", D, D, n)
+    ranks = method.group_ranks(group, D)
+    assert sum(t.numel() for t in method.fit(W, group, ranks)[0].values()) == method.num_params(group, ranks)

@@ -1,5 +1,6 @@
-"""Teacher features: hooked pre-softmax attention scores equal a manual computation from the
-teacher's own weights, for BERT, RoBERTa and DistilBERT, and for a decomposed model natively."""
+"""Teacher features: recorded pre-softmax attention scores equal a manual computation from the
+teacher's own weights, for BERT, RoBERTa and DistilBERT, and for a decomposed student (every
+family's scores against its eager attention: tests/test_families.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel, RobertaConfig,
                           RobertaForSequenceClassification)
 
-from tensorslim.distill.teacher import capture_scores, forward_features, num_layers, query_key_modules
+from tensorslim.distill.attention import capture_scores
+from tensorslim.distill.teacher import forward_features, num_layers
 from tensorslim.errors import TensorslimError
 
 SMALL = dict(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=4, intermediate_size=32,
@@ -38,7 +40,7 @@ def manual_scores(hidden: torch.Tensor, q: torch.nn.Linear, k: torch.nn.Linear, 
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
-def test_hooked_scores_equal_manual_computation(family):
+def test_recorded_scores_equal_manual_computation(family):
     torch.manual_seed(0)
     if family == "bert":
         model = BertModel(BertConfig(**SMALL))
@@ -54,9 +56,11 @@ def test_hooked_scores_equal_manual_computation(family):
     with torch.no_grad():
         feats = forward_features(model, batch, frozenset({"attention_scores", "hidden_states"}), [0, 2])
     assert len(feats.attention_scores) == num_layers(model) == 3 and feats.attention_scores[1] is None
-    pairs = query_key_modules(model)
+    base = model.base_model
+    layers = base.encoder.layer if family != "distilbert" else base.transformer.layer
     for layer in (0, 2):
-        q, k = pairs[layer]
+        att = layers[layer].attention
+        q, k = (att.self.query, att.self.key) if family != "distilbert" else (att.q_lin, att.k_lin)
         expected = manual_scores(feats.hidden_states[layer], q, k, 4)
         torch.testing.assert_close(feats.attention_scores[layer], expected, rtol=1e-5, atol=1e-5)
 
@@ -66,36 +70,44 @@ def test_softmax_of_masked_scores_is_the_eager_attention():
     torch.manual_seed(0)
     model = BertModel(BertConfig(**SMALL, attn_implementation="eager")).eval()
     batch = inputs()
-    with torch.no_grad(), capture_scores(model, [0, 1, 2]) as scores:
+    with torch.no_grad(), capture_scores(model) as scores:
         probs = model(**batch, output_attentions=True).attentions
     add = (1 - batch["attention_mask"][:, None, None, :].float()) * torch.finfo(torch.float32).min
     for layer in range(3):
         torch.testing.assert_close(torch.softmax(scores[layer] + add, -1), probs[layer], rtol=1e-5, atol=1e-6)
 
 
-def test_hooks_are_removed_and_gradients_flow():
+def test_the_attention_implementation_is_restored_and_gradients_flow():
     model = BertModel(BertConfig(**SMALL))
-    with capture_scores(model, [1]) as scores:
+    before = model.config._attn_implementation
+    with capture_scores(model) as scores:
         model(**inputs())
+    assert model.config._attn_implementation == before
     scores[1].sum().backward()
     assert model.encoder.layer[1].attention.self.query.weight.grad is not None
-    assert all(not m._forward_hooks for m in model.modules())
+    with torch.no_grad():  # outside the context nothing is recorded
+        model(**inputs())
+    assert len(scores) == 3
 
 
 def test_unsupported_model_is_refused():
-    with pytest.raises(TensorslimError, match="query/key"):
-        query_key_modules(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    from transformers import T5Config, T5Model
+
+    with pytest.raises(TensorslimError, match="model type 't5' is not supported"):
+        num_layers(T5Model(T5Config(num_layers=1, d_model=16, d_kv=8, d_ff=32, num_heads=2, vocab_size=50)))
 
 
-def test_decomposed_model_gives_scores_natively(tiny_bert_dir):
+def test_student_scores_are_recorded_like_the_teachers(tiny_bert_dir):
     from tensorslim.compress.api import from_teacher
 
-    student = from_teacher(tiny_bert_dir, method="tucker", rank=16, layer_rank=8, head="base").eval()
+    student = from_teacher(tiny_bert_dir, method="tucker", rank=32, layer_rank=24, head="base").eval()
+    teacher = BertModel.from_pretrained(tiny_bert_dir).eval()
     batch = inputs()
     batch["input_ids"] = batch["input_ids"] + 1000
     with torch.no_grad():
         feats = forward_features(student, batch, frozenset({"attention_scores", "hidden_states"}), [1])
-        out = student(**batch, output_attention_scores=True)
+        ref = forward_features(teacher, batch, frozenset({"attention_scores", "hidden_states"}), [1])
     assert len(feats.attention_scores) == 2 and feats.attention_scores[1].shape == (2, 4, 7, 7)
-    torch.testing.assert_close(feats.attention_scores[1], out.attention_scores[1])
+    assert feats.attention_scores[0] is None  # only the layers asked for
+    torch.testing.assert_close(feats.attention_scores[1], ref.attention_scores[1], atol=1e-4, rtol=1e-4)
     assert len(feats.hidden_states) == 3

@@ -117,3 +117,17 @@ def test_config_files(tmp_path):
         make_config(read_config_file(tmp_path / "bad.json"))
     with pytest.raises(TensorslimError, match="does not exist"):
         read_config_file(tmp_path / "missing.yaml")
+
+
+def test_causal_score_loss_ignores_keys_after_the_query():
+    """Decoders: scores of later keys are never used by the model, so they must not count."""
+    from tensorslim.distill.losses import masked_score_mse
+
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 3, 5, 5)
+    student = teacher + torch.triu(torch.randn(2, 3, 5, 5), diagonal=1)  # differs above the diagonal only
+    mask = torch.ones(2, 5)
+    assert masked_score_mse(student, teacher, mask, causal=True).item() == 0.0
+    assert masked_score_mse(student, teacher, mask, causal=False).item() > 0
+    lower = teacher + torch.tril(torch.ones(5, 5))  # differs on and below the diagonal: 15 of 25 entries by 1
+    torch.testing.assert_close(masked_score_mse(lower, teacher, mask, causal=True), torch.tensor(15 / 25))
