@@ -9,6 +9,7 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
+    from ..decomposition.methods import METHODS
     from ..pipeline.demo import DemoSettings
 
     d = DemoSettings()
@@ -28,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--compression", type=float, nargs="+", default=d.compressions,
                    help="students to make, as teacher / student encoder matrix weights (default: 7); several "
                         "values draw the score-against-size curve")
-    p.add_argument("--method", default=d.method, choices=["tucker", "shared", "lowrank"], help="decomposition")
+    p.add_argument("--method", default=d.method, choices=list(METHODS),
+                   help="decomposition method (tensorslim decompose --help lists them)")
     p.add_argument("--max-seq-length", type=int, default=plan.max_seq_length, help="tokens per example (default 64)")
     p.add_argument("--max-train-samples", type=int, help="use only this many training examples (quick runs)")
     p.add_argument("--max-eval-samples", type=int, help="evaluate on only this many dev examples")

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
+    from ..decomposition.methods import METHODS
     from ..pipeline.chain import TrainingPlan
 
     plan = TrainingPlan(max_seq_length=128)
@@ -32,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("--ranks", nargs="+", required=True,
                    help="settings: LAYER_RANKxRANK (36x128), RANK (128, for shared/lowrank) or a budget (2M)")
     p.add_argument("--out", type=Path, required=True, help="sweep directory")
-    p.add_argument("--method", default="tucker", choices=["tucker", "shared", "lowrank"], help="decomposition")
+    p.add_argument("--method", default="tucker", choices=list(METHODS),
+                   help="decomposition method (tensorslim decompose --help lists them)")
     p.add_argument("--ops", default="all", choices=["all", "san", "ffn"], help="matrices to decompose")
     p.add_argument("--data", type=Path, help="pregenerated data for general distillation (skipped when absent)")
     p.add_argument("--general-steps", type=int, default=plan.general_steps, help="general distillation steps")

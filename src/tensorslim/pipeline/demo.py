@@ -134,7 +134,7 @@ def run_demo(s: DemoSettings) -> dict:
     upstream = {name: stages.inputs(name) for name in ("finetune", "pregenerate", "augment")}
     students = [student_chain(stages, f"{s.method} {ratio:g}x", out / "students" / f"{s.method}-{ratio:g}x",
                               teacher, task.name, glue, plan, pregenerated, upstream, method=s.method,
-                              budget=int(matrix_weights / ratio), layer_rank=n if s.method == "tucker" else None)
+                              budget=int(matrix_weights / ratio), layer_rank=n)  # ignored by methods without a bank
                 for ratio in s.compressions]
 
     models = [teacher] + [st.final for st in students]
