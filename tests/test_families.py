@@ -140,6 +140,19 @@ def test_generation_with_the_kv_cache_gives_the_tokens_of_generation_without_it(
     assert torch.equal(cached, uncached)
 
 
+@pytest.mark.parametrize("model_type", DECODERS)
+def test_decoder_perplexity_of_the_student_equals_its_exports(model_type):
+    """What `tensorslim evaluate --perplexity` scores, on a causal-LM student and its dense export."""
+    from tensorslim.evaluate.perplexity import perplexity
+
+    student, _ = decompose(tiny_model(model_type, "causal_lm"), "tucker", rank=12, layer_rank=3)
+    text = " ".join(f"w{3 + (7 * i) % 90}" for i in range(80))
+    ours = perplexity(student, tiny_tokenizer(), text, seq_length=16)
+    theirs = perplexity(export_dense(student), tiny_tokenizer(), text, seq_length=16)
+    assert ours["windows"] == 5 and ours["perplexity"] > 1
+    assert ours["perplexity"] == pytest.approx(theirs["perplexity"], rel=1e-5)
+
+
 @pytest.mark.parametrize("model_type", ENCODERS)
 def test_classifier_predictions_of_the_evaluation_path_equal_its_export(model_type):
     """`train.evaluate.predict` (what `tensorslim evaluate` scores) on padded batches of a classifier

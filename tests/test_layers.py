@@ -25,7 +25,7 @@ LAYERS = (
     ("compress",),
     ("tensorslim",),
     ("distill",),
-    ("train",),
+    ("train", "evaluate"),
     ("report",),
     ("pipeline",),
     ("cli",),

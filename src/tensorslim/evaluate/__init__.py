@@ -1,0 +1,1 @@
+"""Scoring finished models: perplexity and bits per byte of causal LMs on a text."""
