@@ -131,3 +131,22 @@ def test_causal_score_loss_ignores_keys_after_the_query():
     assert masked_score_mse(student, teacher, mask, causal=False).item() > 0
     lower = teacher + torch.tril(torch.ones(5, 5))  # differs on and below the diagonal: 15 of 25 entries by 1
     torch.testing.assert_close(masked_score_mse(lower, teacher, mask, causal=True), torch.tensor(15 / 25))
+
+
+def test_token_kl_is_the_masked_mean_of_the_per_position_kl():
+    """Against torch's kl_div per position: padded positions do not count; T^2 scaling."""
+    from tensorslim.distill.losses import LossBatch, token_kl_loss
+    from tensorslim.distill.teacher import Features
+
+    torch.manual_seed(0)
+    s_logits, t_logits = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    for temperature in (1.0, 2.0):
+        batch = LossBatch(attention_mask=mask, layer_map=[], temperature=temperature)
+        got = token_kl_loss(Features(logits=s_logits), Features(logits=t_logits), batch)
+        per = torch.nn.functional.kl_div(torch.log_softmax(s_logits / temperature, -1),
+                                         torch.log_softmax(t_logits / temperature, -1), log_target=True,
+                                         reduction="none").sum(-1)
+        torch.testing.assert_close(got, temperature**2 * per[mask.bool()].mean())
+    assert token_kl_loss(Features(logits=t_logits), Features(logits=t_logits),
+                         LossBatch(attention_mask=mask, layer_map=[])).item() == pytest.approx(0.0, abs=1e-6)

