@@ -147,3 +147,21 @@ def test_decomposition_is_deterministic(tiny_bert_dir, tmp_path):
         assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(tmp_path / name), "--rank", "6",
                      "--layer-rank", "5"]) == 0
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_decompose_by_compression_removes_that_share_of_the_matrix_weights(tiny_bert_dir, tmp_path):
+    out = tmp_path / "s"
+    assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--method", "lowrank",
+                 "--compression", "20%"]) == 0
+    w = json.loads((out / "decomposition.json").read_text())["decomposed_weights"]
+    assert w["student"] <= 0.8 * w["teacher"]
+    # the largest rank that fits: one more would keep more than 80% (d x (2 D + d) per slice, 24 slices of 32 x 32)
+    d = json.loads((out / "decomposition.json").read_text())["rank"]
+    assert 24 * (d + 1) * (64 + d + 1) > 0.8 * w["teacher"]
+
+
+@pytest.mark.parametrize("value", ["0%", "100%", "1.5"])
+def test_compression_outside_zero_and_one_is_refused(tiny_bert_dir, tmp_path, value, caplog):
+    out = tmp_path / "s"
+    assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--compression", value]) == 2
+    assert "is not between 0 and 1" in caplog.text and not out.exists()

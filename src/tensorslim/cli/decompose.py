@@ -17,6 +17,14 @@ def parse_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"cannot read the budget {text!r}: write it as e.g. 2000000, 2M or 750k") from None
 
 
+def parse_share(text: str) -> float:
+    """'20%' or '0.2' -> 0.2."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read the compression {text!r}: write it as e.g. 20% or 0.2") from None
+
+
 def register(sub) -> None:
     from ..compress.inplace import OPS
     from ..compress.loading import HEADS
@@ -40,6 +48,9 @@ def register(sub) -> None:
                        help=option.help + (f" (default: {option.default})" if option.default is not None else ""))
     p.add_argument("--budget", type=parse_count,
                    help="choose ranks so the factors hold at most this many weights, e.g. 2M")
+    p.add_argument("--compression", type=parse_share,
+                   help="choose ranks so that this share of the decomposed matrices' weights is removed, e.g. 20%% "
+                        "(or 0.2), as the LLM compression papers state it")
     p.add_argument("--ops", default="all", choices=list(OPS), help="matrices to decompose: all, san (attention), ffn")
     p.add_argument("--head", default="auto", choices=["auto", *HEADS],
                    help="which head to keep (default: the one the teacher was saved with)")
@@ -59,7 +70,8 @@ def run(args) -> None:
         raise TensorslimError(f"--method {args.method} takes no {', '.join('--' + n.replace('_', '-') for n in sorted(set(given) - accepted))}",
                               f"{args.method} accepts {', '.join('--' + n.replace('_', '-') for n in sorted(accepted))}")
     options = given
-    record = decompose_to_dir(args.teacher, args.out, args.method, ops=args.ops, budget=args.budget, head=args.head,
+    record = decompose_to_dir(args.teacher, args.out, args.method, ops=args.ops, budget=args.budget,
+                              compression=args.compression, head=args.head,
                               num_labels=args.num_labels, overwrite=args.overwrite, **options)
     w = record["decomposed_weights"]
     log.info("wrote %s: %s rank=%s layer_rank=%s ops=%s, %s -> %s decomposed weights (%.1fx), relative error %.4f",

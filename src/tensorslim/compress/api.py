@@ -23,12 +23,14 @@ log = logging.getLogger(__name__)
 
 def decompose(teacher: str | Path | PreTrainedModel, method: str | Method = "tucker", *, ops: str = "all",
               head: str = "auto", num_labels: int | None = None, budget: int | None = None,
-              **options) -> tuple[PreTrainedModel, dict]:
+              compression: float | None = None, **options) -> tuple[PreTrainedModel, dict]:
     """Decompose `teacher` (a directory, or a model changed in place); return it with a record.
 
     `method` is a registered name with its `options` (rank, layer_rank, tol, ...; see
     `decomposition.methods`) or a `Method`. With `budget` the ranks not given are the largest
-    whose factors fit in that many weights. The record holds the method and ranks, weights
+    whose factors fit in that many weights; `compression` (a fraction in (0, 1), as the LLM
+    compression papers state it) sets the budget to the decomposed matrices' weights times
+    (1 - compression). The record holds the method and ranks, weights
     before and after, relative errors (overall, per slot, per layer and slot, per group), the
     spectra of the largest group and the seconds taken.
     """
@@ -41,6 +43,10 @@ def decompose(teacher: str | Path | PreTrainedModel, method: str | Method = "tuc
     if is_decomposed(teacher) or section_of(teacher.config) is not None:
         raise TensorslimError("the teacher is already a decomposed student", "export it with export_dense() first")
     method = method if isinstance(method, Method) else get_method(method, **options)
+    if compression is not None:
+        if budget is not None:
+            raise TensorslimError("both a budget and a compression were given", "pass one of --budget, --compression")
+        budget = budget_for_compression(teacher, ops, compression)
     if budget is not None:
         from .inplace import layout
 
@@ -59,6 +65,22 @@ def decompose(teacher: str | Path | PreTrainedModel, method: str | Method = "tuc
              {k: v for k, v in method.values.items() if k in ("rank", "layer_rank")}, ops, record["relative_error"],
              w["ratio"], record["seconds"]["total"])
     return teacher, record
+
+
+def check_compression(compression: float) -> float:
+    if not 0 < compression < 1:
+        raise TensorslimError(f"compression {compression:g} is not between 0 and 1 (exclusive)",
+                              "pass the share of the decomposed matrices' weights to remove, e.g. --compression 20%")
+    return compression
+
+
+def budget_for_compression(model: PreTrainedModel, ops: str, compression: float) -> int:
+    """Weights left when `compression` of the `ops` matrices' weights is removed."""
+    from .inplace import layout
+
+    groups, _, _ = layout(model, ops)
+    dense = sum(g.num_slices * g.rows * g.cols for g in groups.values())
+    return int(dense * (1 - check_compression(compression)))
 
 
 def make_record(model, method: Method, ops: str, head: str, result: dict, fit_seconds: float) -> dict:
@@ -134,15 +156,18 @@ def from_teacher(teacher, method: str = "tucker", **kwargs) -> PreTrainedModel:
 
 
 def decompose_to_dir(teacher: str | Path, out: str | Path, method: str = "tucker", *, ops: str = "all",
-                     budget: int | None = None, head: str = "auto", num_labels: int | None = None,
-                     overwrite: bool = False, **options) -> dict:
+                     budget: int | None = None, compression: float | None = None, head: str = "auto",
+                     num_labels: int | None = None, overwrite: bool = False, **options) -> dict:
     """Decompose the teacher in directory `teacher` and write a loadable student directory `out`
     (config, safetensors, tokenizer, decomposition.json). Returns the decomposition record."""
     config = load_config(teacher)
     check_head(infer_head(config) if head == "auto" else head)
     check_output_dir(out, overwrite)
     get_method(method, **options)  # refuse unknown methods and bad options before loading
-    student, record = decompose(teacher, method, ops=ops, head=head, num_labels=num_labels, budget=budget, **options)
+    if compression is not None:
+        check_compression(compression)
+    student, record = decompose(teacher, method, ops=ops, head=head, num_labels=num_labels, budget=budget,
+                                compression=compression, **options)
     record["teacher"] = str(Path(teacher).resolve())
     with atomic_dir(out, overwrite) as tmp:
         student.save_pretrained(tmp)
