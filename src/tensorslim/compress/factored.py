@@ -165,6 +165,8 @@ class FactoredProjection(nn.Module):
         if not bank.method.shared:
             A, B = bank.sides(group, transposed, self.index(x.device))  # (g, in_block, r), (g, r, out_block)
             G = bank.memo(key, lambda: self._middles() @ B)  # (g, r, out_block)
+            if self.g == 1:  # one slice: two plain products
+                return affine(x @ A[0], G[0], self.bias)
             if not self.fan_in:
                 h = torch.einsum("...i,gir->...gr", x, A)
                 y = torch.einsum("...gr,gro->...go", h, G).flatten(-2)
