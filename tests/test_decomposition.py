@@ -276,3 +276,13 @@ def test_tucker_property(n, D, data):
     group = Group(f"{D}x{D}", D, D, n)
     ranks = method.group_ranks(group, D)
     assert sum(t.numel() for t in method.fit(W, group, ranks)[0].values()) == method.num_params(group, ranks)
+
+
+def test_a_loose_tucker_budget_keeps_the_full_rank_and_grows_the_bank():
+    """20% of BERT-base's stack removed: l = n/2 alone already removes half, so the search keeps d = D
+    and takes the largest bank that fits."""
+    groups, D = {"768x768": Group("768x768", 768, 768, 144)}, 768
+    budget = int(0.8 * 144 * 768 * 768)
+    method = get_method("tucker").for_budget(groups, D, budget)
+    assert method.rank == D and method.total_params(groups, D) <= budget
+    assert method.with_values(layer_rank=method.layer_rank + 1).total_params(groups, D) > budget

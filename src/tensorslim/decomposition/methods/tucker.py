@@ -51,9 +51,15 @@ class Tucker(Method):
 
     def for_budget(self, groups, hidden_size, budget):
         """With --rank fixed: the largest bank that fits; otherwise banks of half the slices (as
-        the paper's 72-384 student of BERT-base) and the largest rank."""
-        if self.rank is None or self.layer_rank is not None:
+        the paper's 72-384 student of BERT-base) and the largest rank, and if even the full rank
+        fits that way, the full rank and the largest bank."""
+        if self.layer_rank is not None:
             return super().for_budget(groups, hidden_size, budget)
+        if self.rank is None:
+            found = super().for_budget(groups, hidden_size, budget)
+            if found.rank < hidden_size:
+                return found
+            return found.for_budget(groups, hidden_size, budget)  # rank now fixed at the hidden size
         largest = max(g.num_slices for g in groups.values())
         fits = [l for l in range(1, largest + 1)
                 if self.with_values(layer_rank=l).total_params(groups, hidden_size) <= budget]
