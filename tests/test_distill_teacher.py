@@ -111,3 +111,18 @@ def test_student_scores_are_recorded_like_the_teachers(tiny_bert_dir):
     assert feats.attention_scores[0] is None  # only the layers asked for
     torch.testing.assert_close(feats.attention_scores[1], ref.attention_scores[1], atol=1e-4, rtol=1e-4)
     assert len(feats.hidden_states) == 3
+
+
+def test_scores_of_a_student_in_cpu_inference_cover_the_whole_batch(tiny_bert_dir):
+    """Students run CPU inference in groups of sequences; recording scores runs whole batches."""
+    from tensorslim.compress import chunking
+    from tensorslim.compress.api import from_teacher
+
+    student = from_teacher(tiny_bert_dir, method="tucker", rank=16, layer_rank=8, head="base").eval()
+    chunking.disable(student.base_model)
+    chunking.enable(student.base_model, 7)  # one 7-token sequence per group
+    batch = inputs()
+    batch["input_ids"] = batch["input_ids"] + 1000
+    with torch.no_grad():
+        feats = forward_features(student, batch, frozenset({"attention_scores"}), [0, 1])
+    assert len(feats.attention_scores) == 2 and feats.attention_scores[1].shape == (2, 4, 7, 7)

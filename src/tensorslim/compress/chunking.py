@@ -10,12 +10,25 @@ training, GPUs and decoders (whose KV cache is per batch) always run the whole b
 
 from __future__ import annotations
 
+import contextlib
 import types
+from contextvars import ContextVar
 
 import torch
 from torch import nn
 
 ATTR = "_tensorslim_chunk_tokens"
+_off: ContextVar[bool] = ContextVar("tensorslim_chunking_off", default=False)
+
+
+@contextlib.contextmanager
+def whole_batches():
+    """Run every forward inside on the whole batch (for code that records per-layer outputs in call order)."""
+    token = _off.set(True)
+    try:
+        yield
+    finally:
+        _off.reset(token)
 
 
 def _take(value, start: int, stop: int, batch: int):
@@ -46,7 +59,8 @@ def _chunked_forward(self: nn.Module, *args, **kwargs):
     if ids is None:
         ids = kwargs.get("inputs_embeds")
     forward = type(self).forward
-    if ids is None or ids.dim() < 2 or ids.device.type != "cpu" or torch.is_grad_enabled() or self.training:
+    if (ids is None or ids.dim() < 2 or ids.device.type != "cpu" or torch.is_grad_enabled() or self.training
+            or _off.get()):
         return forward(self, *args, **kwargs)
     batch, length = ids.shape[:2]
     per = max(1, getattr(self, ATTR) // length)

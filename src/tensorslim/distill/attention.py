@@ -20,6 +20,8 @@ from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
+from ..compress.chunking import whole_batches
+
 PREFIX = "tensorslim_capture_"
 _active: ContextVar[list | None] = ContextVar("tensorslim_scores", default=None)
 
@@ -68,7 +70,8 @@ def capture_scores(model: nn.Module):
         config._attn_implementation = PREFIX + base
     token = _active.set(scores)
     try:
-        yield scores
+        with whole_batches():  # one recorded call per layer, in layer order
+            yield scores
     finally:
         _active.reset(token)
         for config, impl in zip(configs, previous):
