@@ -245,10 +245,11 @@ def build_path(out: str | os.PathLike) -> Path:
 def begin_dir(out: str | os.PathLike, command: str, *, continue_existing: bool = False) -> Path:
     """The directory a long job (checked with `check_output_dir`) writes to, created and marked.
 
-    `out` itself when it is absent or empty, or when `continue_existing` (a resumed run or a
-    pipeline reusing its finished stages); its build sibling (`build_path`) when a new run replaces
-    an existing `out`. A build sibling an interrupted replacement left is continued with
-    `continue_existing` and discarded otherwise. `finish_dir` puts the result in place.
+    `out` itself when it is absent or empty, or, with `continue_existing` (a resumed run, or a
+    pipeline reusing its finished stages), when `command` wrote it; otherwise the build sibling
+    (`build_path`), as when a new run replaces an existing `out`. A build sibling an interrupted
+    replacement left is continued with `continue_existing` and discarded otherwise. `finish_dir`
+    puts the result in place.
     """
     out, build = Path(out), build_path(out)
     if continue_existing and build.is_dir() and (read_marker(build) or {}).get("command") == command:
@@ -258,7 +259,8 @@ def begin_dir(out: str | os.PathLike, command: str, *, continue_existing: bool =
         log.info("discarding %s, left by an interrupted run", build)
         shutil.rmtree(build)
     empty = not out.is_dir() or not any(p.name != MARKER for p in out.iterdir())
-    work = out if empty or continue_existing else build
+    ours = (read_marker(out) or {}).get("command") == command
+    work = out if empty or (continue_existing and ours) else build
     work.mkdir(parents=True, exist_ok=True)
     marker = read_marker(work)
     if marker is None or marker["command"] != command or marker["entries"] is not None:

@@ -49,13 +49,14 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from ..errors import TensorslimError
-from ..io import MARKER, atomic_file, check_output_dir, remove_stale_temporaries, write_json
+from ..io import atomic_file, begin_dir, build_path, check_output_dir, finish_dir, remove_stale_temporaries, write_json
 from .corpus import LAYOUTS, CorpusReader
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("arrow", "json", "both")
 MANIFEST = "pregenerate.json"
+COMMAND = "pregenerate"  # the name its output directories are marked with (tensorslim.io)
 #: Written when a run starts and removed once MANIFEST exists: settings a --resume must match.
 STATE = ".pregenerate-state.json"
 #: One JSON line per finished shard, appended as shards finish; --resume skips the shards it lists.
@@ -458,32 +459,30 @@ def _check_paths(out: Path, files: list[Path]) -> None:
                                   "choose an --out outside the corpus")
 
 
-def _prepare(out: Path, settings: dict, resume: bool, overwrite: bool) -> dict[int, dict] | None:
-    """Set up `out`; return the finished shards to skip, or None when a finished run matches."""
-    state, manifest = out / STATE, out / MANIFEST
+def _prepare(out: Path, settings: dict, resume: bool, overwrite: bool) -> tuple[Path, dict[int, dict] | None]:
+    """Set up the directory to write (`out`, or its build sibling when replacing an earlier `out`:
+    see tensorslim.io); return it with the finished shards to skip, or None when a finished run matches."""
+    work = build_path(out) if resume and (build_path(out) / STATE).exists() else out
+    state, manifest = work / STATE, work / MANIFEST
     if resume and state.exists():
         if json.loads(state.read_text()) != settings:
             raise TensorslimError(f"{out} holds an interrupted run with different settings, corpus or tokenizer",
                                   "rerun with exactly the same arguments, or drop --resume to start over")
-        _remove_temporaries(out)
-        return _read_progress(out / PROGRESS)
+        _remove_temporaries(work)
+        return work, _read_progress(work / PROGRESS)
     if resume and manifest.exists():
         previous = json.loads(manifest.read_text())
         if {k: previous.get(k) for k in settings} != settings:
             raise TensorslimError(f"{out} holds a finished run with different settings, corpus or tokenizer",
                                   "drop --resume to regenerate, or choose another --out")
         log.info("%s is already complete; nothing to do", out)
-        return None
+        return work, None
     if resume:
         log.info("nothing to resume in %s; starting a new run", out)
-    check_output_dir(out, overwrite)
-    if out.exists():
-        for entry in out.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
-    write_json(state, settings)
-    return {}
+    check_output_dir(out, COMMAND, overwrite=overwrite)
+    work = begin_dir(out, COMMAND)
+    write_json(work / STATE, settings)
+    return work, {}
 
 
 def _remove_temporaries(out: Path) -> None:
@@ -527,6 +526,7 @@ def pregenerate(corpus_paths, tokenizer_dir, out_dir, config: PregenerateConfig 
     if workers < 1:
         raise TensorslimError(f"workers={workers}", "use --workers 1 or more")
     out = Path(out_dir)
+    check_output_dir(out, COMMAND, inputs=[*corpus_paths, tokenizer_dir], overwrite=overwrite)
     reader = CorpusReader(corpus_paths, config.corpus_layout, config.max_sentence_chars)
     _check_paths(out, reader.files)
     tokenizer, tokenizer_info = load_tokenizer(tokenizer_dir)
@@ -540,9 +540,10 @@ def pregenerate(corpus_paths, tokenizer_dir, out_dir, config: PregenerateConfig 
     documents = iter(reader)
     first = next(documents)  # an empty corpus fails here, before the output directory is touched
     settings = _settings(config, reader, tokenizer_info)
-    done = _prepare(out, settings, resume, overwrite)
+    final = out
+    out, done = _prepare(final, settings, resume, overwrite)
     if done is None:
-        return out
+        return final
 
     records: dict[int, dict] = {}
     with open(out / PROGRESS, "a", encoding="utf-8") as progress, _StopOnSignal() as guard, \
@@ -560,7 +561,7 @@ def pregenerate(corpus_paths, tokenizer_dir, out_dir, config: PregenerateConfig 
     if stopped:
         raise KeyboardInterrupt
     _finalize(out, config, settings, reader, [records[k] for k in sorted(records)])
-    return out
+    return finish_dir(out, final, COMMAND)
 
 
 def _prepend(first, rest):

@@ -32,6 +32,7 @@ from ..decomposition.methods import get_method
 from ..decomposition.stacking import check_encoder, dense_weights, group_weight, ops_slots, stack, unslice
 from ..errors import TensorslimError
 from ..io import atomic_dir, check_output_dir, write_json
+from ..validate import check_finite_weights
 from ..report.measure import count_parameters
 from .configuration import DecomposedBertConfig
 from .modeling import (
@@ -309,12 +310,14 @@ def decompose_to_dir(teacher: str | Path, out: str | Path, method: str = "tucker
     k = check_encoder(config)
     n = config.num_hidden_layers * len(ops_slots(ops, k))
     rank, layer_rank = default_ranks(method, n, config.hidden_size, rank, layer_rank, budget)
-    check_output_dir(out, overwrite)
+    get_method(method, rank, layer_rank).validate(n, config.hidden_size)  # bad ranks fail before any loading
+    check_output_dir(out, "decompose", inputs=[teacher], overwrite=overwrite)
+    check_finite_weights(teacher)  # NaN or inf would break HOOI's eigendecompositions
     teacher_model = load_model(teacher, head, **({"num_labels": num_labels} if num_labels else {}))
     student, record = decompose(teacher_model, method, rank, layer_rank, ops, head, **fit_kwargs)
     record["teacher"] = str(Path(teacher).resolve())
     record["parameters"] = {"teacher": count_parameters(teacher_model), "student": count_parameters(student)}
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, "decompose", inputs=[teacher], overwrite=overwrite) as tmp:
         student.save_pretrained(tmp)
         save_tokenizer(teacher, tmp)
         write_json(Path(tmp) / "decomposition.json", record)

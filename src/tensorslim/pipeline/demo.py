@@ -21,7 +21,7 @@ from pathlib import Path
 from ..data.glue import get_task
 from ..decomposition.stacking import ffn_multiple, ops_slots
 from ..errors import TensorslimError
-from ..io import MARKER, check_output_dir
+from ..io import begin_dir, check_output_dir, finish_dir
 from .chain import TrainingPlan, dev_scores, student_chain
 from .stages import StageRunner
 
@@ -79,6 +79,47 @@ def prepare_task(task, glue_dir: Path | None, dest: Path) -> Path:
     return dest / task.name
 
 
+def check_settings(s: DemoSettings) -> Path:
+    """Refuse bad settings, inputs and --out before the first stage; return the teacher's directory."""
+    from ..decomposition.budget import ranks_for_budget
+    from ..decomposition.methods import get_method
+    from ..modeling.convert import load_config
+    from ..train.models import check_max_length
+    from ..validate import check_above, check_at_least, check_finite_weights
+
+    task, plan = get_task(s.task), s.plan
+    for flag, value, low in (("--batch-size", plan.batch_size, 1), ("--general-steps", plan.general_steps, 1),
+                             ("--stage1-steps", plan.stage1_steps, 1), ("--stage2-steps", plan.stage2_steps, 1),
+                             ("--max-train-samples", plan.max_train_samples, 1), ("--seed", plan.seed, 0),
+                             ("--max-eval-samples", s.max_eval_samples, 1), ("--aug-n", s.aug_n, 0),
+                             ("--corpus-documents", s.corpus_documents, 2)):
+        check_at_least(flag, value, low)
+    for flag, value in (("--finetune-epochs", s.finetune_epochs), ("--finetune-lr", s.finetune_lr)):
+        check_above(flag, value, 0)
+    if not s.compressions:
+        raise TensorslimError("no --compression given", "pass --compression 7 (or several values)")
+    if s.glue_dir is not None:
+        from ..data.glue import task_file
+
+        for split in ("train", *task.dev_splits):
+            task_file(Path(s.glue_dir), task, split)
+    elif task.name != "BBC-News":
+        raise TensorslimError(f"task {task.name} needs --glue-dir", "pass the GLUE directory holding the task")
+    check_output_dir(s.out, "demo", inputs=[s.teacher, s.glue_dir], overwrite=s.overwrite)
+    teacher = Path(s.teacher) if s.teacher else packaged_teacher()
+    config = load_config(teacher)
+    check_max_length(plan.max_seq_length, config, "--max-seq-length")
+    n = config.num_hidden_layers * len(ops_slots("all", ffn_multiple(config.hidden_size, config.intermediate_size)))
+    for ratio in s.compressions:
+        check_above("--compression", ratio, 1)
+        budget = int(n * config.hidden_size**2 / ratio)
+        rank, layer_rank = ranks_for_budget(s.method, n, config.hidden_size, budget, None,
+                                            n if s.method == "tucker" else None)
+        get_method(s.method, rank, layer_rank).validate(n, config.hidden_size)
+    check_finite_weights(teacher)
+    return teacher
+
+
 def run_demo(s: DemoSettings) -> dict:
     """Run every stage (reusing finished ones); return the `run` dict the report is made from."""
     from ..data.augment import augment_task, output_path
@@ -94,11 +135,9 @@ def run_demo(s: DemoSettings) -> dict:
     from ..train.finetune import finetune
     from ..train.models import load_encoder
 
-    out = check_output_dir(s.out, s.overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
+    teacher_src = check_settings(s)
+    out = begin_dir(s.out, "demo", continue_existing=True)  # a rerun continues in place, reusing finished stages
     task, plan = get_task(s.task), s.plan
-    teacher_src = Path(s.teacher) if s.teacher else packaged_teacher()
     stages = StageRunner(out, s.force)
     glue, corpus, pregenerated, teacher = out / "data" / "glue", out / "data" / "wiki.txt", out / "pregenerated", out / "teacher"
 
@@ -153,6 +192,7 @@ def run_demo(s: DemoSettings) -> dict:
         "stages": stages.stages(),
     }
     run["report_paths"] = {k: str(v) for k, v in render_report(run, out / "report").items()}
+    finish_dir(out, s.out, "demo")
     return run
 
 
