@@ -110,5 +110,5 @@ def check_finite_weights(model_dir: str | os.PathLike) -> None:
                             f"{file} holds {bad} NaN or infinite value(s) in {name}",
                             "the model is damaged (or diverged in training): use an earlier checkpoint or re-save it")
         except SafetensorError as exc:
-            raise TensorslimError(f"cannot read the weights in {file}: {exc}",
+            raise TensorslimError(f"cannot load the weights in {file}: {exc}",
                                   "the weights file is truncated or corrupt; re-save the model") from None

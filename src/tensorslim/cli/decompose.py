@@ -51,6 +51,12 @@ def register(sub) -> None:
 
 def run(args) -> None:
     from ..modeling.convert import decompose_to_dir
+    from ..validate import check_above, check_at_least
+
+    check_above("--tol", args.tol, 0)
+    check_at_least("--max-iter", args.max_iter, 1)
+    check_at_least("--num-labels", args.num_labels, 1)
+    check_at_least("--budget", args.budget, 1)
 
     record = decompose_to_dir(args.teacher, args.out, args.method, args.rank, args.layer_rank, args.ops, args.budget,
                               args.head, args.num_labels, args.overwrite, tol=args.tol, max_iter=args.max_iter,
