@@ -29,7 +29,15 @@ ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLIN
 
 _ZYGOTE = r"""
 import json, os, runpy, sys, traceback
-import tensorslim.cli  # the expensive imports, once
+import importlib
+import tensorslim.cli  # the expensive imports, once (and those the commands make lazily)
+for name in ("transformers.trainer", "datasets", "tensorslim.train", "tensorslim.pipeline.demo",
+             "tensorslim.pipeline.sweep", "tensorslim.data.augment", "tensorslim.data.pregenerate",
+             "tensorslim.report.summary", "tensorslim.report.render", "tensorslim.modeling.convert"):
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
 for line in sys.stdin:
     request = json.loads(line)
     pid = os.fork()

@@ -13,9 +13,6 @@ import pytest
 from adversarial_world import TRAIN, World, cli, world  # noqa: F401  (fixtures)
 from cli_harness import assert_clean_failure, snapshot
 
-pytestmark = pytest.mark.xdist_group("adversarial")
-
-
 def writer_args(command: str, w: dict, out) -> list:
     """The command line of `command` with inputs `w` (name -> path) writing `out`."""
     tiny_demo = ["--task", "SST-2", "--glue-dir", w["glue"], "--compression", "2", "--max-seq-length", "32",

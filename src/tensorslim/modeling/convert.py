@@ -58,7 +58,8 @@ def load_config(path: str | Path):
     """The teacher's config, with clear errors for a missing directory or config."""
     path = Path(path)
     if not path.is_dir():
-        raise TensorslimError(f"model directory {path} does not exist", "pass the directory written by save_pretrained")
+        raise TensorslimError(f"model directory {path} {'is a file' if path.exists() else 'does not exist'}",
+                              "pass the directory written by save_pretrained")
     if not (path / "config.json").is_file():
         raise TensorslimError(f"{path} has no config.json, so it is not a transformers model directory",
                               "pass the directory written by save_pretrained (config.json + model.safetensors)")

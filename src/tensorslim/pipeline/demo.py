@@ -113,8 +113,14 @@ def check_settings(s: DemoSettings) -> Path:
     for ratio in s.compressions:
         check_above("--compression", ratio, 1)
         budget = int(n * config.hidden_size**2 / ratio)
-        rank, layer_rank = ranks_for_budget(s.method, n, config.hidden_size, budget, None,
-                                            n if s.method == "tucker" else None)
+        if budget < 1:
+            raise TensorslimError(f"--compression {ratio:g} leaves less than one weight of the teacher's "
+                                  f"{n * config.hidden_size**2:,}", "pass a smaller --compression")
+        try:
+            rank, layer_rank = ranks_for_budget(s.method, n, config.hidden_size, budget, None,
+                                                n if s.method == "tucker" else None)
+        except TensorslimError as exc:
+            raise TensorslimError(f"--compression {ratio:g}: {exc.problem}", "pass a smaller --compression") from None
         get_method(s.method, rank, layer_rank).validate(n, config.hidden_size)
     check_finite_weights(teacher)
     return teacher

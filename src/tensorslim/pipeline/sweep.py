@@ -51,10 +51,10 @@ def parse_setting(text: str) -> RankSetting:
 def check_sweep(teacher: Path, task: str, glue_dir: Path, out: Path, settings: list[RankSetting], plan: TrainingPlan,
                 method: str, pregenerated: Path | None, ops: str, overwrite: bool, max_eval_samples: int | None) -> None:
     """Refuse bad settings, inputs and --out before the first stage (see `run_sweep`)."""
-    from ..data.glue import task_file
+    from ..data.glue import check_label_mapping, task_file
     from ..decomposition.methods import get_method
     from ..decomposition.stacking import ffn_multiple, ops_slots
-    from ..modeling.convert import default_ranks, load_config
+    from ..modeling.convert import default_ranks, infer_head, load_config
     from ..train.models import check_max_length, check_trained_task
     from ..validate import check_above, check_at_least, check_existing_dir, check_finite_weights
 
@@ -76,6 +76,10 @@ def check_sweep(teacher: Path, task: str, glue_dir: Path, out: Path, settings: l
     check_output_dir(out, "sweep", inputs=[teacher, glue_dir, pregenerated], overwrite=overwrite)
     config = load_config(teacher)
     check_trained_task(teacher, spec, "teacher")
+    if infer_head(config) != "sequence_classification":
+        raise TensorslimError(f"--teacher {teacher} has no classification head",
+                              f"fine-tune it on {spec.name} first: tensorslim finetune --model {teacher} --task {spec.name}")
+    check_label_mapping(spec, config)
     check_max_length(plan.max_seq_length, config, "--max-seq-length")
     n = config.num_hidden_layers * len(ops_slots(ops, ffn_multiple(config.hidden_size, config.intermediate_size)))
     for setting in settings:

@@ -13,6 +13,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from ..data.glue import get_task, task_file
 from ..distill import recipes
+from ..validate import check_finite_weights
 from ..distill.trainer import GracefulStop
 from . import run_dir
 from .args import for_run
@@ -35,7 +36,8 @@ def finetune(model: str | Path, task: str, glue_dir: str | Path, out: str | Path
         inputs = (model, task_file(Path(glue_dir), task, train_split).parent)
         run_dir.check(out, resume, overwrite, "finetune", inputs)  # fail early, before loading anything
         config = load_config(model)
-        length = check_max_length(max_seq_length or task.max_seq_length, config, "--max-seq-length")
+        check_finite_weights(model)
+        length = check_max_length(task.max_seq_length if max_seq_length is None else max_seq_length, config, "--max-seq-length")
         tokenizer = load_tokenizer(model)
         args = for_run(args, Path(out), {**recipes.FINETUNE_TRAINING, "metric_for_best_model": "score"})
         set_seed(args.seed)  # a new classification head starts the same in every run (and on --resume)

@@ -16,9 +16,10 @@ from ..distill import recipes
 from ..distill.config import DistillationConfig
 from ..distill.trainer import DistillationTrainer, GracefulStop
 from ..errors import TensorslimError
+from ..validate import check_finite_weights
 from . import run_dir
 from .args import for_run
-from .models import load_encoder, load_tokenizer
+from .models import load_config, load_encoder, load_tokenizer
 from .pretraining_data import PretrainingCollator, load_inputs, max_seq_len
 from .runner import train_and_save
 
@@ -42,6 +43,9 @@ def distill_general(teacher: str | Path, student: str | Path, data: str | Path, 
         if max_train_samples is not None and max_train_samples < 1:
             raise TensorslimError(f"--max-train-samples {max_train_samples} is out of range", "pass 1 or more")
         config = config or recipes.general_objective()
+        for path in (teacher, student):
+            load_config(path)
+            check_finite_weights(path)
         teacher_model = load_encoder(teacher)
         tokenizer = load_tokenizer(student, teacher)
         args = for_run(args, Path(out), recipes.GENERAL_TRAINING)

@@ -19,6 +19,7 @@ from ..distill import recipes
 from ..distill.config import DistillationConfig
 from ..distill.trainer import DistillationTrainer, GracefulStop
 from ..errors import TensorslimError
+from ..validate import check_finite_weights
 from . import run_dir
 from .args import parse_training_args
 from .glue_data import collator, encode_split, metrics_fn
@@ -65,9 +66,12 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
         inputs = (teacher, student, task_file(Path(glue_dir), task, split).parent)
         run_dir.check(out, resume, overwrite, "distill task", inputs)  # fail early, before loading anything
         check_trained_task(teacher, task, "teacher")
+        for path in (teacher, student):
+            load_config(path)
+            check_finite_weights(path)
         teacher_model = load_classifier(teacher, task, "teacher")
         student_config = load_config(student)  # fail early on a bad student directory
-        length = check_max_length(max_seq_length or task.max_seq_length, student_config, "--max-seq-length")
+        length = check_max_length(task.max_seq_length if max_seq_length is None else max_seq_length, student_config, "--max-seq-length")
         check_max_length(length, teacher_model.config, "--max-seq-length")
         tokenizer = load_tokenizer(student, teacher)
         args = dict(args or {})
