@@ -128,20 +128,25 @@ def run_plain(args: list[str], cwd: Path | None = None, timeout: float = 600, pr
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def interrupt_when(runner: CliRunner, args: list[str], ready, sig: int = signal.SIGTERM,
+def interrupt_when(runner: CliRunner, args: list[str], ready, sig: int = signal.SIGTERM, delay: float = 0,
                    timeout: float = 300) -> tuple[Result, float]:
-    """Start `args`, send `sig` once `ready()` holds; return (result, seconds from the signal to the exit)."""
+    """Start `args`; once `ready(stderr file)` holds, wait `delay` s and send `sig`. Return (result,
+    seconds from the signal to the exit). Fails when the command ended before it was signalled."""
     started = runner.start(args)
-    pid = started[0]
+    pid, _, err = started
     deadline = time.monotonic() + timeout
-    while not ready() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    sent = time.monotonic()
     try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-    result = runner.wait(started)
+        while not ready(err) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(delay)
+    finally:
+        sent = time.monotonic()
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        result = runner.wait(started)
+    assert result.code != 0, f"the command ended before the signal:\n{result}"
     return result, time.monotonic() - sent
 
 

@@ -80,21 +80,23 @@ def interrupted_hint(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and not getattr(args, "accepts_extra", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.extra = rest
-    setup_logging(args.verbose, args.quiet)
     previous = signal.signal(signal.SIGTERM, _terminate)
+    args = None
     try:
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        if rest and not getattr(args, "accepts_extra", False):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.extra = rest
+        setup_logging(args.verbose, args.quiet)
         args.func(args)
     except TensorslimError as exc:
         log.error("%s", exc, exc_info=args.debug)
         return 2
     except KeyboardInterrupt as exc:
         detail = f"{exc}; " if str(exc) and "--resume" not in str(exc) else ""
-        log.error("interrupted: %s%s", detail, interrupted_hint(args), exc_info=args.debug)
+        hint = interrupted_hint(args) if args is not None else "nothing was written"
+        log.error("interrupted: %s%s", detail, hint, exc_info=args is not None and args.debug)
         return 130
     except MemoryError:
         log.error("out of memory\n  fix: lower --batch-size (or the sequence length), or use a larger machine",
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             raise  # not a user error: the traceback is for a bug report
         what, where = problem
         log.error("cannot write %s: %s\n  fix: free disk space or choose a writable output path; nothing "
-                  "half-written was kept", where, what, exc_info=args.debug)
+                  "half-written was kept", where, what, exc_info=args is not None and args.debug)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)

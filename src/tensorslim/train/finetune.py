@@ -54,6 +54,8 @@ def finetune(model: str | Path, task: str, glue_dir: str | Path, out: str | Path
                 "train_examples": len(train), "base_model": str(model)}
         metrics = train_and_save(trainer, work, last, tokenizer, info, stop)
         run_dir.finish(work, Path(out), "finetune")
+        if stop.signal is not None:  # it came during the final evaluation or save: stop here, the model is whole
+            raise KeyboardInterrupt(f"stopped after saving the final model to {out}")
         log.info("%s dev score %.4f", task.name, metrics.get("eval_score", float("nan")))
     return metrics
 

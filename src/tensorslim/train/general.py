@@ -68,4 +68,6 @@ def distill_general(teacher: str | Path, student: str | Path, data: str | Path, 
                 "train_examples": len(train), "distillation": config.to_dict()}
         metrics = train_and_save(trainer, work, last, tokenizer, info, stop)
         run_dir.finish(work, Path(out), "distill general")
+        if stop.signal is not None:  # it came during the final evaluation or save: stop here, the model is whole
+            raise KeyboardInterrupt(f"stopped after saving the final model to {out}")
         return metrics

@@ -114,4 +114,6 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
             stage_info = {**info, "stage": s, "distillation": objectives[s].to_dict()}
             metrics = train_and_save(trainer, stage_out, last, tokenizer, stage_info, stop)
         run_dir.finish(work, Path(out), "distill task")
+        if stop.signal is not None:  # it came during the final evaluation or save: stop here, the model is whole
+            raise KeyboardInterrupt(f"stopped after saving the final model to {out}")
         return metrics
