@@ -13,16 +13,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from cli_harness import CliRunner
 from conftest import make_tiny_bert
 
 #: Training flags that keep every training case to a couple of tiny steps.
 TRAIN = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true",
          "--save_steps", "1"]
-WORDS = ("good bad film movie great awful plot actor scene boring lovely dull story music fine poor "
-         "river house green small old city water light people north king song paper stone").split()
+WORDS = ["good", "bad", "film", "movie", "great", "awful", "plot", "actor", "scene", "boring", "lovely", "dull", "story",
+         "music", "fine", "poor", "river", "house", "green", "small", "old", "city", "water", "light", "people",
+         "north", "king", "song", "paper", "stone"]
 
 
 @dataclass
@@ -98,15 +96,3 @@ def build_world(root: Path, tokenizer) -> World:
     finetune(teacher, "SST-2", glue, finetuned,
              parse_training_args(TRAIN, finetuned / "checkpoints", FINETUNE_TRAINING), max_seq_length=32)
     return World(root, teacher, glue, corpus, glove, student, pregen, finetuned)
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory, tokenizer) -> World:
-    return build_world(tmp_path_factory.mktemp("world"), tokenizer)
-
-
-@pytest.fixture(scope="session")
-def cli():
-    runner = CliRunner()
-    yield runner
-    runner.close()

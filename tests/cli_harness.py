@@ -124,7 +124,7 @@ class CliRunner:
 def run_plain(args: list[str], cwd: Path | None = None, timeout: float = 600, prefix: list[str] = ()) -> Result:
     """`python -m tensorslim.cli ARGS` in a fresh interpreter (after `prefix`, e.g. an unshare wrapper)."""
     proc = subprocess.run([*prefix, sys.executable, "-m", "tensorslim.cli", *map(str, args)], cwd=cwd,
-                          env={**os.environ, **ENV}, capture_output=True, text=True, timeout=timeout)
+                          env={**os.environ, **ENV}, capture_output=True, text=True, timeout=timeout, check=False)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -13,10 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file, save_file
-
-from adversarial_world import TRAIN, World, cli, world  # noqa: F401  (fixtures)
+from adversarial_world import TRAIN, World
 from cli_harness import assert_clean_failure, snapshot
+from safetensors.torch import load_file, save_file
 
 
 def damaged(w: World, tmp: Path, name: str, how: str) -> Path:

@@ -8,10 +8,12 @@ traceback was printed and that every input and earlier output is byte-identical 
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from adversarial_world import TRAIN, World, cli, world  # noqa: F401  (fixtures)
+import pytest
+from adversarial_world import TRAIN, World
 from cli_harness import assert_clean_failure, snapshot
+
 
 def writer_args(command: str, w: dict, out) -> list:
     """The command line of `command` with inputs `w` (name -> path) writing `out`."""
@@ -112,7 +114,7 @@ def test_files_added_to_an_earlier_output_are_not_deleted(cli, world, tmp_path, 
     if source is None:  # the other commands' outputs are made by them below
         out = tmp_path / "earlier"
         out.mkdir()
-        (out / ".tensorslim").write_text('{"command": "%s", "entries": ["model.safetensors"]}' % command)
+        (out / ".tensorslim").write_text(json.dumps({"command": command, "entries": ["model.safetensors"]}))
         (out / "model.safetensors").write_text("weights")
     else:
         out = world.copy(source, tmp_path / "earlier")
@@ -133,7 +135,7 @@ def test_output_that_is_a_file_is_refused(cli, world, tmp_path, command):
 def test_training_over_an_earlier_run_needs_resume_or_overwrite(cli, world, tmp_path, command):
     out = tmp_path / "run"
     out.mkdir()
-    (out / ".tensorslim").write_text('{"command": "%s", "entries": null}' % command)
+    (out / ".tensorslim").write_text(json.dumps({"command": command, "entries": None}))
     (out / "checkpoints").mkdir()
     run_and_check(cli, writer_args(command, inputs_of(world), out), ("holds an earlier run", "--resume"),
                   [out, *world.inputs()])

@@ -15,14 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-
-from adversarial_world import TRAIN, World, cli, world, write_corpus  # noqa: F401  (fixtures)
+from adversarial_world import TRAIN, write_corpus
 from cli_harness import ENV, Result, assert_clean_failure, interrupt_when, run_plain, snapshot
 from conftest import real_teacher_path
+
 from tensorslim.data.pregenerate import PROGRESS
 
 COMMANDS = ["pregenerate", "decompose", "distill general", "distill task", "finetune", "augment", "evaluate",
@@ -90,11 +89,11 @@ def test_decompose_replaces_its_own_output_and_overwrite_names_what_it_deletes(c
 
 def namespaced(script: str, args: list, timeout: float = 600) -> Result:
     """Run `script` (sh, with "$@" the tensorslim arguments) in a new user + mount namespace."""
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], check=False).returncode != 0:
         pytest.skip("unprivileged user and mount namespaces (unshare -rm) are not available here")
     command = ["unshare", "-rm", "sh", "-c", script, "sh", *map(str, args)]
     env = " ".join(f"{k}={v}" for k, v in ENV.items())
-    proc = subprocess.run(["env", *env.split(), *command], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(["env", *env.split(), *command], capture_output=True, text=True, timeout=timeout, check=False)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -9,7 +9,15 @@ import pytest
 from tensorslim.cli import main
 from tensorslim.errors import TensorslimError
 from tensorslim.io import (
-    MARKER, atomic_dir, atomic_file, begin_dir, build_path, check_output_dir, finish_dir, read_marker, swap_dir,
+    MARKER,
+    atomic_dir,
+    atomic_file,
+    begin_dir,
+    build_path,
+    check_output_dir,
+    finish_dir,
+    read_marker,
+    swap_dir,
 )
 
 

@@ -34,7 +34,7 @@ import torch
 from ..errors import TensorslimError
 from ..io import atomic_file, remove_stale_temporaries, write_json
 from .glove import DEFAULT_MAX_WORDS, NeighbourIndex, load_glove
-from .glue import task_file, get_task, read_tsv, write_tsv
+from .glue import get_task, read_tsv, task_file, write_tsv
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ import re
 import shutil
 import signal
 import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 

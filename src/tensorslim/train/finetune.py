@@ -13,8 +13,8 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from ..data.glue import get_task, task_file
 from ..distill import recipes
-from ..validate import check_finite_weights
 from ..distill.trainer import GracefulStop
+from ..validate import check_finite_weights
 from . import run_dir
 from .args import for_run
 from .glue_data import collator, encode_split, metrics_fn

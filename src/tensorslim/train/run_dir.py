@@ -37,7 +37,17 @@ import zipfile
 from pathlib import Path
 
 from ..errors import TensorslimError
-from ..io import MARKER, begin_dir, build_path, check_output_dir, finish_dir, read_marker, swap_dir, write_json, write_marker
+from ..io import (
+    MARKER,
+    begin_dir,
+    build_path,
+    check_output_dir,
+    finish_dir,
+    read_marker,
+    swap_dir,
+    write_json,
+    write_marker,
+)
 
 log = logging.getLogger(__name__)
 
