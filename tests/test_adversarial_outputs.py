@@ -141,3 +141,34 @@ def test_training_over_an_earlier_run_needs_resume_or_overwrite(cli, world, tmp_
                   [out, *world.inputs()])
     run_and_check(cli, writer_args(command, inputs_of(world), out) + ["--resume", "--overwrite"],
                   "contradict", [out, *world.inputs()])
+
+
+@pytest.mark.parametrize("target", ["config.json", "model.safetensors", "tokenizer.json"])
+def test_report_json_never_replaces_a_model_file(cli, world, tmp_path, target):
+    model = world.copy("student", tmp_path / "student")
+    run_and_check(cli, ["report", "--model", model, "--seconds", "0.1", "--json", model / target],
+                  "not written by this command", [model, *world.inputs()])
+
+
+@pytest.mark.parametrize("existing, message", [
+    ("eval_results.json", "not written by this command"), ("SST-2.tsv", "not a GLUE prediction file"),
+])
+def test_evaluate_never_replaces_a_users_file(cli, world, tmp_path, existing, message):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / existing).write_text("my own numbers\n")
+    args = ["evaluate", "--model", world.finetuned, "--task", "SST-2", "--glue-dir", world.glue, "--out", out,
+            "--predict"]
+    run_and_check(cli, args, message, [out, *world.inputs()])
+
+
+def test_evaluate_and_report_replace_their_own_files_and_touch_nothing_else(cli, world, tmp_path):
+    model = world.copy("finetuned", tmp_path / "model")
+    before = snapshot(model)
+    args = ["evaluate", "--model", model, "--task", "SST-2", "--glue-dir", world.glue, "--max-eval-samples", "4"]
+    for _ in range(2):  # the second run replaces the first's results
+        assert cli(*args).code == 0
+    assert cli("report", "--model", model, "--seconds", "0.1").code == 0
+    after = snapshot(model)
+    assert {k: v for k, v in after.items() if k not in ("eval_results.json", "report.json")} == before
+    assert "eval_results.json" in after and "report.json" in after
