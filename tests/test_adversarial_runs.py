@@ -188,10 +188,16 @@ def test_sigterm_during_pregenerate_then_resume_finishes(cli, world, tmp_path):
     assert result.code == 0 and (out / "pregenerate.json").is_file(), str(result)
 
 
-def test_interrupted_overwrite_keeps_the_old_model_and_the_hint_works(cli, world, tmp_path):
-    """finetune --overwrite over an earlier model, stopped mid-training: the earlier model is intact,
-    the hint says to rerun with --resume in place of --overwrite, and that finishes the replacement."""
-    out = world.copy("finetuned", tmp_path / "model")
+@pytest.mark.parametrize("earlier", ["finetuned", "users"])
+def test_interrupted_overwrite_keeps_the_old_model_and_the_hint_works(cli, world, tmp_path, earlier):
+    """finetune --overwrite over an earlier model (or a user's directory), stopped mid-training: it
+    is intact, the hint says to rerun with --resume in place of --overwrite, and that finishes."""
+    if earlier == "users":
+        out = tmp_path / "model"
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    else:
+        out = world.copy("finetuned", tmp_path / "model")
     before = snapshot(out)
     args = ["finetune", "--model", world.teacher, "--task", "SST-2", "--glue-dir", world.glue, "--out", out,
             "--max-seq-length", "32", *TRAIN, "--max_steps", "40"]
@@ -203,6 +209,23 @@ def test_interrupted_overwrite_keeps_the_old_model_and_the_hint_works(cli, world
     assert result.code == 0, str(result)
     assert json.loads((out / "tensorslim_training.json").read_text())["global_step"] == 40
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_interrupted_pregenerate_overwrite_of_a_users_directory_keeps_it_until_resumed(cli, world, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.txt", docs=2000)
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    args = ["pregenerate", "--corpus", corpus, "--tokenizer", world.teacher, "--out", out, "--docs-per-shard", "2"]
+    progress = tmp_path / ".data.build" / PROGRESS
+    result, _ = interrupt_when(cli, [*args, "--overwrite"],
+                               lambda err: progress.is_file() and progress.read_text().count("\n") >= 3)
+    assert_clean_failure(result, "--resume in place of --overwrite", code=130)
+    assert snapshot(out) == before
+    result = cli(*args, "--resume")
+    assert result.code == 0 and (out / "pregenerate.json").is_file() and not (out / "notes.txt").exists(), str(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "data"]
 
 
 def stage_started(out: Path, name: str):

@@ -242,6 +242,12 @@ def build_path(out: str | os.PathLike) -> Path:
     return out.with_name(f".{out.name}.build")
 
 
+def replacing(out: str | os.PathLike, command: str) -> bool:
+    """Whether an interrupted replacement of `out` by `command` waits in its build sibling: resuming
+    it needs no second --overwrite (the user gave one when it started)."""
+    return (read_marker(build_path(out)) or {}).get("command") == command
+
+
 def begin_dir(out: str | os.PathLike, command: str, *, continue_existing: bool = False) -> Path:
     """The directory a long job (checked with `check_output_dir`) writes to, created and marked.
 

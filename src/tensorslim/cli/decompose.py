@@ -45,7 +45,7 @@ def register(sub) -> None:
                    help="dtype of the HOOI sweeps: bfloat16 sweeps finish with float32 ones (2-3x faster, same or "
                         "lower error); auto (default) uses bfloat16 for large stacks where the hardware multiplies "
                         "it natively (CPUs with AMX, CUDA GPUs with bf16), float32 elsewhere")
-    p.add_argument("--overwrite", action="store_true", help="replace --out even if tensorslim did not write it")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if decompose did not write it (the old one stays until the student is saved)")
     p.set_defaults(func=run)
 
 

@@ -49,7 +49,16 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from ..errors import TensorslimError
-from ..io import atomic_file, begin_dir, build_path, check_output_dir, finish_dir, remove_stale_temporaries, write_json
+from ..io import (
+    atomic_file,
+    begin_dir,
+    build_path,
+    check_output_dir,
+    finish_dir,
+    remove_stale_temporaries,
+    replacing,
+    write_json,
+)
 from .corpus import LAYOUTS, CorpusReader
 
 log = logging.getLogger(__name__)
@@ -479,7 +488,7 @@ def _prepare(out: Path, settings: dict, resume: bool, overwrite: bool) -> tuple[
         return work, None
     if resume:
         log.info("nothing to resume in %s; starting a new run", out)
-    check_output_dir(out, COMMAND, overwrite=overwrite)
+    check_output_dir(out, COMMAND, overwrite=overwrite or (resume and replacing(out, COMMAND)))
     work = begin_dir(out, COMMAND)
     write_json(work / STATE, settings)
     return work, {}
@@ -526,7 +535,8 @@ def pregenerate(corpus_paths, tokenizer_dir, out_dir, config: PregenerateConfig 
     if workers < 1:
         raise TensorslimError(f"workers={workers}", "use --workers 1 or more")
     out = Path(out_dir)
-    check_output_dir(out, COMMAND, inputs=[*corpus_paths, tokenizer_dir], overwrite=overwrite)
+    check_output_dir(out, COMMAND, inputs=[*corpus_paths, tokenizer_dir],
+                     overwrite=overwrite or (resume and replacing(out, COMMAND)))
     reader = CorpusReader(corpus_paths, config.corpus_layout, config.max_sentence_chars)
     _check_paths(out, reader.files)
     tokenizer, tokenizer_info = load_tokenizer(tokenizer_dir)

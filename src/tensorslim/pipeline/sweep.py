@@ -83,8 +83,13 @@ def check_sweep(teacher: Path, task: str, glue_dir: Path, out: Path, settings: l
     check_max_length(plan.max_seq_length, config, "--max-seq-length")
     n = config.num_hidden_layers * len(ops_slots(ops, ffn_multiple(config.hidden_size, config.intermediate_size)))
     for setting in settings:
-        rank, layer_rank = default_ranks(method, n, config.hidden_size, setting.rank, setting.layer_rank, setting.budget)
-        get_method(method, rank, layer_rank).validate(n, config.hidden_size)
+        try:
+            rank, layer_rank = default_ranks(method, n, config.hidden_size, setting.rank, setting.layer_rank,
+                                             setting.budget)
+            get_method(method, rank, layer_rank).validate(n, config.hidden_size)
+        except TensorslimError as exc:
+            raise TensorslimError(f"--ranks {setting.label}: {exc.problem}",
+                                  f"{exc.fix} (in --ranks: LAYER_RANKxRANK, RANK or a budget such as 2M)") from None
     check_finite_weights(teacher)
 
 

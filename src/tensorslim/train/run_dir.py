@@ -44,6 +44,7 @@ from ..io import (
     check_output_dir,
     finish_dir,
     read_marker,
+    replacing,
     swap_dir,
     write_json,
     write_marker,
@@ -152,7 +153,7 @@ def check(out: str | Path, resume: bool, overwrite: bool, command: str, inputs: 
                               "pass --resume to continue the earlier run, or --overwrite to replace it")
     if not is_main_process():
         return out
-    check_output_dir(out, command, inputs=inputs, overwrite=overwrite)
+    check_output_dir(out, command, inputs=inputs, overwrite=overwrite or (resume and replacing(out, command)))
     if not resume and not overwrite and out.is_dir() and any(p.name != MARKER for p in out.iterdir()):
         last = last_complete_checkpoint(out / CHECKPOINTS)
         raise TensorslimError(
