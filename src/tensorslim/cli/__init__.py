@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(args.verbose, args.quiet)
         args.func(args)
     except TensorslimError as exc:
-        log.error("%s", exc, exc_info=args.debug)
+        log.error("%s", exc, exc_info=args is not None and args.debug)
         return 2
     except KeyboardInterrupt as exc:
         detail = f"{exc}; " if str(exc) and "--resume" not in str(exc) else ""
@@ -100,15 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except MemoryError:
         log.error("out of memory\n  fix: lower --batch-size (or the sequence length), or use a larger machine",
-                  exc_info=args.debug)
+                  exc_info=args is not None and args.debug)
         return 2
     except Exception as exc:
         problem = disk_error(exc)
         if problem is None:
             raise  # not a user error: the traceback is for a bug report
         what, where = problem
-        log.error("cannot write %s: %s\n  fix: free disk space or choose a writable output path; nothing "
-                  "half-written was kept", where, what, exc_info=args is not None and args.debug)
+        fix = ("check the permissions of that path, or choose a writable output path" if "permission" in what
+               else "free disk space or choose a writable output path")
+        verb = "access" if "permission" in what else "write"
+        log.error("cannot %s %s: %s\n  fix: %s; nothing half-written was kept", verb, where, what, fix,
+                  exc_info=args is not None and args.debug)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
