@@ -28,7 +28,7 @@ ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLIN
        "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 _ZYGOTE = r"""
-import json, os, runpy, sys, traceback
+import json, os, runpy, subprocess, sys, traceback
 import importlib
 import tensorslim.cli  # the expensive imports, once (and those the commands make lazily)
 for name in ("transformers.trainer", "datasets", "tensorslim.train", "tensorslim.pipeline.demo",
@@ -45,6 +45,8 @@ for line in sys.stdin:
         os.setsid()
         code = 1
         try:
+            if request["setup"]:  # e.g. a mount, inside the runner's namespace
+                subprocess.run(["sh", "-c", request["setup"]], check=True)
             os.chdir(request["cwd"])
             os.environ.update(request["env"])
             out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -67,6 +69,9 @@ for line in sys.stdin:
         finally:
             try:
                 sys.stdout.flush(), sys.stderr.flush()
+                if request["after"]:  # e.g. list a tmpfs that only this namespace sees
+                    with open(request["after_out"], "w") as listing:
+                        subprocess.run(["sh", "-c", request["after"]], stdout=listing)
             finally:
                 os._exit(code)
     print(json.dumps({"pid": pid}), flush=True)
@@ -88,17 +93,24 @@ class Result:
 class CliRunner:
     """One pre-imported Python process that forks a child per CLI call (see the module doc)."""
 
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     env={**os.environ, **ENV}, text=True, start_new_session=True)
+    def __init__(self, prefix: tuple[str, ...] = ()):
+        """`prefix`: a wrapper for the runner process, e.g. ("unshare", "-rm") for its own user and
+        mount namespace, in which each call's `setup` may mount file systems."""
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env={**os.environ, **ENV}, text=True,
+                                     start_new_session=True)
         self.tmp = tempfile.TemporaryDirectory(prefix="cli-harness-")
 
-    def start(self, args: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[int, Path, Path]:
-        """Start `tensorslim ARGS`; return (pid, stdout file, stderr file). Finish with `wait`."""
+    def start(self, args: list[str], cwd: Path | None = None, env: dict | None = None, setup: str = "",
+              after: str = "") -> tuple[int, Path, Path]:
+        """Start `tensorslim ARGS` (after the shell command `setup`; `after` runs when it ended, its
+        output in `self.after_output`); return (pid, stdout file, stderr file). Finish with `wait`."""
         n = len(os.listdir(self.tmp.name))
         out, err = Path(self.tmp.name) / f"{n}.out", Path(self.tmp.name) / f"{n}.err"
+        self.after_output = Path(self.tmp.name) / f"{n}.after"
         request = {"argv": [str(a) for a in args], "cwd": str(cwd or os.getcwd()), "env": env or {},
-                   "stdout": str(out), "stderr": str(err)}
+                   "stdout": str(out), "stderr": str(err), "setup": setup, "after": after,
+                   "after_out": str(self.after_output)}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         pid = json.loads(self.proc.stdout.readline())["pid"]
@@ -112,8 +124,9 @@ class CliRunner:
         _, out, err = started
         return Result(code, out.read_text(errors="replace"), err.read_text(errors="replace"))
 
-    def __call__(self, *args, cwd: Path | None = None, env: dict | None = None) -> Result:
-        return self.wait(self.start(list(args), cwd, env))
+    def __call__(self, *args, cwd: Path | None = None, env: dict | None = None, setup: str = "",
+                 after: str = "") -> Result:
+        return self.wait(self.start(list(args), cwd, env, setup, after))
 
     def close(self) -> None:
         self.proc.stdin.close()

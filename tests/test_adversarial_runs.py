@@ -10,16 +10,14 @@ decomposition, pre-generation, training, and the evaluation and report stages of
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from adversarial_world import TRAIN, write_corpus
-from cli_harness import ENV, Result, assert_clean_failure, interrupt_when, run_plain, snapshot
+from cli_harness import CliRunner, Result, assert_clean_failure, interrupt_when, run_plain, snapshot
 from conftest import real_teacher_path
 
 from tensorslim.data.pregenerate import PROGRESS
@@ -87,35 +85,31 @@ def test_decompose_replaces_its_own_output_and_overwrite_names_what_it_deletes(c
 
 # ------------------------------------------------------------------------------ full and read-only disks
 
-def namespaced(script: str, args: list, timeout: float = 600) -> Result:
-    """Run `script` (sh, with "$@" the tensorslim arguments) in a new user + mount namespace."""
+@pytest.fixture(scope="module")
+def ns_cli():
+    """A CLI runner in its own user and mount namespace (`unshare -rm`), where cases mount a small
+    tmpfs or a read-only bind mount; skipped where unprivileged namespaces are not allowed."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], check=False).returncode != 0:
         pytest.skip("unprivileged user and mount namespaces (unshare -rm) are not available here")
-    command = ["unshare", "-rm", "sh", "-c", script, "sh", *map(str, args)]
-    env = " ".join(f"{k}={v}" for k, v in ENV.items())
-    proc = subprocess.run(["env", *env.split(), *command], capture_output=True, text=True, timeout=timeout, check=False)
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    runner = CliRunner(prefix=("unshare", "-rm"))
+    yield runner
+    runner.close()
 
 
-PY = shlex.quote(sys.executable) + " -m tensorslim.cli"
-
-
-def on_small_disk(mount: Path, size: str, args: list, before: str = "true") -> tuple[Result, str]:
+def on_small_disk(runner: CliRunner, mount: Path, size: str, args: list, before: str = "true") -> tuple[Result, str]:
     """Run tensorslim ARGS with a `size` tmpfs at `mount` (after `before` ran there); return the
-    result and a listing of the tmpfs afterwards (it vanishes with the namespace)."""
+    result and a listing of the tmpfs afterwards (only the runner's namespace sees it)."""
     mount.mkdir(exist_ok=True)
-    script = (f"mount -t tmpfs -o size={size} tmpfs {mount} && cd {mount} && {before} && cd / && "
-              f"{PY} \"$@\"; code=$?; echo LISTING; (cd {mount} && find . | sort); exit $code")
-    result = namespaced(script, args)
-    stdout, _, listing = result.stdout.partition("LISTING\n")
-    return Result(result.code, stdout, result.stderr), listing
+    result = runner(*args, setup=f"mount -t tmpfs -o size={size} tmpfs {mount} && cd {mount} && {before}",
+                    after=f"cd {mount} && find . | sort")
+    return result, runner.after_output.read_text()
 
 
 FILL = "dd if=/dev/zero of=filler bs=4k 2>/dev/null; true"  # fill the disk to the last block
 
 
 @pytest.mark.parametrize("command", ["decompose", "pregenerate", "evaluate", "report", "finetune"])
-def test_full_disk_is_one_message_and_keeps_the_earlier_output(world, tmp_path, command):
+def test_full_disk_is_one_message_and_keeps_the_earlier_output(ns_cli, world, tmp_path, command):
     disk = tmp_path / "disk"
     out = disk / "out"
     args = {
@@ -133,7 +127,7 @@ def test_full_disk_is_one_message_and_keeps_the_earlier_output(world, tmp_path, 
               "mkdir out && " + FILL if command in ("evaluate", "report") else "true")
     size = {"decompose": "6m", "finetune": "3m"}.get(command, "64k")
     inputs = {str(p): snapshot(p) for p in world.inputs()}
-    result, listing = on_small_disk(disk, size, args, before)
+    result, listing = on_small_disk(ns_cli, disk, size, args, before)
     assert_clean_failure(result, ("No space left on device", "free disk space"))
     if command == "decompose":  # the earlier output is intact: every file of it is still listed
         assert all(f"./out/{p.name}" in listing for p in world.student.iterdir()), listing
@@ -142,7 +136,7 @@ def test_full_disk_is_one_message_and_keeps_the_earlier_output(world, tmp_path, 
 
 
 @pytest.mark.parametrize("command", ["decompose", "pregenerate", "finetune", "evaluate", "report"])
-def test_read_only_output_is_one_message(world, tmp_path, command):
+def test_read_only_output_is_one_message(ns_cli, world, tmp_path, command):
     place = tmp_path / "ro"
     place.mkdir()
     model = world.copy("finetuned", place / "model")
@@ -155,8 +149,7 @@ def test_read_only_output_is_one_message(world, tmp_path, command):
         "report": ["report", "--model", model, "--seconds", "0.1"],  # writes MODEL/report.json
     }[command]
     before = snapshot(place)
-    script = f"mount --bind {place} {place} && mount -o remount,bind,ro {place} && {PY} \"$@\""
-    result = namespaced(script, args)
+    result = ns_cli(*args, setup=f"mount --bind {place} {place} && mount -o remount,bind,ro {place}")
     assert_clean_failure(result, ("read-only", "writable"))
     assert snapshot(place) == before
 
