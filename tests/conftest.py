@@ -65,3 +65,21 @@ def make_tiny_bert(path: Path, tokenizer, *, hidden=32, layers=2, heads=4, ffn_m
 def tiny_bert_dir(tmp_path_factory, tokenizer) -> Path:
     """A random 2-layer BERT with an MLM head: hidden 32, FFN 128, 4 heads, real vocabulary."""
     return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, tokenizer):
+    """The adversarial suite's inputs and earlier outputs (tests/adversarial_world.py)."""
+    from adversarial_world import build_world
+
+    return build_world(tmp_path_factory.mktemp("world"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """Runs the real `tensorslim` CLI in subprocesses (tests/cli_harness.py)."""
+    from cli_harness import CliRunner
+
+    runner = CliRunner()
+    yield runner
+    runner.close()

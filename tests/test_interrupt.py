@@ -34,7 +34,7 @@ from glue_subset import make_glue_subset
 from tensorslim.cli import main as cli_main
 from tensorslim.data.pregenerate import PROGRESS, PregenerateConfig, load_pregenerated, pregenerate
 from tensorslim.errors import TensorslimError
-from tensorslim.io import MARKER
+from tensorslim.io import write_marker
 from tensorslim.train import run_dir
 
 SEED = 6  # every kill point below is drawn from it: reproducible, yet not hand-picked
@@ -347,7 +347,7 @@ def test_distill_task_resumes_to_identical_weights(tmp_path, task_case, point):
 def unfinished_run(reference: Path, out: Path, checkpoints: tuple[str, ...]) -> Path:
     """`out` as an interrupted run left it: the reference run's `checkpoints`, no final model."""
     (out / run_dir.CHECKPOINTS).mkdir(parents=True)
-    (out / MARKER).touch()
+    write_marker(out, "distill general")  # as `run_dir.prepare` marks a run it starts
     for name in checkpoints:
         shutil.copytree(reference / run_dir.CHECKPOINTS / name, out / run_dir.CHECKPOINTS / name)
     return out
@@ -438,15 +438,15 @@ def _torn_publish(reference: Path, out: Path, state: str) -> None:
     shutil.copytree(reference, staged)  # the complete final model, its checkpoints already moved in
     if state == "moving":  # killed while moving the checkpoints into the staged model
         out.mkdir()
-        (out / MARKER).touch()
+        write_marker(out, "distill general")
         os.replace(staged / run_dir.CHECKPOINTS, out / run_dir.CHECKPOINTS)
     elif state == "moved":  # everything moved, `out` not yet renamed
         out.mkdir()
-        (out / MARKER).touch()
+        write_marker(out, "distill general")
     else:  # "renamed": `out` already renamed to .<out>.old, the staged model not yet renamed to `out`
         old = out.with_name(f".{out.name}.old")
         old.mkdir()
-        (old / MARKER).touch()
+        write_marker(old, "distill general")
 
 
 @pytest.mark.parametrize("state", ["moving", "moved", "renamed"])

@@ -20,6 +20,7 @@ PACKAGE = "tensorslim"
 LAYERS = (
     ("errors", "env"),
     ("io", "signals"),
+    ("validate",),
     ("data",),
     ("families", "decomposition"),
     ("compress",),

@@ -55,7 +55,8 @@ def register(sub) -> None:
     p.add_argument("--head", default="auto", choices=["auto", *HEADS],
                    help="which head to keep (default: the one the teacher was saved with)")
     p.add_argument("--num-labels", type=int, help="labels of a new classification head (default: the teacher's)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out even if tensorslim did not write it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if decompose did not write it (the old one stays until the student is saved)")
     p.set_defaults(func=run)
 
 
@@ -63,6 +64,12 @@ def run(args) -> None:
     from ..compress.api import decompose_to_dir
     from ..decomposition.methods import METHODS, all_options
     from ..errors import TensorslimError
+    from ..validate import check_above, check_at_least
+
+    check_above("--tol", args.tol, 0)
+    check_at_least("--max-iter", args.max_iter, 1)
+    check_at_least("--num-labels", args.num_labels, 1)
+    check_at_least("--budget", args.budget, 1)
 
     accepted = {o.name for o in METHODS[args.method].options}
     given = {name: getattr(args, name) for name in all_options() if getattr(args, name) is not None}

@@ -49,7 +49,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=plan.batch_size, help="training batch size")
     p.add_argument("--seed", type=int, default=plan.seed, help="seed of every stage")
     p.add_argument("--force", action="store_true", help="redo every stage instead of reusing finished ones")
-    p.add_argument("--overwrite", action="store_true", help="use --out even if tensorslim did not create it")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if `demo` did not write it (the old one stays until the demo is complete)")
     p.set_defaults(func=run)
 
 

@@ -85,5 +85,6 @@ def add_run_flags(parser) -> None:
                         help="pad every batch to the maximum length (equal shapes on all workers) instead of its "
                              "longest sequence")
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out (the old one stays until the new run is complete)")
     add_training_flags_help(parser)

@@ -54,7 +54,7 @@ def register(subparsers) -> None:
                         help="how corpus files are laid out; auto decides per file")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished shards")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace the contents of an existing output directory not written by tensorslim")
+                        help="replace an existing output directory that pregenerate did not write, once the new data is complete")
     parser.set_defaults(func=run)
 
 

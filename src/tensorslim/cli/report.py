@@ -30,11 +30,15 @@ def register(sub) -> None:
 
 def run(args) -> None:
     from ..io import write_json
-    from ..report.summary import format_report, model_report
+    from ..report.summary import check_report_settings, format_report, model_report
+    from ..validate import check_output_file
 
+    out = Path(args.json) if args.json else Path(args.model) / "report.json"
+    check_report_settings(args.model, args.teacher, args.batch_size, args.seq_length, args.seconds, args.device,
+                          args.threads)
+    check_output_file(out, "--json", ours=("settings", "model"))  # never over a file another tool wrote
     report = model_report(args.model, args.teacher, args.batch_size, args.seq_length, args.seconds, args.device,
                           args.threads)
     print(format_report(report))
-    out = Path(args.json) if args.json else Path(args.model) / "report.json"
     write_json(out, report)
     log.info("wrote %s", out)

@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--max-eval-samples", type=int, help="evaluate on only this many dev examples")
     p.add_argument("--seed", type=int, default=plan.seed, help="seed of every stage")
     p.add_argument("--force", action="store_true", help="redo finished settings")
-    p.add_argument("--overwrite", action="store_true", help="use --out even if tensorslim did not create it")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if `sweep` did not write it (the old one stays until the sweep is complete)")
     p.set_defaults(func=run)
 
 

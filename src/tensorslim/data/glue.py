@@ -499,6 +499,15 @@ def compute_metrics(task: str | GlueTask, predictions, references) -> dict[str, 
 # -------------------------------------------------------------------------------------- predictions
 
 
+def prediction_path(task: str | GlueTask, out_dir: str | os.PathLike, split: str = "test") -> Path:
+    """Where `write_predictions` writes the predictions of `split` (see there for the names)."""
+    task = get_task(task)
+    if split not in task.test_splits:
+        raise TensorslimError(f"{task.name} has no test split {split!r}",
+                              f"use one of: {', '.join(task.test_splits) or '(none: score dev splits instead)'}")
+    return Path(out_dir) / _SUBMISSION[(task.name, split)][0]
+
+
 def write_predictions(task: str | GlueTask, predictions, out_dir: str | os.PathLike, split: str = "test") -> Path:
     """Write one GLUE-server prediction file into `out_dir` and return its path.
 
@@ -509,9 +518,7 @@ def write_predictions(task: str | GlueTask, predictions, out_dir: str | os.PathL
     to [0, 5] with 3 decimals. predictions: label ids, (n, num_labels) logits, or scores.
     """
     task = get_task(task)
-    if split not in task.test_splits:
-        raise TensorslimError(f"{task.name} has no test split {split!r}",
-                              f"use one of: {', '.join(task.test_splits) or '(none: score dev splits instead)'}")
+    path = prediction_path(task, out_dir, split)
     values = _as_labels(task, predictions, "predictions")
     filename, expected = _SUBMISSION[(task.name, split)]
     if len(values) != expected:
@@ -521,7 +528,6 @@ def write_predictions(task: str | GlueTask, predictions, out_dir: str | os.PathL
         cells = [f"{v:.3f}" for v in np.clip(values, 0.0, 5.0)]
     else:
         cells = [task.labels[v] for v in values]
-    path = Path(out_dir) / filename
     write_tsv(path, ["index", "prediction"], [[str(i), cell] for i, cell in enumerate(cells)])
     logger.info("wrote %d %s predictions to %s", len(cells), task.name, path)
     return path

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..data.glue import get_task
 from ..errors import TensorslimError
-from ..io import MARKER, check_output_dir
+from ..io import begin_dir, check_output_dir, finish_dir
 from .chain import TrainingPlan, dev_scores, student_chain
 from .stages import StageRunner
 
@@ -78,6 +78,53 @@ def prepare_task(task, glue_dir: Path | None, dest: Path) -> Path:
     return dest / task.name
 
 
+def check_settings(s: DemoSettings) -> Path:
+    """Refuse bad settings, inputs and --out before the first stage; return the teacher's directory."""
+    from ..compress.api import check_settings as check_decomposition, skeleton
+    from ..compress.inplace import layout
+    from ..compress.loading import load_config
+    from ..train.models import check_max_length
+    from ..validate import check_above, check_at_least, check_finite_weights
+
+    task, plan = get_task(s.task), s.plan
+    for flag, value, low in (("--batch-size", plan.batch_size, 1), ("--general-steps", plan.general_steps, 1),
+                             ("--stage1-steps", plan.stage1_steps, 1), ("--stage2-steps", plan.stage2_steps, 1),
+                             ("--max-train-samples", plan.max_train_samples, 1), ("--seed", plan.seed, 0),
+                             ("--max-eval-samples", s.max_eval_samples, 1), ("--aug-n", s.aug_n, 0),
+                             ("--corpus-documents", s.corpus_documents, 2)):
+        check_at_least(flag, value, low)
+    for flag, value in (("--finetune-epochs", s.finetune_epochs), ("--finetune-lr", s.finetune_lr)):
+        check_above(flag, value, 0)
+    if not s.compressions:
+        raise TensorslimError("no --compression given", "pass --compression 7 (or several values)")
+    if s.glue_dir is not None:
+        from ..data.glue import task_file
+
+        for split in ("train", *task.dev_splits):
+            task_file(Path(s.glue_dir), task, split)
+    elif task.name != "BBC-News":
+        raise TensorslimError(f"task {task.name} needs --glue-dir", "pass the GLUE directory holding the task")
+    check_output_dir(s.out, "demo", inputs=[s.teacher, s.glue_dir], overwrite=s.overwrite)
+    teacher = Path(s.teacher) if s.teacher else packaged_teacher()
+    config = load_config(teacher)
+    check_max_length(plan.max_seq_length, config, "--max-seq-length")
+    groups = layout(skeleton(config))[0]
+    n = max(g.num_slices for g in groups.values())
+    dense = sum(g.num_slices * g.rows * g.cols for g in groups.values())
+    for ratio in s.compressions:
+        check_above("--compression", ratio, 1)
+        budget = int(dense / ratio)
+        if budget < 1:
+            raise TensorslimError(f"--compression {ratio:g} leaves less than one weight of the teacher's "
+                                  f"{dense:,}", "pass a smaller --compression")
+        try:
+            check_decomposition(config, s.method, budget=budget, layer_rank=n)
+        except TensorslimError as exc:
+            raise TensorslimError(f"--compression {ratio:g}: {exc.problem}", "pass a smaller --compression") from None
+    check_finite_weights(teacher)
+    return teacher
+
+
 def run_demo(s: DemoSettings) -> dict:
     """Run every stage (reusing finished ones); return the `run` dict the report is made from."""
     from ..data.augment import augment_task, output_path
@@ -93,11 +140,9 @@ def run_demo(s: DemoSettings) -> dict:
     from ..train.finetune import finetune
     from ..train.models import load_encoder
 
-    out = check_output_dir(s.out, s.overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
+    teacher_src = check_settings(s)
+    out = begin_dir(s.out, "demo", continue_existing=True)  # a rerun continues in place, reusing finished stages
     task, plan = get_task(s.task), s.plan
-    teacher_src = Path(s.teacher) if s.teacher else packaged_teacher()
     stages = StageRunner(out, s.force)
     glue, corpus, pregenerated, teacher = out / "data" / "glue", out / "data" / "wiki.txt", out / "pregenerated", out / "teacher"
 
@@ -151,6 +196,7 @@ def run_demo(s: DemoSettings) -> dict:
         "stages": stages.stages(),
     }
     run["report_paths"] = {k: str(v) for k, v in render_report(run, out / "report").items()}
+    finish_dir(out, s.out, "demo")
     return run
 
 

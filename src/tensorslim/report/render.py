@@ -564,7 +564,7 @@ def render_report(run: Mapping, out_dir: str | Path, overwrite: bool = False) ->
     plot_files = (names["errors"] + [rel for rel, _ in names["spectra"]]
                   + [rel for rel in (names["score"], names["loss"]) if rel])
     if plot_files:
-        with atomic_dir(out_dir / PLOTS_DIR, overwrite) as tmp:
+        with atomic_dir(out_dir / PLOTS_DIR, "report plots", overwrite=overwrite) as tmp:
             _write_plots(run, names, tmp)
     intro, sections = build_document(run, names)
     written = {rel: out_dir / rel for rel in plot_files}

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..compress.loading import load_model
+from ..compress.loading import load_config, load_model
+from ..errors import TensorslimError
+from ..validate import check_above, check_at_least, check_device
 from .measure import count_parameters, encoder_matrix_weights, flops_per_token, throughput
 
 
@@ -28,9 +30,27 @@ def describe(model_dir: str | Path, batch_size: int = 32, seq_len: int = 128, se
     return info
 
 
+def check_report_settings(model_dir, teacher_dir, batch_size: int, seq_len: int, seconds: float, device: str,
+                          threads: int | None) -> None:
+    """Refuse bad settings and model directories before any model is loaded or measured."""
+    check_at_least("--batch-size", batch_size, 1)
+    check_at_least("--seq-len", seq_len, 1)
+    check_above("--seconds", seconds, 0)
+    check_at_least("--threads", threads, 1)
+    check_device(device)
+    for path in (model_dir, teacher_dir):
+        if path is not None:
+            config = load_config(path)
+            limit = getattr(config, "max_position_embeddings", None)
+            if limit and seq_len > limit:
+                raise TensorslimError(f"--seq-len {seq_len} exceeds the {limit} positions of {path}",
+                                      f"pass --seq-len {limit} or less")
+
+
 def model_report(model_dir, teacher_dir=None, batch_size: int = 32, seq_len: int = 128, seconds: float = 3.0,
                  device: str = "cpu", threads: int | None = None) -> dict:
     """Describe the model and, when given, the teacher measured in the same run, plus ratios."""
+    check_report_settings(model_dir, teacher_dir, batch_size, seq_len, seconds, device, threads)
     if threads:
         torch.set_num_threads(threads)
     report = {"settings": {"batch_size": batch_size, "seq_len": seq_len, "device": device,

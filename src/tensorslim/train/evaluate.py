@@ -16,11 +16,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data.glue import compute_metrics, get_task, label_permutation, write_predictions
-from ..io import write_json
+from ..data.glue import compute_metrics, get_task, label_permutation, prediction_path, task_file, write_predictions
+from ..errors import TensorslimError
+from ..io import check_not_input, write_json
+from ..validate import check_at_least, check_device, check_output_file
 from . import run_dir
 from .glue_data import collator, encode_split
-from .models import load_classifier, load_tokenizer
+from .models import check_max_length, check_trained_task, load_classifier, load_config, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,20 @@ def predict(model, dataset, tokenizer, batch_size: int = 64, device: str | torch
     return torch.cat(outputs).numpy()
 
 
+def check_outputs(task, glue_dir: str | Path, model_dir: Path, out: Path, predict_test: bool) -> None:
+    """Refuse, before any work, outputs that would overwrite an input or a file this command did not write."""
+    if out.exists() and not out.is_dir():
+        raise TensorslimError(f"--out {out} is a file", "pass a directory for --out")
+    splits = [*task.dev_splits, *(task.test_splits if predict_test else ())]
+    sources = [task_file(Path(glue_dir), task, split) for split in splits]
+    check_output_file(out / RESULTS_FILE, "--out", inputs=sources, ours=("task", "splits"))
+    for split in task.test_splits if predict_test else ():
+        path = prediction_path(task, out, split)
+        check_not_input(path, sources, "--out")
+        if path.exists() and not path.read_text(encoding="utf-8", errors="replace").startswith("index\tprediction"):
+            raise TensorslimError(f"{path} exists and is not a GLUE prediction file", "choose another --out")
+
+
 def evaluate(model: str | Path, task: str, glue_dir: str | Path, out: str | Path | None = None, *,
              predict_test: bool = False, max_seq_length: int | None = None, batch_size: int = 64,
              max_eval_samples: int | None = None, device: str | None = None) -> dict:
@@ -56,8 +72,15 @@ def evaluate(model: str | Path, task: str, glue_dir: str | Path, out: str | Path
     """
     task = get_task(task)
     model_dir = Path(model)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    length = max_seq_length or trained_max_length(model_dir) or task.max_seq_length
+    out = Path(out) if out is not None else model_dir
+    config = load_config(model_dir)
+    check_outputs(task, glue_dir, model_dir, out, predict_test)
+    check_at_least("--batch-size", batch_size, 1)
+    check_at_least("--max-eval-samples", max_eval_samples, 1)
+    device = check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_trained_task(model_dir, task)
+    length = check_max_length(max_seq_length if max_seq_length is not None else
+                              trained_max_length(model_dir) or task.max_seq_length, config)
     tokenizer = load_tokenizer(model_dir)
     classifier = load_classifier(model_dir, task)
     perm = label_permutation(task, classifier.config)
@@ -70,7 +93,6 @@ def evaluate(model: str | Path, task: str, glue_dir: str | Path, out: str | Path
         log.info("%s %s: %s", task.name, split, results["splits"][split])
     scores = [m["score"] for m in results["splits"].values()]
     results["score"] = float(np.mean(scores)) if scores else None
-    out = Path(out) if out is not None else model_dir
     if predict_test:
         results["prediction_files"] = {}
         for split in task.test_splits:

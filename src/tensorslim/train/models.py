@@ -16,7 +16,7 @@ from ..compress.loading import infer_head, load_config, load_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_classifier", "load_config", "load_encoder", "load_tokenizer"]
+__all__ = ["check_max_length", "check_trained_task", "load_classifier", "load_config", "load_encoder", "load_tokenizer"]
 
 
 def load_encoder(path: str | Path):
@@ -46,6 +46,33 @@ def load_classifier(path: str | Path, task, what: str = "model", new_head_ok: bo
     config.label2id = {name: i for i, name in enumerate(labels)}
     config.problem_type = "regression" if task.is_regression else "single_label_classification"
     return load_model(path, "sequence_classification", config=config)
+
+
+def check_max_length(length: int, config, flag: str = "--max-seq-length") -> int:
+    """`length` if the model's position embeddings can hold it, else a TensorslimError."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2  # RoBERTa's positions start after the padding index
+    if length < 1 or (limit and length > limit):
+        raise TensorslimError(f"{flag} {length} is out of range for this model (1 to {limit} tokens)",
+                              f"pass {flag} between 1 and {limit}")
+    return length
+
+
+def check_trained_task(path: str | Path, task, what: str = "model") -> None:
+    """Refuse a model whose tensorslim training record names another task than `task`."""
+    import json
+
+    from .run_dir import INFO_FILE
+
+    record = Path(path) / INFO_FILE
+    try:
+        trained = json.loads(record.read_text(encoding="utf-8")).get("task") if record.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        trained = None
+    if trained and trained != task.name:
+        raise TensorslimError(f"{what} {path} was trained on {trained}, not on {task.name}",
+                              f"pass --task {trained}, or a {what} fine-tuned on {task.name}")
 
 
 def load_tokenizer(*paths: str | Path):

@@ -13,6 +13,11 @@ The final model appears in one rename: it is saved into a temporary sibling dire
 A process killed halfway through that leaves the pieces beside `out`; `--resume` finishes the
 move (`recover`) instead of losing the checkpoints.
 
+`out` follows the output policy of `tensorslim.io`: an earlier run in it is continued with --resume
+or replaced with --overwrite, never both, and never when `out` is, contains or lies inside an input.
+A replacement is trained in the build sibling ``.<out>.build`` (`prepare` returns it as the work
+directory) and swapped in by `finish` once complete, so the earlier model survives any failure.
+
 --resume continues from the newest checkpoint that is complete and verifies (`checkpoint_problem`:
 trainer_state.json parses, the weights' safetensors headers match their file sizes, optimizer and
 scheduler files are whole); a newer torn or corrupt one (e.g. a process killed while writing it)
@@ -32,7 +37,18 @@ import zipfile
 from pathlib import Path
 
 from ..errors import TensorslimError
-from ..io import MARKER, check_output_dir, write_json
+from ..io import (
+    MARKER,
+    begin_dir,
+    build_path,
+    check_output_dir,
+    finish_dir,
+    read_marker,
+    replacing,
+    swap_dir,
+    write_json,
+    write_marker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,43 +145,55 @@ def is_finished(path: Path) -> bool:
     return (path / MARKER).exists() and (path / "config.json").is_file() and (path / INFO_FILE).is_file()
 
 
-def prepare(out: str | Path, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
-    """Check `out` and return (out, checkpoint to resume from or None).
-
-    Without --resume an earlier run's checkpoints are refused (or removed with --overwrite); with
-    --resume the last complete checkpoint is used, and training starts afresh when there is none.
-    """
+def check(out: str | Path, resume: bool, overwrite: bool, command: str, inputs: tuple = ()) -> Path:
+    """Refuse a bad `out` before any work (see `prepare`); creates nothing."""
     out = Path(out)
-    checkpoints = out / CHECKPOINTS
-    if not is_main_process():  # distributed workers: the main process checks and prepares `out`
-        return out, last_complete_checkpoint(checkpoints) if resume else None
-    out = check_output_dir(out, overwrite or resume)
-    if resume:
-        recover(out)
-    last = last_complete_checkpoint(checkpoints)
-    if resume:
-        if last is None:
-            log.warning("--resume: no complete checkpoint in %s; starting from the beginning", checkpoints)
-        else:
-            log.info("resuming from %s", last)
-        _mark(out)
-        return out, last
-    if out.is_dir() and any(p.name != MARKER for p in out.iterdir()):
-        if not overwrite:
-            raise TensorslimError(
-                f"output directory {out} holds an earlier run" + (f" (last checkpoint {last.name})" if last else ""),
-                "pass --resume to continue it, --overwrite to start over, or choose another --out",
-            )
-        log.info("--overwrite: removing the contents of %s", out)
-        for entry in out.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    _mark(out)
-    return out, None
+    if resume and overwrite:
+        raise TensorslimError("--resume and --overwrite contradict each other",
+                              "pass --resume to continue the earlier run, or --overwrite to replace it")
+    if not is_main_process():
+        return out
+    check_output_dir(out, command, inputs=inputs, overwrite=overwrite or (resume and replacing(out, command)))
+    if not resume and not overwrite and out.is_dir() and any(p.name != MARKER for p in out.iterdir()):
+        last = last_complete_checkpoint(out / CHECKPOINTS)
+        raise TensorslimError(
+            f"output directory {out} holds an earlier run" + (f" (last checkpoint {last.name})" if last else ""),
+            "pass --resume to continue it, --overwrite to replace it (once the new run is complete), "
+            "or choose another --out",
+        )
+    return out
 
 
-def _mark(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
+def prepare(out: str | Path, resume: bool, overwrite: bool, command: str,
+            inputs: tuple = ()) -> tuple[Path, Path | None]:
+    """Check `out` (`check`) and return (work directory, checkpoint to resume from or None).
+
+    Without --resume an earlier run in `out` is refused, or with --overwrite replaced: the new run
+    is built in `io.build_path(out)` and `finish` swaps it in. With --resume the last complete
+    checkpoint of the work directory is used, and training starts afresh when there is none.
+    Call it after every input has been loaded and checked.
+    """
+    out = check(out, resume, overwrite, command, inputs)
+    if not is_main_process():  # distributed workers: the main process prepared the work directory
+        work = build_path(out) if build_path(out).is_dir() else out
+        return work, last_complete_checkpoint(work / CHECKPOINTS) if resume else None
+    work = begin_dir(out, command, continue_existing=resume)
+    if not resume:
+        return work, None
+    recover(work)
+    last = last_complete_checkpoint(work / CHECKPOINTS)
+    if last is None:
+        log.warning("--resume: no complete checkpoint in %s; starting from the beginning", work / CHECKPOINTS)
+    else:
+        log.info("resuming from %s", last)
+    return work, last
+
+
+def finish(work: Path, out: Path, command: str) -> Path:
+    """Put the finished run in `work` in place of `out` (a no-op when they are the same)."""
+    if is_main_process():
+        finish_dir(work, out, command)
+    return Path(out)
 
 
 def staging_dir(out: Path) -> Path:
@@ -193,7 +221,7 @@ def publish(out: Path, info: dict) -> Path:
     moved: list[str] = []
     try:
         write_json(staged / INFO_FILE, info)  # after the model files: a staged INFO_FILE means a whole model
-        (staged / MARKER).touch()
+        write_marker(staged, info["command"])
         _swap(out, staged, moved)
     except BaseException:
         if not out.exists() and _old_dir(out).exists():  # stopped between the two renames
@@ -214,11 +242,8 @@ def _swap(out: Path, staged: Path, moved: list[str]) -> None:
         if entry.name != MARKER and not (staged / entry.name).exists():
             os.replace(entry, staged / entry.name)
             moved.append(entry.name)
-    old = _old_dir(out)
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(out, old)
-    os.replace(staged, out)
-    shutil.rmtree(old, ignore_errors=True)
+    write_marker(staged, (read_marker(staged) or {}).get("command") or "unknown", finished=True)
+    swap_dir(staged, out)
 
 
 def recover(out: Path) -> None:

@@ -14,15 +14,16 @@ from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
-from ..data.glue import get_task
+from ..data.glue import get_task, task_file
 from ..distill.config import DistillationConfig
 from ..distill.trainer import DistillationTrainer
 from ..errors import TensorslimError
 from ..signals import GracefulStop
+from ..validate import check_finite_weights
 from . import recipes, run_dir
 from .args import training_args
 from .glue_data import collator, encode_split, metrics_fn
-from .models import load_classifier, load_config, load_tokenizer
+from .models import check_max_length, check_trained_task, load_classifier, load_config, load_tokenizer
 from .runner import TRAINING_SAFE_POINT, train_and_save
 
 log = logging.getLogger(__name__)
@@ -68,31 +69,38 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
     if stage not in STAGES:
         raise TensorslimError(f"unknown stage {stage!r}", "use --stage 1, 2 or both")
     with GracefulStop(TRAINING_SAFE_POINT) as stop:  # a signal from here on (both stages) stops at the next safe point
+        split = "train_aug" if aug else "train"
+        inputs = (teacher, student, task_file(Path(glue_dir), task, split).parent)
+        run_dir.check(out, resume, overwrite, "distill task", inputs)  # fail early, before loading anything
+        check_trained_task(teacher, task, "teacher")
+        for path in (teacher, student):
+            load_config(path)
+            check_finite_weights(path)
         teacher_model = load_classifier(teacher, task, "teacher")
-        load_config(student)  # fail early on a bad student directory
+        student_config = load_config(student)  # fail early on a bad student directory
+        length = check_max_length(task.max_seq_length if max_seq_length is None else max_seq_length, student_config, "--max-seq-length")
+        check_max_length(length, teacher_model.config, "--max-seq-length")
         tokenizer = load_tokenizer(student, teacher)
         args = dict(args or {})
         for s in STAGES[stage]:
             if s not in args:
                 args[s] = stage_training_args(out, task.name, s)
-        with args[STAGES[stage][0]].main_process_first(local=False, desc="preparing --out"):
-            out, _ = run_dir.prepare(out, resume, overwrite)
-            if 1 in STAGES[stage]:
-                if resume and run_dir.is_main_process():
-                    run_dir.recover(out / "stage1")
-                (out / "stage1").mkdir(exist_ok=True)
         objectives = {**recipes.task_objectives(task.is_regression), **(objectives or {})}
-        length = max_seq_length or task.max_seq_length
-        split = "train_aug" if aug else "train"
         train = encode_split(glue_dir, task, split, tokenizer, length, max_train_samples)
         dev = encode_split(glue_dir, task, task.dev_splits[0], tokenizer, length)
+        with args[STAGES[stage][0]].main_process_first(local=False, desc="preparing --out"):  # inputs loaded: now `out`
+            work, _ = run_dir.prepare(out, resume, overwrite, "distill task", inputs)
+            if 1 in STAGES[stage]:
+                if resume and run_dir.is_main_process():
+                    run_dir.recover(work / "stage1")
+                (work / "stage1").mkdir(exist_ok=True)
         info = {"command": "distill task", "task": task.name, "max_seq_length": length, "train_split": split,
                 "train_examples": len(train), "teacher": str(teacher), "student": str(student)}
 
         metrics: dict = {}
-        stage1_dir = out / "stage1"
+        stage1_dir = work / "stage1"
         for s in STAGES[stage]:
-            stage_out = stage1_dir if s == 1 else out
+            stage_out = stage1_dir if s == 1 else work
             if s == 1 and resume and run_dir.is_finished(stage1_dir):
                 log.info("stage 1 already finished in %s; skipping it", stage1_dir)
                 continue
@@ -112,4 +120,7 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
             )
             stage_info = {**info, "stage": s, "distillation": objectives[s].to_dict()}
             metrics = train_and_save(trainer, stage_out, last, tokenizer, stage_info, stop)
+        run_dir.finish(work, Path(out), "distill task")
+        if stop.signal is not None:  # it came during the final evaluation or save: stop here, the model is whole
+            raise KeyboardInterrupt(f"stopped after saving the final model to {out}")
         return metrics

@@ -14,11 +14,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ...errors import TensorslimError
+from ...io import check_output_dir, finish_dir, replacing
 from ...signals import GracefulStop
 from ..corpus import CorpusReader
 from . import state
 from .config import PregenerateConfig
-from .layout import PROGRESS
+from .layout import COMMAND, PROGRESS
 from .manifest import finalize
 from .pool import run_shards
 from .vocab import Vocab, load_tokenizer
@@ -37,6 +38,8 @@ def pregenerate(corpus_paths, tokenizer_dir, out_dir, config: PregenerateConfig 
         raise TensorslimError(f"workers={workers}", "use --workers 1 or more")
     config = config or PregenerateConfig()
     out = Path(out_dir)
+    check_output_dir(out, COMMAND, inputs=[*corpus_paths, tokenizer_dir],
+                     overwrite=overwrite or (resume and replacing(out, COMMAND)))
     reader = CorpusReader(corpus_paths, config.corpus_layout, config.max_sentence_chars)
     _check_paths(out, reader.files)
     tokenizer, tokenizer_info = load_tokenizer(tokenizer_dir)
@@ -50,9 +53,10 @@ def pregenerate(corpus_paths, tokenizer_dir, out_dir, config: PregenerateConfig 
     documents = iter(reader)
     first = next(documents)  # an empty corpus fails here, before the output directory is touched
     settings = state.run_settings(config, reader.files, tokenizer_info)
-    done = state.prepare(out, settings, resume, overwrite)
+    final = out
+    out, done = state.prepare(final, settings, resume, overwrite)
     if done is None:
-        return out
+        return final
 
     records: dict[int, dict] = {}
     with open(out / PROGRESS, "a", encoding="utf-8") as progress, \
@@ -82,7 +86,7 @@ def pregenerate(corpus_paths, tokenizer_dir, out_dir, config: PregenerateConfig 
     corpus = {"documents": stats.documents, "sentences": stats.sentences, "layouts": stats.layouts}
     finalize(out, config, settings, corpus, [records[k] for k in sorted(records)])
     state.clear(out)
-    return out
+    return finish_dir(out, final, COMMAND)
 
 
 def _check_paths(out: Path, files: list[Path]) -> None:

@@ -1,6 +1,6 @@
 """The files pregenerate writes (see docs/pregenerate.md):
 
-    OUT/.tensorslim                     marker: written by tensorslim (re-runs may replace it)
+    OUT/.tensorslim                     marker: written by pregenerate (re-runs may replace it; tensorslim.io)
     OUT/epoch_{i}/shard_{k:05d}.arrow   Arrow IPC stream: input_ids list<int32>, token_type_ids
                                         list<int8>, masked_lm_positions list<int32>,
                                         masked_lm_labels list<int32>, is_random_next bool
@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+COMMAND = "pregenerate"  # the name its output directories are marked with (tensorslim.io)
 MANIFEST = "pregenerate.json"
 MANIFEST_FORMAT = "tensorslim-pregenerated/1"
 #: Written when a run starts and removed once MANIFEST exists: settings a --resume must match.

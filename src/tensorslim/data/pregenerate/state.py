@@ -10,13 +10,12 @@ import contextlib
 import dataclasses
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from ...errors import TensorslimError
-from ...io import MARKER, check_output_dir, remove_stale_temporaries, write_json
+from ...io import begin_dir, build_path, check_output_dir, remove_stale_temporaries, replacing, write_json
 from .config import PregenerateConfig
-from .layout import MANIFEST, PROGRESS, STATE, shard_files
+from .layout import COMMAND, MANIFEST, PROGRESS, STATE, shard_files
 
 log = logging.getLogger(__name__)
 
@@ -27,33 +26,31 @@ def run_settings(config: PregenerateConfig, corpus_files: list[Path], tokenizer_
     return {"config": dataclasses.asdict(config), "corpus_files": files, "tokenizer": tokenizer_info}
 
 
-def prepare(out: Path, settings: dict, resume: bool, overwrite: bool) -> dict[int, dict] | None:
-    """Set up `out`; return the finished shards to skip ({shard: progress record}), or None when a
-    finished run with the same settings is already there."""
-    state, manifest = out / STATE, out / MANIFEST
+def prepare(out: Path, settings: dict, resume: bool, overwrite: bool) -> tuple[Path, dict[int, dict] | None]:
+    """Set up the directory to write (`out`, or its build sibling when replacing an earlier `out`:
+    see tensorslim.io); return it with the finished shards to skip ({shard: progress record}), or
+    None when a finished run with the same settings is already there."""
+    work = build_path(out) if resume and (build_path(out) / STATE).exists() else out
+    state, manifest = work / STATE, work / MANIFEST
     if resume and state.exists():
         if json.loads(state.read_text()) != settings:
             raise TensorslimError(f"{out} holds an interrupted run with different settings, corpus or tokenizer",
                                   "rerun with exactly the same arguments, or drop --resume to start over")
-        _remove_temporaries(out)
-        return _read_progress(out / PROGRESS)
+        _remove_temporaries(work)
+        return work, _read_progress(work / PROGRESS)
     if resume and manifest.exists():
         previous = json.loads(manifest.read_text())
         if {k: previous.get(k) for k in settings} != settings:
             raise TensorslimError(f"{out} holds a finished run with different settings, corpus or tokenizer",
                                   "drop --resume to regenerate, or choose another --out")
         log.info("%s is already complete; nothing to do", out)
-        return None
+        return work, None
     if resume:
         log.info("nothing to resume in %s; starting a new run", out)
-    check_output_dir(out, overwrite)
-    if out.exists():
-        for entry in out.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
-    write_json(state, settings)
-    return {}
+    check_output_dir(out, COMMAND, overwrite=overwrite or (resume and replacing(out, COMMAND)))
+    work = begin_dir(out, COMMAND)
+    write_json(work / STATE, settings)
+    return work, {}
 
 
 def is_done(out: Path, record: dict | None, config: PregenerateConfig) -> bool:

@@ -22,11 +22,11 @@ class Tucker(Method):
     factor_names = ("U", "P", "C", "V")
 
     def validate(self, groups, hidden_size):
-        super().validate(groups, hidden_size)
         largest = max(g.num_slices for g in groups.values())
         if self.layer_rank is not None and not 1 <= self.layer_rank <= largest:
             raise TensorslimError(f"layer rank {self.layer_rank} is out of range for {largest} slices",
                                   f"choose --layer-rank between 1 and {largest}")
+        super().validate(groups, hidden_size)
 
     def group_ranks(self, group, hidden_size):
         ranks = super().group_ranks(group, hidden_size)
