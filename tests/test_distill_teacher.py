@@ -12,6 +12,7 @@ from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertMod
 
 from tensorslim.distill.teacher import capture_scores, forward_features, num_layers, query_key_modules
 from tensorslim.errors import TensorslimError
+from tensorslim.modeling.convert import from_teacher
 
 SMALL = dict(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=4, intermediate_size=32,
              max_position_embeddings=40)
@@ -88,9 +89,6 @@ def test_unsupported_model_is_refused():
 
 
 def test_decomposed_model_gives_scores_natively(tiny_bert_dir):
-    pytest.importorskip("tensorslim.modeling.convert")
-    from tensorslim.modeling.convert import from_teacher
-
     student = from_teacher(tiny_bert_dir, method="tucker", rank=16, layer_rank=8, head="base").eval()
     batch = inputs()
     batch["input_ids"] = batch["input_ids"] + 1000
