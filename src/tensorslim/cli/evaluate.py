@@ -37,3 +37,5 @@ def run(args) -> None:
     for split, metrics in results["splits"].items():
         for name, value in metrics.items():
             print(f"{split:<18}{name:<20}{value:.4f}")
+    baseline = results["baseline"]
+    print(f"constant baseline ({baseline['predictor']}): score {baseline['score']:.4f}")

@@ -1,8 +1,10 @@
 """GLUE evaluation of a sequence classifier: dev scores and GLUE-server test prediction files.
 
 Every dev split gets its own loader (MNLI: dev_matched and dev_mismatched separately). Results are
-written as JSON: {"task", "model", "max_seq_length", "splits": {split: metrics}, "score"} where
-"score" is the mean of the dev splits' headline scores.
+written as JSON: {"task", "model", "max_seq_length", "splits": {split: metrics}, "score", "baseline"}
+where "score" is the mean of the dev splits' headline scores and "baseline" scores a constant
+predictor on the same dev examples with the same metric (see constant_baseline), so a score can be
+read against what predicting one answer for everything already gets.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data.glue import compute_metrics, get_task, label_permutation, write_predictions
+from ..data.glue import compute_metrics, get_task, label_permutation, load_examples, task_file, write_predictions
+from ..errors import TensorslimError
 from ..io import write_json
 from . import run_dir
 from .glue_data import collator, encode_split
@@ -46,6 +49,48 @@ def predict(model, dataset, tokenizer, batch_size: int = 64, device: str | torch
     return torch.cat(outputs).numpy()
 
 
+def constant_prediction(task, glue_dir: str | Path) -> tuple[float, str, str]:
+    """(prediction, description, source split) of the constant baseline of `task`.
+
+    Classification: the most frequent label of the training split (ties: the first in label order);
+    regression (STS-B): the mean training score. Falls back to the first dev split's labels when the
+    task has no train.tsv under `glue_dir`."""
+    task = get_task(task)
+    source = "train"
+    try:
+        if task_file(Path(glue_dir), task, source) == Path(glue_dir):  # glue_dir is one .tsv: the dev file
+            source = task.dev_splits[0]
+    except TensorslimError:
+        source = task.dev_splits[0]
+    labels = [e.label for e in load_examples(glue_dir, task, source)]
+    if task.is_regression:
+        mean = float(np.mean(labels))
+        return mean, f"the mean {source} score {mean:.3f}", source
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=task.num_labels)
+    label = int(counts.argmax())
+    return float(label), f"the majority {source} label {task.labels[label]!r} ({counts[label] / counts.sum():.1%})", source
+
+
+def constant_baseline(task, glue_dir: str | Path, references: dict[str, np.ndarray]) -> dict:
+    """Scores of the constant baseline (constant_prediction) on each split's `references`, by the
+    task's own metric: {"predictor", "source", "splits": {split: metrics}, "score": mean headline}."""
+    task = get_task(task)
+    value, description, source = constant_prediction(task, glue_dir)
+    splits = {split: compute_metrics(task, np.full(len(ref), value), ref) for split, ref in references.items()}
+    scores = [m["score"] for m in splits.values()]
+    return {"predictor": f"always {description}", "source": source, "splits": splits,
+            "score": float(np.mean(scores)) if scores else None}
+
+
+def margin_kept(score: float | None, teacher: float | None, baseline: float | None) -> float | None:
+    """(score - baseline) / (teacher - baseline): the share of the teacher's lead over the constant
+    baseline that a student keeps; None when undefined (a missing score, or teacher <= baseline)."""
+    values = (score, teacher, baseline)
+    if any(v is None or not np.isfinite(v) for v in values) or teacher <= baseline:
+        return None
+    return (score - baseline) / (teacher - baseline)
+
+
 def evaluate(model: str | Path, task: str, glue_dir: str | Path, out: str | Path | None = None, *,
              predict_test: bool = False, max_seq_length: int | None = None, batch_size: int = 64,
              max_eval_samples: int | None = None, device: str | None = None) -> dict:
@@ -62,14 +107,18 @@ def evaluate(model: str | Path, task: str, glue_dir: str | Path, out: str | Path
     classifier = load_classifier(model_dir, task)
     perm = label_permutation(task, classifier.config)
     results = {"task": task.name, "model": str(model_dir), "max_seq_length": length, "splits": {}}
+    references = {}
     for split in task.dev_splits:
         data = encode_split(glue_dir, task, split, tokenizer, length, max_eval_samples)
         logits = predict(classifier, data, tokenizer, batch_size, device, desc=f"{task.name} {split}")
         logits = logits[:, perm] if perm is not None else logits
-        results["splits"][split] = compute_metrics(task, logits, data["labels"])
+        references[split] = np.asarray(data["labels"])
+        results["splits"][split] = compute_metrics(task, logits, references[split])
         log.info("%s %s: %s", task.name, split, results["splits"][split])
     scores = [m["score"] for m in results["splits"].values()]
     results["score"] = float(np.mean(scores)) if scores else None
+    results["baseline"] = constant_baseline(task, glue_dir, references)
+    log.info("%s constant baseline (%s): %s", task.name, results["baseline"]["predictor"], results["baseline"]["score"])
     out = Path(out) if out is not None else model_dir
     if predict_test:
         results["prediction_files"] = {}
