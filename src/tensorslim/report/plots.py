@@ -153,11 +153,13 @@ def loss_curves(log_histories: Mapping[str, Mapping[str, Sequence[Mapping]]], pa
     return _save(fig, path)
 
 
-def score_vs_size(points: Sequence[Mapping], path: str | Path, metric: str, task: str = "") -> Path:
+def score_vs_size(points: Sequence[Mapping], path: str | Path, metric: str, task: str = "",
+                  baseline: float | None = None) -> Path:
     """Dev score against encoder parameters (log x): the paper's main figure.
 
     `points` are {"name", "encoder_parameters", "score", "teacher": bool}; points without a finite
-    score are left out. The teacher is a star with a dotted line at its score.
+    score are left out. The teacher is a star with a dotted line at its score; a finite `baseline`
+    (the constant predictor's score) is a grey dashed line.
     """
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
@@ -174,6 +176,8 @@ def score_vs_size(points: Sequence[Mapping], path: str | Path, metric: str, task
         ax.plot([p["encoder_parameters"]], [p["score"]], color="tab:red", marker="*", ms=13, ls="none",
                 label=p["name"])
         ax.axhline(p["score"], color="tab:red", ls=":", lw=1)
+    if _finite(baseline):
+        ax.axhline(baseline, color="gray", ls="--", lw=1, label="constant baseline")
     ax.set_xscale("log")
     ax.set_xlabel("encoder parameters (log scale)")
     ax.set_ylabel(f"dev {metric}")

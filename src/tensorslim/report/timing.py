@@ -309,15 +309,23 @@ def measure_models(models: Mapping[str, object], batch_size: int = 32, seq_len: 
                    device: str = "cpu", threads: int | None = None, **compare_kwargs) -> dict:
     """Sequences per second of each model's bare encoder, interleaved; speed-ups over the first model.
 
-    Returns Comparison.to_dict() plus the settings and {"sequences_per_second": {name: median}}."""
+    `compare_kwargs` go to `compare`. Returns speed_record(...)."""
     with measuring_threads(threads) as plan:
         calls = {name: encoder_batch(model, batch_size, seq_len, device) for name, model in models.items()}
         result = compare(calls, seconds=seconds, cores=plan["cores"], **compare_kwargs)
-    out = result.to_dict()
-    out.update(warnings=plan["warnings"], batch_size=batch_size, seq_len=seq_len, device=str(device), dtype="float32", threads=plan["threads"],
-               sequences_per_second={k: batch_size / v["median"] for k, v in out["seconds"].items()})
     if not result.trusted:
         log.warning("could not measure the speed-up: %s", result.reason)
+    return speed_record(result, batch_size, seq_len, device, plan["threads"], plan["warnings"])
+
+
+def speed_record(result: Comparison, batch_size: int, seq_len: int, device: str, threads: int,
+                 warnings: list[str]) -> dict:
+    """Comparison.to_dict() of encoder batches plus the settings, the warnings and
+    {"sequences_per_second": {name: batch_size / median seconds per batch}} (JSON-able)."""
+    out = result.to_dict()
+    out.update(batch_size=batch_size, seq_len=seq_len, device=str(device), dtype="float32", threads=threads,
+               warnings=list(warnings),
+               sequences_per_second={k: batch_size / v["median"] for k, v in out["seconds"].items()})
     return out
 
 

@@ -91,6 +91,16 @@ def margin_kept(score: float | None, teacher: float | None, baseline: float | No
     return (score - baseline) / (teacher - baseline)
 
 
+def baseline_dev(results: dict) -> dict | None:
+    """The report's baseline entry from evaluate() results: {"predictor", "dev": first dev split's
+    metrics plus the mean "score"}; None for results written before baselines were recorded."""
+    baseline = results.get("baseline")
+    if not baseline:
+        return None
+    first = next(iter(baseline["splits"].values()))
+    return {"predictor": baseline["predictor"], "source": baseline["source"], "dev": {**first, "score": baseline["score"]}}
+
+
 def evaluate(model: str | Path, task: str, glue_dir: str | Path, out: str | Path | None = None, *,
              predict_test: bool = False, max_seq_length: int | None = None, batch_size: int = 64,
              max_eval_samples: int | None = None, device: str | None = None) -> dict:
