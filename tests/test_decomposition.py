@@ -83,7 +83,7 @@ def test_parameter_counts_match_the_paper_formulas(name, rank, layer_rank):
 
 
 def test_paper_table_for_bert_base():
-    """METHOD.md section 2: IV 72-384 holds 11,217,024 weights of BERT-base's 84,934,656."""
+    """docs/method.md, section 2: IV 72-384 holds 11,217,024 weights of BERT-base's 84,934,656."""
     assert get_method("tucker", 384, 72).num_params(144, 768) == 11_217_024
     assert round(144 * 768 * 768 / get_method("tucker", 256, 36).num_params(144, 768), 1) == 30.8
     assert round(get_method("shared", 384).num_params(144, 768) / 1e6, 1) == 21.8

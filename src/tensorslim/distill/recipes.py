@@ -1,4 +1,4 @@
-"""The paper's training recipes (METHOD.md section 5) as defaults that flags override."""
+"""The paper's training recipes (docs/method.md, section 5) as defaults that flags override."""
 
 from __future__ import annotations
 
