@@ -16,11 +16,12 @@ import argparse
 
 import tensorly as tl
 import torch
-from common import NOT_MEASURED, emit, speedup_cell, timed, verdict
 from tensorly.decomposition import partial_tucker
 
 from tensorslim.decomposition.hooi import sweep_dtype, tucker_hooi
 from tensorslim.decomposition.stacking import stack
+
+from common import NOT_MEASURED, emit, speedup_cell, timed, verdict
 
 TOL = 1e-4
 
@@ -57,8 +58,10 @@ def main(quick: bool, rounds: int, attempts: int) -> None:
             return lambda: out.__setitem__(precision, tucker_hooi(W, ranks, tol=TOL, precision=precision))
 
         def theirs(n_iter_max, out=out, W=W, ranks=ranks):
-            return lambda: out.__setitem__(n_iter_max, partial_tucker(
-                W, rank=list(ranks), modes=[0, 1, 2], n_iter_max=n_iter_max, tol=TOL, init="svd"))
+            return lambda: out.__setitem__(
+                n_iter_max,
+                partial_tucker(W, rank=list(ranks), modes=[0, 1, 2], n_iter_max=n_iter_max, tol=TOL, init="svd"),
+            )
 
         precisions = ["float32"] + (["bfloat16"] if sweep_dtype("auto", W.device, W.numel()) == torch.bfloat16 else [])
         # every implementation in interleaved rounds (tensorly first: the baseline of the speed-ups)
@@ -75,25 +78,54 @@ def main(quick: bool, rounds: int, attempts: int) -> None:
         ours_rows = []
         for precision in precisions:
             core_, factors_, info = out[precision]
-            ours_rows.append({"tensor": name, "ranks": label, "impl": f"tensorslim, {precision} sweeps",
-                              "sweeps": info.sweeps, "s_per_sweep": sum(info.sweep_seconds) / max(1, info.sweeps),
-                              "s_to_converge": seconds[f"tensorslim, {precision} sweeps"],
-                              "spread": result.result.seconds[f"tensorslim, {precision} sweeps"].spread,
-                              "rel_error": relative_error(W, core_, factors_)})
+            ours_rows.append(
+                {
+                    "tensor": name,
+                    "ranks": label,
+                    "impl": f"tensorslim, {precision} sweeps",
+                    "sweeps": info.sweeps,
+                    "s_per_sweep": sum(info.sweep_seconds) / max(1, info.sweeps),
+                    "s_to_converge": seconds[f"tensorslim, {precision} sweeps"],
+                    "spread": result.result.seconds[f"tensorslim, {precision} sweeps"].spread,
+                    "rel_error": relative_error(W, core_, factors_),
+                }
+            )
         rows += ours_rows
-        rows.append({"tensor": name, "ranks": label, "impl": "tensorly partial_tucker", "sweeps": sweeps,
-                     "s_per_sweep": tl_sweep, "s_to_converge": total,
-                     "spread": result.result.seconds["tensorly partial_tucker"].spread, "rel_error": tl_error})
+        rows.append(
+            {
+                "tensor": name,
+                "ranks": label,
+                "impl": "tensorly partial_tucker",
+                "sweeps": sweeps,
+                "s_per_sweep": tl_sweep,
+                "s_to_converge": total,
+                "spread": result.result.seconds["tensorly partial_tucker"].spread,
+                "rel_error": tl_error,
+            }
+        )
         for row in ours_rows:
             speedup = speedup_cell(result, row["impl"])
             trusted = not isinstance(speedup, str)
-            rows.append({"tensor": name, "ranks": "", "impl": f"speed-up of {row['impl'][12:]}", "sweeps": "",
-                         "s_per_sweep": tl_sweep / row["s_per_sweep"] if trusted else NOT_MEASURED,
-                         "s_to_converge": speedup, "spread": "", "rel_error": tl_error - row["rel_error"]})
-    emit("decompose", rows, notes=f"tol {TOL}; {verdict(results)}; s_to_converge: median of {rounds} interleaved "
-                                  "rounds; s_per_sweep: tensorslim's own sweep clock, tensorly's from the "
-                                  "difference of a full and a one-sweep run; speed-up rows: rel_error column = "
-                                  "tensorly error minus ours (>= 0 means ours is as good or better)")
+            rows.append(
+                {
+                    "tensor": name,
+                    "ranks": "",
+                    "impl": f"speed-up of {row['impl'][12:]}",
+                    "sweeps": "",
+                    "s_per_sweep": tl_sweep / row["s_per_sweep"] if trusted else NOT_MEASURED,
+                    "s_to_converge": speedup,
+                    "spread": "",
+                    "rel_error": tl_error - row["rel_error"],
+                }
+            )
+    emit(
+        "decompose",
+        rows,
+        notes=f"tol {TOL}; {verdict(results)}; s_to_converge: median of {rounds} interleaved "
+        "rounds; s_per_sweep: tensorslim's own sweep clock, tensorly's from the "
+        "difference of a full and a one-sweep run; speed-up rows: rel_error column = "
+        "tensorly error minus ours (>= 0 means ours is as good or better)",
+    )
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ import argparse
 import copy
 
 import torch
-from common import emit, speedup_cell, timed, verdict
 from transformers import BertConfig, BertModel
 
 from tensorslim.modeling.convert import from_teacher
 from tensorslim.report.measure import count_parameters, flops_per_token
 from tensorslim.report.timing import encoder_batch, measuring_threads
+
+from common import emit, speedup_cell, timed, verdict
 
 BATCH, SEQ = 32, 128
 STUDENTS = [(72, 384), (36, 256), (36, 128)]  # (layer_rank l, rank d) as fractions of BERT-base's n = 144
@@ -48,25 +49,39 @@ def main(quick: bool, seconds: float, threads: int | None) -> None:
             models = {"dense teacher": teacher}
             for l, d in STUDENTS:
                 l, d = l // scale, d // scale  # the same fractions of n and D for the smaller teacher
-                student = from_teacher(teacher, "tucker", d, l, max_iter=0).eval()  # HOSVD: speed does not depend on fit
+                student = from_teacher(
+                    teacher, "tucker", d, l, max_iter=0
+                ).eval()  # HOSVD: speed does not depend on fit
                 models[f"tucker l={l} d={d}"] = student
             chunk = student.config.inference_chunk_tokens
             chunked = copy.deepcopy(teacher)
             for layer in chunked.encoder.layer:
                 layer.chunk_size_feed_forward = chunk // BATCH
             models[f"dense teacher, FFN in {chunk}-token chunks"] = chunked
-            result = timed({k: encoder_batch(m, BATCH, SEQ) for k, m in models.items()}, seconds=seconds,
-                           cores=plan["cores"])
+            result = timed(
+                {k: encoder_batch(m, BATCH, SEQ) for k, m in models.items()}, seconds=seconds, cores=plan["cores"]
+            )
             results.append(result)
             for model_name, model in models.items():
                 timing = result.result.seconds[model_name]
-                rows.append({"teacher": name, "model": model_name, **size(model),
-                             "seq_per_s": BATCH / timing.median, "spread": timing.spread,
-                             "speedup": 1.0 if model_name == "dense teacher" else speedup_cell(result, model_name)})
-    emit("inference", rows, notes=f"torch threads: {plan['threads']} of {plan['cores']} cores; "
-                                  f"{verdict(results)}; targets on BERT-base shape: >= 1.0x at l=72 d=384, "
-                                  ">= 2.7x at l=36 d=128 (speedup: median per-round ratio against the default "
-                                  "dense teacher)")
+                rows.append(
+                    {
+                        "teacher": name,
+                        "model": model_name,
+                        **size(model),
+                        "seq_per_s": BATCH / timing.median,
+                        "spread": timing.spread,
+                        "speedup": 1.0 if model_name == "dense teacher" else speedup_cell(result, model_name),
+                    }
+                )
+    emit(
+        "inference",
+        rows,
+        notes=f"torch threads: {plan['threads']} of {plan['cores']} cores; "
+        f"{verdict(results)}; targets on BERT-base shape: >= 1.0x at l=72 d=384, "
+        ">= 2.7x at l=36 d=128 (speedup: median per-round ratio against the default "
+        "dense teacher)",
+    )
 
 
 if __name__ == "__main__":

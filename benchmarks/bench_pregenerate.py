@@ -67,18 +67,28 @@ def run(corpus: list[str], workers: int, epochs: int, per_shard: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--docs-per-shard", type=int, default=8,
-                        help="small, so this 135-document corpus (13 of them whole books) makes enough shards "
-                             "to keep 2 workers busy; a Wikipedia dump has millions of documents")
+    parser.add_argument(
+        "--docs-per-shard",
+        type=int,
+        default=8,
+        help="small, so this 135-document corpus (13 of them whole books) makes enough shards "
+        "to keep 2 workers busy; a Wikipedia dump has millions of documents",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four runs")
     args = parser.parse_args()
     corpus = SHARED_DATA / "corpus"
     if not corpus.is_dir():
         raise SystemExit(f"{corpus} not found")
     size_mb = sum(p.stat().st_size for p in corpus.rglob("*") if p.is_file()) / 2**20
-    configs = {f"{label}, {workers} worker{'s' if workers > 1 else ''}": (label, paths, workers)
-               for label, paths, workers in [("corpus x1", [str(corpus)], 1), ("corpus x1", [str(corpus)], 2),
-                                             ("corpus x4", [str(corpus)] * 4, 1), ("corpus x4", [str(corpus)] * 4, 2)]}
+    configs = {
+        f"{label}, {workers} worker{'s' if workers > 1 else ''}": (label, paths, workers)
+        for label, paths, workers in [
+            ("corpus x1", [str(corpus)], 1),
+            ("corpus x1", [str(corpus)], 2),
+            ("corpus x4", [str(corpus)] * 4, 1),
+            ("corpus x4", [str(corpus)] * 4, 2),
+        ]
+    }
     runs: dict[str, list[dict]] = {name: [] for name in configs}
 
     def generation(name):
@@ -86,6 +96,7 @@ def main() -> None:
             runs[name].append(run(configs[name][1], configs[name][2], args.epochs, args.docs_per_shard))
             print(name, runs[name][-1], flush=True)
             return runs[name][-1]["seconds"]
+
         return call
 
     # each configuration in interleaved rounds (tensorslim.report.timing), 1 worker the baseline of each corpus
@@ -93,24 +104,38 @@ def main() -> None:
     rows = []
     for name, (label, paths, workers) in configs.items():
         last, timing = runs[name][-1], result.result.seconds[name]
-        rows.append({"corpus": label, "corpus_mb": round(size_mb * len(paths), 1), "workers": workers,
-                     "documents": last["documents"], "sequences": last["sequences"],
-                     "seconds": round(timing.median, 1), "spread": round(timing.spread, 3),
-                     "seq_per_s": round(last["sequences"] / timing.median),
-                     "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs[name]))})
+        rows.append(
+            {
+                "corpus": label,
+                "corpus_mb": round(size_mb * len(paths), 1),
+                "workers": workers,
+                "documents": last["documents"],
+                "sequences": last["sequences"],
+                "seconds": round(timing.median, 1),
+                "spread": round(timing.spread, 3),
+                "seq_per_s": round(last["sequences"] / timing.median),
+                "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs[name])),
+            }
+        )
     names = list(configs)
     # speed-ups of 2 workers over 1 as medians of per-round ratios (against the first configuration)
     per_round = {name: result.result.seconds[name].values for name in names}
     speedup, speedup4 = (
         f"{statistics.median(a / b for a, b in zip(per_round[names[i]], per_round[names[i + 1]], strict=True)):.2f}x"
-        if result.trusted else NOT_MEASURED for i in (0, 2))
+        if result.trusted
+        else NOT_MEASURED
+        for i in (0, 2)
+    )
     growth = rows[3]["peak_rss_mb"] / rows[1]["peak_rss_mb"]
-    emit("pregenerate", rows,
-         f"{args.epochs} epoch(s), max_seq_len 128, NSP, docs_per_shard {args.docs_per_shard}; "
-         f"{verdict([result])}; median of {args.rounds} interleaved rounds; time excludes "
-         f"interpreter/transformers start-up. 2 workers vs 1: {speedup} (corpus x1), {speedup4} (x4); "
-         f"peak RSS with a 4x corpus: "
-         f"{growth:.2f}x that of the 1x corpus (sum over the main process and its workers).")
+    emit(
+        "pregenerate",
+        rows,
+        f"{args.epochs} epoch(s), max_seq_len 128, NSP, docs_per_shard {args.docs_per_shard}; "
+        f"{verdict([result])}; median of {args.rounds} interleaved rounds; time excludes "
+        f"interpreter/transformers start-up. 2 workers vs 1: {speedup} (corpus x1), {speedup4} (x4); "
+        f"peak RSS with a 4x corpus: "
+        f"{growth:.2f}x that of the 1x corpus (sum over the main process and its workers).",
+    )
 
 
 if __name__ == "__main__":

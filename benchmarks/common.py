@@ -21,9 +21,14 @@ NOT_MEASURED = "not measured"
 
 
 def machine() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cores": available_cores(), "load_average": [round(x, 2) for x in os.getloadavg()],
-            "processor": platform.processor() or platform.machine()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cores": available_cores(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 def timed(contenders: Mapping[str, Callable[[], object]], **compare_kwargs) -> Comparison:
@@ -61,7 +66,17 @@ def emit(name: str, rows: list[dict], notes: str = "") -> Path:
         print(notes)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{name}.json"
-    out.write_text(json.dumps({"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-                               "rows": rows, "notes": notes}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": name,
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+                "machine": machine(),
+                "rows": rows,
+                "notes": notes,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
     return out

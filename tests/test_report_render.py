@@ -30,8 +30,10 @@ STUDENTS = [("tucker l=12 d=8", 8, 12), ("tucker l=24 d=16", 16, 24)]  # (name, 
 
 def _history(n: int, start: float, with_eval: bool = False) -> list[dict]:
     """A Trainer-like log_history: loss entries, optional eval entries and the final summary."""
-    hist = [{"loss": start * 0.9**i, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": i / n, "step": 5 * (i + 1)}
-            for i in range(n)]
+    hist = [
+        {"loss": start * 0.9**i, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": i / n, "step": 5 * (i + 1)}
+        for i in range(n)
+    ]
     if with_eval:
         hist += [{"eval_loss": start * 0.9**i + 0.1, "step": 5 * (i + 1), "epoch": i / n} for i in range(0, n, 4)]
     return hist + [{"train_runtime": 3.2, "train_loss": start / 2, "step": 5 * n, "epoch": 1.0}]
@@ -58,19 +60,37 @@ def run(tiny_bert_dir, tmp_path_factory) -> dict:
     for i, (name, rank, layer_rank) in enumerate(STUDENTS):
         path = root / f"student{i}"
         record = decompose_to_dir(tiny_bert_dir, path, rank=rank, layer_rank=layer_rank)
-        students.append({
-            "name": name, "path": str(path), "decomposition": record, "report": describe(path, **measure),
-            "dev": {"accuracy": 0.80 + 0.05 * i, "score": 0.80 + 0.05 * i, "eval_loss": 0.5 - 0.1 * i},
-            "log_history": {"general": _history(20, 3.0 - i), "task_stage1": _history(12, 1.0, with_eval=True),
-                            "task_stage2": []},
-        })
+        students.append(
+            {
+                "name": name,
+                "path": str(path),
+                "decomposition": record,
+                "report": describe(path, **measure),
+                "dev": {"accuracy": 0.80 + 0.05 * i, "score": 0.80 + 0.05 * i, "eval_loss": 0.5 - 0.1 * i},
+                "log_history": {
+                    "general": _history(20, 3.0 - i),
+                    "task_stage1": _history(12, 1.0, with_eval=True),
+                    "task_stage2": [],
+                },
+            }
+        )
     return {
-        "title": "Tiny report", "task": "SST-2", "metric": "accuracy",
-        "teacher": {"path": str(tiny_bert_dir), "dev": {"accuracy": 0.9, "score": 0.9, "eval_loss": 0.3},
-                    "report": describe(tiny_bert_dir, **measure)},
-        "students": students, "speed": fake_speed(SPEED), "baseline": BASELINE,
-        "stages": [{"name": "finetune", "seconds": 90.0, "path": "runs/teacher"}, {"name": "decompose", "seconds": 2.5},
-                   {"name": "general distillation", "seconds": 7.5}],
+        "title": "Tiny report",
+        "task": "SST-2",
+        "metric": "accuracy",
+        "teacher": {
+            "path": str(tiny_bert_dir),
+            "dev": {"accuracy": 0.9, "score": 0.9, "eval_loss": 0.3},
+            "report": describe(tiny_bert_dir, **measure),
+        },
+        "students": students,
+        "speed": fake_speed(SPEED),
+        "baseline": BASELINE,
+        "stages": [
+            {"name": "finetune", "seconds": 90.0, "path": "runs/teacher"},
+            {"name": "decompose", "seconds": 2.5},
+            {"name": "general distillation", "seconds": 7.5},
+        ],
         "settings": {"command": "tensorslim demo --out runs/x", "versions": {"torch": "2.x"}, "threads": 2},
     }
 
@@ -95,11 +115,18 @@ def number(cell: str) -> float:
 
 # ----------------------------------------------------------------------------- files and images
 
+
 def test_writes_report_files_and_valid_pngs(rendered):
     out, written = rendered
     assert set(written) == {
-        "report.md", "report.html", "plots/score_vs_size.png", "plots/loss.png", "plots/spectra_1.png",
-        "plots/reconstruction_error_1_tucker-l-12-d-8.png", "plots/reconstruction_error_2_tucker-l-24-d-16.png"}
+        "report.md",
+        "report.html",
+        "plots/score_vs_size.png",
+        "plots/loss.png",
+        "plots/spectra_1.png",
+        "plots/reconstruction_error_1_tucker-l-12-d-8.png",
+        "plots/reconstruction_error_2_tucker-l-24-d-16.png",
+    }
     for rel, path in written.items():
         assert path == out / rel and path.is_file() and path.stat().st_size > 0
         if rel.endswith(".png"):
@@ -124,17 +151,31 @@ def test_reconstruction_heatmap_has_one_cell_per_layer_and_slot(run, tmp_path):
 
 # ----------------------------------------------------------------------------- numbers
 
+
 def test_markdown_parameter_table_equals_the_inputs(run, rendered):
     out, _ = rendered
     md = (out / "report.md").read_text()
     table = md_table(md, "Parameters")
-    assert table["header"][:7] == ["model", "embeddings", "encoder: factors", "encoder: dense", "encoder",
-                                   "pooler + head", "total"]
+    assert table["header"][:7] == [
+        "model",
+        "embeddings",
+        "encoder: factors",
+        "encoder: dense",
+        "encoder",
+        "pooler + head",
+        "total",
+    ]
     t = run["teacher"]["report"]["parameters"]
     for name, model in [("teacher", run["teacher"])] + [(s["name"], s) for s in run["students"]]:
         p, row = model["report"]["parameters"], table[name]
-        assert [int(number(c)) for c in row[1:7]] == [p["embeddings"], p["encoder_factors"], p["encoder_dense"],
-                                                      p["encoder"], p["pooler"] + p["head"], p["total"]]
+        assert [int(number(c)) for c in row[1:7]] == [
+            p["embeddings"],
+            p["encoder_factors"],
+            p["encoder_dense"],
+            p["encoder"],
+            p["pooler"] + p["head"],
+            p["total"],
+        ]
         if name != "teacher":
             # compression ratios: teacher / student, shown rounded to 2 (below 10x) or 1 decimals
             assert number(row[7]) == pytest.approx(t["encoder"] / p["encoder"], abs=0.051)
@@ -158,7 +199,10 @@ def test_markdown_scores_speed_and_stages_equal_the_inputs(run, rendered):
         assert number(speed[s["name"]][5]) == pytest.approx(SPEED["teacher"] / SPEED[s["name"]], abs=0.006)
         flops = run["teacher"]["report"]["flops_per_token"] / s["report"]["flops_per_token"]
         assert number(speed[s["name"]][2]) == pytest.approx(flops, abs=0.006)
-    assert scores["tucker l=12 d=8"][2:4] == ["88.9%", "75.0%"] and scores["tucker l=24 d=16"][2:4] == ["94.4%", "87.5%"]
+    assert scores["tucker l=12 d=8"][2:4] == ["88.9%", "75.0%"] and scores["tucker l=24 d=16"][2:4] == [
+        "94.4%",
+        "87.5%",
+    ]
     assert scores["teacher"][2:4] == ["100.0%", "100.0%"]
     assert scores["constant baseline"][1] == "0.5" and "majority train label" in md
     assert speed["tucker l=12 d=8"][5] == "2.00x" and speed["teacher"][4] == "2.0%"
@@ -181,13 +225,19 @@ def test_formatters_by_hand():
 def test_plot_helpers_by_hand():
     assert retained_energy([3.0, 4.0], 1) == pytest.approx(9 / 25)
     assert retained_energy([3.0, 4.0], 2) == 1.0
-    hist = [{"loss": 1.0, "step": 1}, {"eval_loss": 2.0, "step": 1}, {"loss": float("nan"), "step": 2},
-            {"loss": 0.5, "step": 3}, {"train_loss": 0.7, "step": 3}]
+    hist = [
+        {"loss": 1.0, "step": 1},
+        {"eval_loss": 2.0, "step": 1},
+        {"loss": float("nan"), "step": 2},
+        {"loss": 0.5, "step": 3},
+        {"train_loss": 0.7, "step": 3},
+    ]
     assert loss_points(hist) == ([1.0, 3.0], [1.0, 0.5])
     assert loss_points(hist, "eval_loss") == ([1.0], [2.0])
 
 
 # ----------------------------------------------------------------------------- HTML
+
 
 class TagBalance(HTMLParser):
     VOID = {"meta", "img", "br", "hr", "link", "input", "col", "source", "wbr"}
@@ -250,11 +300,21 @@ def test_text_is_escaped_in_html_and_markdown(run, tmp_path):
 
 # ----------------------------------------------------------------------------- validation and edge cases
 
-@pytest.mark.parametrize("where, key", [
-    ((), "title"), ((), "stages"), (("teacher",), "report"), (("teacher", "report", "parameters"), "encoder"),
-    (("students", 1, "decomposition"), "spectra"), (("students", 0, "dev"), "accuracy"),
-    (("speed",), "trusted"), (("speed", "seconds", "teacher"), "spread"), (("stages", 2), "seconds"),
-])
+
+@pytest.mark.parametrize(
+    "where, key",
+    [
+        ((), "title"),
+        ((), "stages"),
+        (("teacher",), "report"),
+        (("teacher", "report", "parameters"), "encoder"),
+        (("students", 1, "decomposition"), "spectra"),
+        (("students", 0, "dev"), "accuracy"),
+        (("speed",), "trusted"),
+        (("speed", "seconds", "teacher"), "spread"),
+        (("stages", 2), "seconds"),
+    ],
+)
 def test_missing_key_raises_naming_it(run, tmp_path, where, key):
     run = copy.deepcopy(run)
     parent = run
@@ -349,9 +409,21 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 
 
 def _chromium(page: Path, profile: Path, *flags: str) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-           "--enable-logging=stderr", "--v=0", *flags, page.resolve().as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *flags,
+        page.resolve().as_uri(),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 

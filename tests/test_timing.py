@@ -62,8 +62,10 @@ def test_spread_by_hand():
 
 def test_steady_timings_are_trusted_and_rounds_alternate():
     clock, calls = FakeClock(), []
-    contenders = {"teacher": contender(clock, "teacher", [0.1], calls),
-                  "student": contender(clock, "student", [0.05], calls)}
+    contenders = {
+        "teacher": contender(clock, "teacher", [0.1], calls),
+        "student": contender(clock, "student", [0.05], calls),
+    }
     result = compare(contenders, seconds=0.5, rounds=4, warmup=1, clock=clock, load=quiet(), cores=2)
     assert result.trusted and result.reason == "" and len(result.attempts) == 1
     assert result.speedup("student") == pytest.approx(2.0)
@@ -77,8 +79,15 @@ def test_a_burst_in_one_round_does_not_move_the_median():
     clock, calls = FakeClock(), []
     teacher = [0.1] * 3 + [0.3] + [0.1] * 10  # the 4th call of each (round 3) lands in a burst
     student = [0.05] * 3 + [0.15] + [0.05] * 10
-    result = compare({"teacher": contender(clock, "t", teacher, calls), "student": contender(clock, "s", student, calls)},
-                     seconds=0.7, rounds=7, warmup=0, clock=clock, load=quiet(), cores=2)
+    result = compare(
+        {"teacher": contender(clock, "t", teacher, calls), "student": contender(clock, "s", student, calls)},
+        seconds=0.7,
+        rounds=7,
+        warmup=0,
+        clock=clock,
+        load=quiet(),
+        cores=2,
+    )
     assert result.trusted
     assert result.speedup("student") == pytest.approx(2.0)
     assert result.result.seconds["teacher"].median == pytest.approx(0.1)
@@ -88,9 +97,19 @@ def test_noisy_rounds_are_rerun_then_refused():
     clock, calls = FakeClock(), []
     noisy_teacher = [0.1, 0.2, 0.1, 0.3, 0.15, 0.1, 0.25]
     noisy_student = [0.05, 0.04, 0.2, 0.05, 0.1, 0.03, 0.06]
-    result = compare({"teacher": contender(clock, "t", noisy_teacher, calls),
-                      "student": contender(clock, "s", noisy_student, calls)},
-                     seconds=0.7, rounds=7, warmup=0, attempts=3, clock=clock, load=quiet(), cores=2)
+    result = compare(
+        {
+            "teacher": contender(clock, "t", noisy_teacher, calls),
+            "student": contender(clock, "s", noisy_student, calls),
+        },
+        seconds=0.7,
+        rounds=7,
+        warmup=0,
+        attempts=3,
+        clock=clock,
+        load=quiet(),
+        cores=2,
+    )
     assert not result.trusted and len(result.attempts) == 3
     assert result.speedup("student") is None
     assert "busy in all 3 attempts" in result.reason and "spread" in result.reason
@@ -102,8 +121,16 @@ def test_a_noisy_attempt_then_a_quiet_one_is_trusted():
     clock, calls = FakeClock(), []
     teacher = [0.1, 0.3, 0.1, 0.3, 0.1, 0.3, 0.1] + [0.1] * 7
     student = [0.05] * 14
-    result = compare({"teacher": contender(clock, "t", teacher, calls), "student": contender(clock, "s", student, calls)},
-                     seconds=0.7, rounds=7, warmup=0, attempts=3, clock=clock, load=quiet(), cores=2)
+    result = compare(
+        {"teacher": contender(clock, "t", teacher, calls), "student": contender(clock, "s", student, calls)},
+        seconds=0.7,
+        rounds=7,
+        warmup=0,
+        attempts=3,
+        clock=clock,
+        load=quiet(),
+        cores=2,
+    )
     assert len(result.attempts) == 2 and result.attempts[0].problems and result.trusted
     assert result.speedup("student") == pytest.approx(2.0)
 
@@ -112,8 +139,16 @@ def test_steady_but_contended_machine_is_refused_by_the_load_probe():
     """Constant contention slows the many-small-ops student more than the teacher, steadily: the
     spreads look clean, so only the foreign-load probe can catch the biased speed-up."""
     clock, calls = FakeClock(), []
-    result = compare({"teacher": contender(clock, "t", [0.12], calls), "student": contender(clock, "s", [0.2], calls)},
-                     seconds=0.7, rounds=7, warmup=0, attempts=2, clock=clock, load=FakeLoad([1.6, 1.7]), cores=2)
+    result = compare(
+        {"teacher": contender(clock, "t", [0.12], calls), "student": contender(clock, "s", [0.2], calls)},
+        seconds=0.7,
+        rounds=7,
+        warmup=0,
+        attempts=2,
+        clock=clock,
+        load=FakeLoad([1.6, 1.7]),
+        cores=2,
+    )
     assert not result.trusted and result.speedup("student") is None
     assert "other processes used 1.70 of 2 cores" in result.reason
 
@@ -121,10 +156,19 @@ def test_steady_but_contended_machine_is_refused_by_the_load_probe():
 def test_two_runs_agree_within_15_percent_or_the_busy_one_refuses():
     """The issue's done-when, on fake timings: a quiet run, and a busy run whose bursts hit whichever
     contender is running; interleaving keeps its median ratio close, or it says it could not measure."""
+
     def run(teacher, student, load):
         clock = FakeClock()
-        return compare({"teacher": contender(clock, "t", teacher, []), "student": contender(clock, "s", student, [])},
-                       seconds=0.7, rounds=7, warmup=0, attempts=3, clock=clock, load=FakeLoad(load), cores=2)
+        return compare(
+            {"teacher": contender(clock, "t", teacher, []), "student": contender(clock, "s", student, [])},
+            seconds=0.7,
+            rounds=7,
+            warmup=0,
+            attempts=3,
+            clock=clock,
+            load=FakeLoad(load),
+            cores=2,
+        )
 
     quiet_run = run([0.1], [0.07], [0.0, 0.0, 0.0])
     burst = [1.0, 1.0, 2.5, 1.0, 1.0, 1.0, 2.5]  # every 3rd/7th round of both contenders in a burst
@@ -134,8 +178,9 @@ def test_two_runs_agree_within_15_percent_or_the_busy_one_refuses():
     assert speedups[1] is None or abs(speedups[1] / speedups[0] - 1) <= 0.15
     very_busy = run([0.1 * b for b in burst], [0.07 * b * b for b in burst], [1.5, 1.5, 1.5])
     assert very_busy.speedup("student") is None and "could" not in very_busy.reason  # the caller words the refusal
-    assert "Could not measure" in speed_note({**very_busy.to_dict(), "device": "cpu", "dtype": "float32",
-                                              "batch_size": 32, "seq_len": 128, "threads": 2})
+    assert "Could not measure" in speed_note(
+        {**very_busy.to_dict(), "device": "cpu", "dtype": "float32", "batch_size": 32, "seq_len": 128, "threads": 2}
+    )
 
 
 def test_self_timed_contenders_count_what_they_return():
@@ -145,10 +190,12 @@ def test_self_timed_contenders_count_what_they_return():
         def call():
             clock.now += 5.0  # start-up that must not count
             return seconds
+
         return call
 
-    result = compare({"one": slow_start(2.0), "two": slow_start(1.0)}, rounds=3, warmup=0, clock=clock,
-                     load=quiet(), cores=2)
+    result = compare(
+        {"one": slow_start(2.0), "two": slow_start(1.0)}, rounds=3, warmup=0, clock=clock, load=quiet(), cores=2
+    )
     assert result.result.seconds["one"].median == 2.0 and result.speedup("two") == pytest.approx(2.0)
 
 
@@ -179,14 +226,15 @@ def test_available_cores_and_the_load_probe_on_this_machine():
 
 def test_measure_models_reports_a_verdict_and_restores_threads():
     import torch
-
     from transformers import BertConfig, BertModel
 
-    model = BertModel(BertConfig(vocab_size=1100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                 intermediate_size=32))
+    model = BertModel(
+        BertConfig(vocab_size=1100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
     before = torch.get_num_threads()
-    speed = measure_models({"teacher": model, "same": model}, batch_size=2, seq_len=8, seconds=0.05, threads=1,
-                           rounds=3, attempts=1)
+    speed = measure_models(
+        {"teacher": model, "same": model}, batch_size=2, seq_len=8, seconds=0.05, threads=1, rounds=3, attempts=1
+    )
     assert torch.get_num_threads() == before
     assert speed["threads"] == 1 and speed["baseline"] == "teacher" and set(speed["seconds"]) == {"teacher", "same"}
     assert set(speed["speedups"]) == {"same"}

@@ -19,9 +19,11 @@ def register(sub) -> None:
     p.add_argument("--teacher", help="teacher directory to compare against")
     p.add_argument("--batch-size", type=int, default=32, help="throughput batch size (default 32)")
     p.add_argument("--seq-len", type=int, default=128, help="throughput sequence length (default 128)")
-    p.add_argument("--seconds", type=float, default=3.0, help="time spent measuring each model, per attempt (default 3)")
+    p.add_argument("--seconds", type=float, default=3.0,
+                   help="time spent measuring each model, per attempt (default 3)")
     p.add_argument("--device", default="cpu", help="device for throughput, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's, capped at the cores available to the process)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (default: torch's, capped at the cores available to the process)")
     p.add_argument("--json", help="where to write the JSON (default: MODEL/report.json)")
     p.set_defaults(func=run)
 

@@ -103,8 +103,10 @@ def _md_block(block) -> str:
         return _md(block.content)
     if isinstance(block, Image):
         return f"![{_md(block.alt)}]({quote(block.src)})\n\n*{_md(block.caption)}*"
-    lines = ["| " + " | ".join(_md(h, True) for h in block.header) + " |",
-             "|" + "|".join("---:" if num else "---" for num in block.numeric) + "|"]
+    lines = [
+        "| " + " | ".join(_md(h, True) for h in block.header) + " |",
+        "|" + "|".join("---:" if num else "---" for num in block.numeric) + "|",
+    ]
     lines += ["| " + " | ".join(_md(c, True) for c in row) + " |" for row in block.rows]
     return "\n".join(lines)
 
@@ -145,13 +147,22 @@ window.addEventListener("load", function () {
 
 
 def to_html(title: str, intro: list, sections: list[Section]) -> str:
-    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8" />',
-           '<meta name="viewport" content="width=device-width, initial-scale=1" />',
-           f'<meta name="generator" content="tensorslim {html.escape(__version__)}" />',
-           f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style>", f"<script>{SCRIPT}</script>",
-           "</head>", "<body>", f"<h1>{html.escape(title)}</h1>",
-           '<p class="notice" id="missing-plots" hidden="hidden">Some plots did not load: keep the '
-           f"<code>{PLOTS_DIR}/</code> folder next to this file.</p>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8" />',
+        '<meta name="viewport" content="width=device-width, initial-scale=1" />',
+        f'<meta name="generator" content="tensorslim {html.escape(__version__)}" />',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{CSS}</style>",
+        f"<script>{SCRIPT}</script>",
+        "</head>",
+        "<body>",
+        f"<h1>{html.escape(title)}</h1>",
+        '<p class="notice" id="missing-plots" hidden="hidden">Some plots did not load: keep the '
+        f"<code>{PLOTS_DIR}/</code> folder next to this file.</p>",
+    ]
     out += [_html_block(block) for block in intro]
     out.append("<nav>" + "".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in sections) + "</nav>")
     for section in sections:
@@ -167,10 +178,14 @@ def _html_block(block) -> str:
     if isinstance(block, Text):
         return f"<p>{_html(block.content)}</p>"
     if isinstance(block, Image):
-        return (f'<figure><img src="{html.escape(quote(block.src))}" alt="{html.escape(block.alt)}" />'
-                f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+        return (
+            f'<figure><img src="{html.escape(quote(block.src))}" alt="{html.escape(block.alt)}" />'
+            f"<figcaption>{html.escape(block.caption)}</figcaption></figure>"
+        )
     cls = lambda num: ' class="num"' if num else ""  # noqa: E731
     head = "".join(f"<th{cls(n)}>{_html(h)}</th>" for h, n in zip(block.header, block.numeric))
-    body = "".join("<tr>" + "".join(f"<td{cls(n)}>{_html(c)}</td>" for c, n in zip(row, block.numeric)) + "</tr>"
-                   for row in block.rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td{cls(n)}>{_html(c)}</td>" for c, n in zip(row, block.numeric)) + "</tr>"
+        for row in block.rows
+    )
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'

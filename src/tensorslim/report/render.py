@@ -37,8 +37,9 @@ def plot_names(run: Run) -> dict:
     """Relative file names of every plot the run gets: errors (one per student), spectra (one per
     distinct teacher stack, with the students that share it), score and loss (None when not drawn)."""
     students = run.students
-    names: dict[str, Any] = {"errors": [f"{PLOTS_DIR}/reconstruction_error_{i + 1}_{_slug(s.name)}.png"
-                                        for i, s in enumerate(students)]}
+    names: dict[str, Any] = {
+        "errors": [f"{PLOTS_DIR}/reconstruction_error_{i + 1}_{_slug(s.name)}.png" for i, s in enumerate(students)]
+    }
     names["score"] = f"{PLOTS_DIR}/score_vs_size.png" if students else None
     names["loss"] = f"{PLOTS_DIR}/loss.png" if plots.has_losses(_histories(run)) else None
     groups: dict[str, list[int]] = {}
@@ -56,18 +57,31 @@ def _write_plots(run: Run, names: dict, plots_dir: Path) -> None:
         return plots_dir / Path(rel).name
 
     for student, rel in zip(students, names["errors"], strict=True):
-        plots.error_heatmap(asdict(student.decomposition), at(rel),
-                            f"{student.name}: relative reconstruction error per layer and slot")
+        plots.error_heatmap(
+            asdict(student.decomposition), at(rel), f"{student.name}: relative reconstruction error per layer and slot"
+        )
     for rel, members in names["spectra"]:
         decs = [students[i].decomposition for i in members]
         cuts = [(students[i].name, dec.layer_rank, dec.rank) for i, dec in zip(members, decs, strict=True)]
-        plots.spectra_plot(decs[0].spectra, cuts, at(rel),
-                           f"singular value spectra of the teacher's weight stack (ops = {decs[0].ops})")
+        plots.spectra_plot(
+            decs[0].spectra,
+            cuts,
+            at(rel),
+            f"singular value spectra of the teacher's weight stack (ops = {decs[0].ops})",
+        )
     if names["score"]:
-        points = [{"name": "teacher", "encoder_parameters": run.teacher.report.parameters.encoder,
-                   "score": run.teacher.dev[run.metric], "teacher": True}]
-        points += [{"name": s.name, "encoder_parameters": s.report.parameters.encoder, "score": s.dev[run.metric]}
-                   for s in students]
+        points = [
+            {
+                "name": "teacher",
+                "encoder_parameters": run.teacher.report.parameters.encoder,
+                "score": run.teacher.dev[run.metric],
+                "teacher": True,
+            }
+        ]
+        points += [
+            {"name": s.name, "encoder_parameters": s.report.parameters.encoder, "score": s.dev[run.metric]}
+            for s in students
+        ]
         baseline = run.baseline.dev.get(run.metric) if run.baseline else None
         plots.score_vs_size(points, at(names["score"]), run.metric, run.task, baseline=baseline)
     if names["loss"]:
@@ -84,15 +98,18 @@ def render_report(run: dict, out_dir: str | Path, overwrite: bool = False) -> di
     parsed = parse_run(run)
     out_dir = Path(out_dir)
     names = plot_names(parsed)
-    plot_files = (names["errors"] + [rel for rel, _ in names["spectra"]]
-                  + [rel for rel in (names["score"], names["loss"]) if rel])
+    plot_files = (
+        names["errors"] + [rel for rel, _ in names["spectra"]] + [rel for rel in (names["score"], names["loss"]) if rel]
+    )
     if plot_files:
         with atomic_dir(out_dir / PLOTS_DIR, overwrite) as tmp:
             _write_plots(parsed, names, tmp)
     intro, sections = build_document(parsed, names)
     written = {rel: out_dir / rel for rel in plot_files}
-    for rel, text in (("report.md", to_markdown(parsed.title, intro, sections)),
-                      ("report.html", to_html(parsed.title, intro, sections))):
+    for rel, text in (
+        ("report.md", to_markdown(parsed.title, intro, sections)),
+        ("report.html", to_html(parsed.title, intro, sections)),
+    ):
         with atomic_file(out_dir / rel, encoding="utf-8") as handle:
             handle.write(text)
         written[rel] = out_dir / rel

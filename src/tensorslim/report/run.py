@@ -140,8 +140,15 @@ class Run:
 
 
 _ADAPTER = TypeAdapter(Run)
-_EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string", "bool_type": "true or false",
-             "list_type": "a list", "dict_type": "a mapping", "dataclass_type": "a mapping"}
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "dataclass_type": "a mapping",
+}
 
 
 def _where(loc: tuple) -> str:
@@ -158,45 +165,58 @@ def parse_run(run: Any) -> Run:
         more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
         if kind == "missing":
             parent = _where(loc[:-1])
-            raise TensorslimError(f"the run dict is missing key {loc[-1]!r} at {_where(loc)}{more}",
-                                  f"add {loc[-1]!r} to {parent} ({CONTRACT})") from None
+            raise TensorslimError(
+                f"the run dict is missing key {loc[-1]!r} at {_where(loc)}{more}",
+                f"add {loc[-1]!r} to {parent} ({CONTRACT})",
+            ) from None
         expected = _EXPECTED.get(kind, first["msg"].removeprefix("Input should be ").lower())
-        raise TensorslimError(f"{_where(loc)} must be {expected}, got {first.get('input')!r:.80}{more}",
-                              f"fix {_where(loc)} in the run dict ({CONTRACT})") from None
+        raise TensorslimError(
+            f"{_where(loc)} must be {expected}, got {first.get('input')!r:.80}{more}",
+            f"fix {_where(loc)} in the run dict ({CONTRACT})",
+        ) from None
     _check_consistency(parsed)
     return parsed
 
 
 def _check_consistency(run: Run) -> None:
     """What types cannot say: the metric in every dev dict, distinct names, matrix shapes, speed keys."""
-    for where, model in [("run['teacher']", run.teacher)] + [(f"run['students'][{i}]", s)
-                                                             for i, s in enumerate(run.students)]:
+    for where, model in [("run['teacher']", run.teacher)] + [
+        (f"run['students'][{i}]", s) for i, s in enumerate(run.students)
+    ]:
         if run.metric not in model.dev:
             raise TensorslimError(
                 f"the run dict is missing key {run.metric!r} (run['metric']) at {where}['dev'][{run.metric!r}]; "
                 f"it has {sorted(model.dev) or 'no scores'}",
-                f"add the dev {run.metric} to {where}['dev'], or set run['metric'] to a key every dev dict has")
+                f"add the dev {run.metric} to {where}['dev'], or set run['metric'] to a key every dev dict has",
+            )
         score = model.dev[run.metric]
         if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
-            raise TensorslimError(f"{where}['dev'][{run.metric!r}] must be a number or None, got {score!r:.80}",
-                                  "store the dev score as a float")
+            raise TensorslimError(
+                f"{where}['dev'][{run.metric!r}] must be a number or None, got {score!r:.80}",
+                "store the dev score as a float",
+            )
     names = [s.name for s in run.students]
     if len(set(names)) != len(names) or "teacher" in names:
-        raise TensorslimError(f"student names repeat or use the reserved name 'teacher': {names}",
-                              "give every student a distinct name other than 'teacher'")
+        raise TensorslimError(
+            f"student names repeat or use the reserved name 'teacher': {names}",
+            "give every student a distinct name other than 'teacher'",
+        )
     for i, student in enumerate(run.students):
         rows, cols = student.decomposition.relative_error_per_layer_slot, len(student.decomposition.slots)
         if not rows or any(len(r) != cols for r in rows):
             where = f"run['students'][{i}]['decomposition']"
-            raise TensorslimError(f"{where}['relative_error_per_layer_slot'] must be a layers x {cols} list "
-                                  f"(one column per slot in {where}['slots'])",
-                                  "pass the decomposition.json written by `tensorslim decompose` unchanged")
+            raise TensorslimError(
+                f"{where}['relative_error_per_layer_slot'] must be a layers x {cols} list "
+                f"(one column per slot in {where}['slots'])",
+                "pass the decomposition.json written by `tensorslim decompose` unchanged",
+            )
     if run.speed is not None:
         missing = [name for name, _ in run.models if name not in run.speed.sequences_per_second]
         if missing:
-            raise TensorslimError(f"run['speed'] has no measurement of {missing}",
-                                  "measure the teacher and every student together (timing.measure_models), "
-                                  "named as in the run")
+            raise TensorslimError(
+                f"run['speed'] has no measurement of {missing}",
+                "measure the teacher and every student together (timing.measure_models), named as in the run",
+            )
 
 
 def finite(value) -> bool:

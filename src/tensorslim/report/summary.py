@@ -15,8 +15,10 @@ def describe(model_dir: str | Path, seq_len: int = 128, model=None) -> dict:
     """Parameters by part and FLOPs per token (at `seq_len`) of the model in `model_dir` (loaded unless given)."""
     model = model if model is not None else load_model(model_dir)
     info = {
-        "path": str(model_dir), "model_type": model.config.model_type,
-        "parameters": count_parameters(model), "encoder_matrix_weights": encoder_matrix_weights(model),
+        "path": str(model_dir),
+        "model_type": model.config.model_type,
+        "parameters": count_parameters(model),
+        "encoder_matrix_weights": encoder_matrix_weights(model),
         "flops_per_token": flops_per_token(model, seq_len),
     }
     record = Path(model_dir) / "decomposition.json"
@@ -32,8 +34,15 @@ def measure_dirs(model_dirs: Mapping[str, str | Path], **measure_kwargs) -> dict
     return measure_models({name: load_model(path) for name, path in model_dirs.items()}, **measure_kwargs)
 
 
-def model_report(model_dir, teacher_dir=None, batch_size: int = 32, seq_len: int = 128, seconds: float = 3.0,
-                 device: str = "cpu", threads: int | None = None) -> dict:
+def model_report(
+    model_dir,
+    teacher_dir=None,
+    batch_size: int = 32,
+    seq_len: int = 128,
+    seconds: float = 3.0,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> dict:
     """Describe the model and, when given, the teacher; measure both interleaved; ratios against the teacher.
 
     "speed" holds the measurement (timing.measure_models); ratios["speedup"] is None when the machine
@@ -41,12 +50,17 @@ def model_report(model_dir, teacher_dir=None, batch_size: int = 32, seq_len: int
     dirs = {"teacher": teacher_dir, "model": model_dir} if teacher_dir is not None else {"model": model_dir}
     models = {name: load_model(path) for name, path in dirs.items()}
     speed = measure_models(models, batch_size, seq_len, seconds, device, threads)
-    report = {"settings": {k: speed[k] for k in ("batch_size", "seq_len", "device", "dtype", "threads", "cores")},
-              "speed": speed}
+    report = {
+        "settings": {k: speed[k] for k in ("batch_size", "seq_len", "device", "dtype", "threads", "cores")},
+        "speed": speed,
+    }
     for name, path in dirs.items():
-        report[name] = describe(path, seq_len, models[name]) | {"throughput": {
-            "sequences_per_second": speed["sequences_per_second"][name],
-            "spread": speed["seconds"][name]["spread"]}}
+        report[name] = describe(path, seq_len, models[name]) | {
+            "throughput": {
+                "sequences_per_second": speed["sequences_per_second"][name],
+                "spread": speed["seconds"][name]["spread"],
+            }
+        }
     if teacher_dir is not None:
         t, m = report["teacher"], report["model"]
         report["ratios"] = {
@@ -62,28 +76,34 @@ def model_report(model_dir, teacher_dir=None, batch_size: int = 32, seq_len: int
 def format_report(report: dict) -> str:
     """A plain-text table of the report, one column per model, and how the speed was measured."""
     cols = [("model", report["model"])] + ([("teacher", report["teacher"])] if "teacher" in report else [])
-    rows = [("parameters: embeddings", lambda d: f"{d['parameters']['embeddings']:,}"),
-            ("parameters: encoder", lambda d: f"{d['parameters']['encoder']:,}"),
-            ("  of which matrices/factors", lambda d: f"{d['encoder_matrix_weights']:,}"),
-            ("parameters: pooler + head", lambda d: f"{d['parameters']['pooler'] + d['parameters']['head']:,}"),
-            ("parameters: total", lambda d: f"{d['parameters']['total']:,}"),
-            ("encoder GFLOPs / token", lambda d: f"{d['flops_per_token'] / 1e9:.4f}"),
-            ("sequences / s (median)", lambda d: f"{d['throughput']['sequences_per_second']:.1f}"),
-            ("  spread of rounds", lambda d: f"{d['throughput']['spread']:.1%}")]
+    rows = [
+        ("parameters: embeddings", lambda d: f"{d['parameters']['embeddings']:,}"),
+        ("parameters: encoder", lambda d: f"{d['parameters']['encoder']:,}"),
+        ("  of which matrices/factors", lambda d: f"{d['encoder_matrix_weights']:,}"),
+        ("parameters: pooler + head", lambda d: f"{d['parameters']['pooler'] + d['parameters']['head']:,}"),
+        ("parameters: total", lambda d: f"{d['parameters']['total']:,}"),
+        ("encoder GFLOPs / token", lambda d: f"{d['flops_per_token'] / 1e9:.4f}"),
+        ("sequences / s (median)", lambda d: f"{d['throughput']['sequences_per_second']:.1f}"),
+        ("  spread of rounds", lambda d: f"{d['throughput']['spread']:.1%}"),
+    ]
     table = [["", *(name for name, _ in cols)]] + [[label, *(fn(d) for _, d in cols)] for label, fn in rows]
     pad = [""] * (len(cols) - 1)
     if "ratios" in report:
         r = report["ratios"]
         speedup = "could not measure" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-        table += [["encoder compression", f"{r['encoder_parameters']:.1f}x", *pad],
-                  ["FLOPs reduction", f"{r['flops_per_token']:.2f}x", *pad],
-                  ["speed-up (measured)", speedup, *pad]]
+        table += [
+            ["encoder compression", f"{r['encoder_parameters']:.1f}x", *pad],
+            ["FLOPs reduction", f"{r['flops_per_token']:.2f}x", *pad],
+            ["speed-up (measured)", speedup, *pad],
+        ]
     dec = report["model"].get("decomposition")
     if dec:
         table.append(["reconstruction error", f"{dec['relative_error']:.4f}", *pad])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in table]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in table
+    ]
     speed = report["speed"]
     lines.append(speed_note(speed))
     lines += [f"warning: {w}" for w in speed["warnings"]]

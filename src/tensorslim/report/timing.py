@@ -40,6 +40,7 @@ BUSY_ADVICE = "rerun when the machine is idle (stop other jobs; see docs/report.
 
 # ----------------------------------------------------------------------------- cores and threads
 
+
 def available_cores() -> int:
     """CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota if one is set."""
     try:
@@ -70,8 +71,10 @@ def choose_threads(requested: int | None, current: int, cores: int) -> tuple[int
     """(threads to use, warnings): `requested` if given, else `current` capped at `cores`."""
     if requested is not None:
         if requested > cores:
-            return requested, [f"{requested} threads on {cores} available cores oversubscribe them: timings will "
-                               f"be slow and noisy (pass --threads {cores} or fewer)"]
+            return requested, [
+                f"{requested} threads on {cores} available cores oversubscribe them: timings will "
+                f"be slow and noisy (pass --threads {cores} or fewer)"
+            ]
         return requested, []
     if current > cores:
         return cores, [f"torch would use {current} threads on {cores} available cores; using {cores}"]
@@ -92,8 +95,10 @@ def measuring_threads(requested: int | None = None, probe_seconds: float = 0.5) 
         with ForeignLoad() as probe:
             time.sleep(probe_seconds)
         if probe.cores is not None and probe.cores > MAX_FOREIGN_CORES:
-            warnings.append(f"other processes are using {probe.cores:.2f} of the {cores} cores available to this "
-                            "one: timings will be noisy or refused")
+            warnings.append(
+                f"other processes are using {probe.cores:.2f} of the {cores} cores available to this "
+                "one: timings will be noisy or refused"
+            )
     for warning in warnings:
         log.warning(warning)
     torch.set_num_threads(threads)
@@ -104,6 +109,7 @@ def measuring_threads(requested: int | None = None, probe_seconds: float = 0.5) 
 
 
 # ----------------------------------------------------------------------------- other processes
+
 
 def _busy_ticks(cpus: set[int] | None) -> int | None:
     """Busy clock ticks (user, nice, system, irq, softirq, steal) summed over `cpus`, from /proc/stat."""
@@ -146,6 +152,7 @@ class ForeignLoad:
 
 
 # ----------------------------------------------------------------------------- comparing contenders
+
 
 @dataclass(frozen=True)
 class Spread:
@@ -196,8 +203,7 @@ class Comparison:
         """Why the measurement is not trusted ('' when it is)."""
         if self.trusted:
             return ""
-        return (f"the machine was busy in all {len(self.attempts)} attempts (last: "
-                f"{'; '.join(self.result.problems)})")
+        return f"the machine was busy in all {len(self.attempts)} attempts (last: {'; '.join(self.result.problems)})"
 
     def speedup(self, name: str) -> float | None:
         """Median speed-up of `name` over the baseline (baseline seconds / its seconds), None if untrusted."""
@@ -205,13 +211,21 @@ class Comparison:
 
     def to_dict(self) -> dict:
         r = self.result
-        return {"baseline": self.baseline, "trusted": self.trusted, "reason": self.reason,
-                "attempts": len(self.attempts), "cores": self.cores, "foreign_cores": r.foreign_cores,
-                **self.limits,
-                "seconds": {k: {"median": v.median, "spread": v.spread, "rounds": list(v.values)}
-                            for k, v in r.seconds.items()},
-                "speedups": {k: {"median": v.median if self.trusted else None, "spread": v.spread}
-                             for k, v in r.speedups.items()}}
+        return {
+            "baseline": self.baseline,
+            "trusted": self.trusted,
+            "reason": self.reason,
+            "attempts": len(self.attempts),
+            "cores": self.cores,
+            "foreign_cores": r.foreign_cores,
+            **self.limits,
+            "seconds": {
+                k: {"median": v.median, "spread": v.spread, "rounds": list(v.values)} for k, v in r.seconds.items()
+            },
+            "speedups": {
+                k: {"median": v.median if self.trusted else None, "spread": v.spread} for k, v in r.speedups.items()
+            },
+        }
 
 
 def _calls_per_round(fn: Callable[[], object], warmup: int, round_seconds: float, clock) -> int:
@@ -226,8 +240,9 @@ def _calls_per_round(fn: Callable[[], object], warmup: int, round_seconds: float
     return max(1, round(round_seconds / elapsed))
 
 
-def _rounds(contenders: Mapping[str, Callable[[], object]], calls: dict[str, int], rounds: int,
-            clock) -> dict[str, list[float]]:
+def _rounds(
+    contenders: Mapping[str, Callable[[], object]], calls: dict[str, int], rounds: int, clock
+) -> dict[str, list[float]]:
     """Seconds per call of every contender in each round, alternating the order round by round."""
     names, times = list(contenders), {name: [] for name in contenders}
     for r in range(rounds):
@@ -240,26 +255,40 @@ def _rounds(contenders: Mapping[str, Callable[[], object]], calls: dict[str, int
     return times
 
 
-def judge(times: dict[str, list[float]], foreign_cores: float | None, cores: int, max_spread: float = MAX_SPREAD,
-          max_foreign_cores: float = MAX_FOREIGN_CORES) -> Attempt:
+def judge(
+    times: dict[str, list[float]],
+    foreign_cores: float | None,
+    cores: int,
+    max_spread: float = MAX_SPREAD,
+    max_foreign_cores: float = MAX_FOREIGN_CORES,
+) -> Attempt:
     """Medians, spreads and speed-ups of one attempt's round times (the first contender is the baseline),
     with the problems that make it untrustworthy."""
     baseline, *others = list(times)
     seconds = {name: Spread.of(values) for name, values in times.items()}
-    speedups = {name: Spread.of([b / t for b, t in zip(times[baseline], times[name], strict=True)])
-                for name in others}
+    speedups = {name: Spread.of([b / t for b, t in zip(times[baseline], times[name], strict=True)]) for name in others}
     problems = [f"{name}: round times spread {s.spread:.0%}" for name, s in seconds.items() if s.spread > max_spread]
-    problems += [f"speed-up of {name}: rounds spread {s.spread:.0%}" for name, s in speedups.items()
-                 if s.spread > max_spread]
+    problems += [
+        f"speed-up of {name}: rounds spread {s.spread:.0%}" for name, s in speedups.items() if s.spread > max_spread
+    ]
     if foreign_cores is not None and foreign_cores > max_foreign_cores:
         problems.append(f"other processes used {foreign_cores:.2f} of {cores} cores")
     return Attempt(seconds, speedups, foreign_cores, problems)
 
 
-def compare(contenders: Mapping[str, Callable[[], object]], *, seconds: float = 3.0, rounds: int = 7,
-            warmup: int = 1, attempts: int = 3, max_spread: float = MAX_SPREAD,
-            max_foreign_cores: float = MAX_FOREIGN_CORES, clock: Callable[[], float] = time.perf_counter,
-            load: Callable[[], ForeignLoad] = ForeignLoad, cores: int | None = None) -> Comparison:
+def compare(
+    contenders: Mapping[str, Callable[[], object]],
+    *,
+    seconds: float = 3.0,
+    rounds: int = 7,
+    warmup: int = 1,
+    attempts: int = 3,
+    max_spread: float = MAX_SPREAD,
+    max_foreign_cores: float = MAX_FOREIGN_CORES,
+    clock: Callable[[], float] = time.perf_counter,
+    load: Callable[[], ForeignLoad] = ForeignLoad,
+    cores: int | None = None,
+) -> Comparison:
     """Time `contenders` ({name: no-argument callable}; the first is the baseline) in interleaved rounds.
 
     Each attempt spends about `seconds` on each contender, in `rounds` rounds of equal length. A
@@ -287,6 +316,7 @@ def compare(contenders: Mapping[str, Callable[[], object]], *, seconds: float = 
 
 # ----------------------------------------------------------------------------- transformers encoders
 
+
 def encoder_batch(model, batch_size: int, seq_len: int, device: str = "cpu") -> Callable[[], None]:
     """A callable running the bare encoder (base model, eval, fp32, inference mode) on one random batch."""
     import torch
@@ -305,8 +335,15 @@ def encoder_batch(model, batch_size: int, seq_len: int, device: str = "cpu") -> 
     return run
 
 
-def measure_models(models: Mapping[str, object], batch_size: int = 32, seq_len: int = 128, seconds: float = 3.0,
-                   device: str = "cpu", threads: int | None = None, **compare_kwargs) -> dict:
+def measure_models(
+    models: Mapping[str, object],
+    batch_size: int = 32,
+    seq_len: int = 128,
+    seconds: float = 3.0,
+    device: str = "cpu",
+    threads: int | None = None,
+    **compare_kwargs,
+) -> dict:
     """Sequences per second of each model's bare encoder, interleaved; speed-ups over the first model.
 
     `compare_kwargs` go to `compare`. Returns speed_record(...)."""
@@ -318,21 +355,30 @@ def measure_models(models: Mapping[str, object], batch_size: int = 32, seq_len: 
     return speed_record(result, batch_size, seq_len, device, plan["threads"], plan["warnings"])
 
 
-def speed_record(result: Comparison, batch_size: int, seq_len: int, device: str, threads: int,
-                 warnings: list[str]) -> dict:
+def speed_record(
+    result: Comparison, batch_size: int, seq_len: int, device: str, threads: int, warnings: list[str]
+) -> dict:
     """Comparison.to_dict() of encoder batches plus the settings, the warnings and
     {"sequences_per_second": {name: batch_size / median seconds per batch}} (JSON-able)."""
     out = result.to_dict()
-    out.update(batch_size=batch_size, seq_len=seq_len, device=str(device), dtype="float32", threads=threads,
-               warnings=list(warnings),
-               sequences_per_second={k: batch_size / v["median"] for k, v in out["seconds"].items()})
+    out.update(
+        batch_size=batch_size,
+        seq_len=seq_len,
+        device=str(device),
+        dtype="float32",
+        threads=threads,
+        warnings=list(warnings),
+        sequences_per_second={k: batch_size / v["median"] for k, v in out["seconds"].items()},
+    )
     return out
 
 
 def speed_note(speed: Mapping) -> str:
     """One sentence on how `speed` (a measure_models dict) was measured, or why it could not be."""
-    how = (f"{speed['device']}, {speed['dtype']}, batch {speed['batch_size']}, sequence length {speed['seq_len']}, "
-           f"{speed['threads']} threads on {speed['cores']} cores, median of interleaved rounds")
+    how = (
+        f"{speed['device']}, {speed['dtype']}, batch {speed['batch_size']}, sequence length {speed['seq_len']}, "
+        f"{speed['threads']} threads on {speed['cores']} cores, median of interleaved rounds"
+    )
     if speed["trusted"]:
         return f"Speed measured on {how}; every spread within {speed['max_spread']:.0%}."
     return f"Could not measure the speed: {speed['reason']} ({how}); {BUSY_ADVICE}."

@@ -37,8 +37,9 @@ def trained_max_length(model_dir: Path) -> int | None:
 
 
 @torch.no_grad()
-def predict(model, dataset, tokenizer, batch_size: int = 64, device: str | torch.device = "cpu",
-            desc: str = "predict") -> np.ndarray:
+def predict(
+    model, dataset, tokenizer, batch_size: int = 64, device: str | torch.device = "cpu", desc: str = "predict"
+) -> np.ndarray:
     """(n, num_labels) logits of `model` on a tokenized dataset, in dataset order."""
     model.eval().to(device)
     columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in dataset.column_names]
@@ -68,7 +69,11 @@ def constant_prediction(task, glue_dir: str | Path) -> tuple[float, str, str]:
         return mean, f"the mean {source} score {mean:.3f}", source
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=task.num_labels)
     label = int(counts.argmax())
-    return float(label), f"the majority {source} label {task.labels[label]!r} ({counts[label] / counts.sum():.1%})", source
+    return (
+        float(label),
+        f"the majority {source} label {task.labels[label]!r} ({counts[label] / counts.sum():.1%})",
+        source,
+    )
 
 
 def constant_baseline(task, glue_dir: str | Path, references: dict[str, np.ndarray]) -> dict:
@@ -78,8 +83,12 @@ def constant_baseline(task, glue_dir: str | Path, references: dict[str, np.ndarr
     value, description, source = constant_prediction(task, glue_dir)
     splits = {split: compute_metrics(task, np.full(len(ref), value), ref) for split, ref in references.items()}
     scores = [m["score"] for m in splits.values()]
-    return {"predictor": f"always {description}", "source": source, "splits": splits,
-            "score": float(np.mean(scores)) if scores else None}
+    return {
+        "predictor": f"always {description}",
+        "source": source,
+        "splits": splits,
+        "score": float(np.mean(scores)) if scores else None,
+    }
 
 
 def margin_kept(score: float | None, teacher: float | None, baseline: float | None) -> float | None:
@@ -98,12 +107,25 @@ def baseline_dev(results: dict) -> dict | None:
     if not baseline:
         return None
     first = next(iter(baseline["splits"].values()))
-    return {"predictor": baseline["predictor"], "source": baseline["source"], "dev": {**first, "score": baseline["score"]}}
+    return {
+        "predictor": baseline["predictor"],
+        "source": baseline["source"],
+        "dev": {**first, "score": baseline["score"]},
+    }
 
 
-def evaluate(model: str | Path, task: str, glue_dir: str | Path, out: str | Path | None = None, *,
-             predict_test: bool = False, max_seq_length: int | None = None, batch_size: int = 64,
-             max_eval_samples: int | None = None, device: str | None = None) -> dict:
+def evaluate(
+    model: str | Path,
+    task: str,
+    glue_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    predict_test: bool = False,
+    max_seq_length: int | None = None,
+    batch_size: int = 64,
+    max_eval_samples: int | None = None,
+    device: str | None = None,
+) -> dict:
     """Score `model` on every dev split of `task`; with `predict_test` write test prediction files.
 
     Outputs go to `out` (default: the model directory): eval_results.json and, with
