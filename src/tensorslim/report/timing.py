@@ -381,4 +381,4 @@ def speed_note(speed: Mapping) -> str:
     )
     if speed["trusted"]:
         return f"Speed measured on {how}; every spread within {speed['max_spread']:.0%}."
-    return f"Could not measure the speed: {speed['reason']} ({how}); {BUSY_ADVICE}."
+    return f"Could not measure the speed on {how}: {speed['reason']}; {BUSY_ADVICE}."
