@@ -131,3 +131,23 @@ def test_evaluate_json_holds_the_baseline(tmp_path, tokenizer, glue):
     majority = int(np.bincount([int(r["label"]) for r in rows(glue / "SST-2" / "train.tsv")]).argmax())
     assert saved["baseline"] == results["baseline"]
     assert saved["baseline"]["splits"]["dev"]["accuracy"] == pytest.approx(float(np.mean(dev == majority)))
+
+
+def test_margin_kept_against_the_teachers_results(tmp_path, tokenizer, glue, capsys, caplog):
+    teacher = make_tiny_bert(tmp_path / "t", tokenizer, head="cls", seed=7)
+    student = make_tiny_bert(tmp_path / "s", tokenizer, head="cls", seed=3)
+    t = evaluate(teacher, "SST-2", glue, max_eval_samples=12)
+    assert main(["evaluate", "--model", str(student), "--task", "SST-2", "--glue-dir", str(glue),
+                 "--max-eval-samples", "12", "--teacher", str(teacher), "--out", str(tmp_path / "o")]) == 0
+    s = json.loads((tmp_path / "o" / "eval_results.json").read_text())
+    assert s["examples"] == {"dev": 12} and s["teacher"] == {"model": str(teacher), "score": t["score"]}
+    base = s["baseline"]["score"]
+    expected = (s["score"] - base) / (t["score"] - base) if t["score"] > base else None
+    assert s["margin_kept"] == (pytest.approx(expected) if expected is not None else None)
+    assert "margin over the baseline kept" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(student), "--task", "SST-2", "--glue-dir", str(glue),
+                 "--max-eval-samples", "10", "--teacher", str(teacher), "--out", str(tmp_path / "o2")]) == 2
+    assert "same --max-eval-samples" in caplog.text and not (tmp_path / "o2" / "eval_results.json").exists()
+    assert main(["evaluate", "--model", str(student), "--task", "STS-B", "--glue-dir", str(glue),
+                 "--teacher", str(teacher), "--out", str(tmp_path / "o3")]) == 2
+    assert "holds 'SST-2' results, not a STS-B score" in caplog.text

@@ -1,10 +1,11 @@
 """GLUE evaluation of a sequence classifier: dev scores and GLUE-server test prediction files.
 
 Every dev split gets its own loader (MNLI: dev_matched and dev_mismatched separately). Results are
-written as JSON: {"task", "model", "max_seq_length", "splits": {split: metrics}, "score", "baseline"}
-where "score" is the mean of the dev splits' headline scores and "baseline" scores a constant
-predictor on the same dev examples with the same metric (see constant_baseline), so a score can be
-read against what predicting one answer for everything already gets.
+written as JSON: {"task", "model", "max_seq_length", "splits": {split: metrics}, "examples": {split:
+count}, "score", "baseline"} where "score" is the mean of the dev splits' headline scores and
+"baseline" scores a constant predictor on the same dev examples with the same metric (see
+constant_baseline), so a score can be read against what predicting one answer for everything
+already gets. Given the teacher's results, also "teacher" and "margin_kept" (see margin_kept).
 """
 
 from __future__ import annotations
@@ -100,6 +101,21 @@ def margin_kept(score: float | None, teacher: float | None, baseline: float | No
     return (score - baseline) / (teacher - baseline)
 
 
+def load_teacher_results(path: str | Path, task: str) -> dict:
+    """The teacher's evaluate() results from its eval_results.json (or a directory holding one)."""
+    path = Path(path)
+    path = path / RESULTS_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise TensorslimError(f"no teacher results at {path}", "evaluate the teacher first, then pass its directory")
+    results = json.loads(path.read_text())
+    if results.get("task") != task or results.get("score") is None:
+        raise TensorslimError(
+            f"{path} holds {results.get('task')!r} results, not a {task} score",
+            f"pass the teacher's {task} eval_results.json",
+        )
+    return results
+
+
 def baseline_dev(results: dict) -> dict | None:
     """The report's baseline entry from evaluate() results: {"predictor", "dev": first dev split's
     metrics plus the mean "score"}; None for results written before baselines were recorded."""
@@ -125,12 +141,16 @@ def evaluate(
     batch_size: int = 64,
     max_eval_samples: int | None = None,
     device: str | None = None,
+    teacher: str | Path | None = None,
 ) -> dict:
     """Score `model` on every dev split of `task`; with `predict_test` write test prediction files.
 
     Outputs go to `out` (default: the model directory): eval_results.json and, with
-    `predict_test`, <TASK>.tsv files in GLUE-server format. Returns the results dict.
+    `predict_test`, <TASK>.tsv files in GLUE-server format. `teacher`: the teacher's
+    eval_results.json (or the directory holding it), scored on the same dev examples; adds
+    "teacher" and "margin_kept" (see margin_kept). Returns the results dict.
     """
+    teacher_results = load_teacher_results(teacher, get_task(task).name) if teacher is not None else None
     task = get_task(task)
     model_dir = Path(model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -145,12 +165,22 @@ def evaluate(
         logits = predict(classifier, data, tokenizer, batch_size, device, desc=f"{task.name} {split}")
         logits = logits[:, perm] if perm is not None else logits
         references[split] = np.asarray(data["labels"])
+        results.setdefault("examples", {})[split] = len(references[split])
         results["splits"][split] = compute_metrics(task, logits, references[split])
         log.info("%s %s: %s", task.name, split, results["splits"][split])
     scores = [m["score"] for m in results["splits"].values()]
     results["score"] = float(np.mean(scores)) if scores else None
     results["baseline"] = constant_baseline(task, glue_dir, references)
     log.info("%s constant baseline (%s): %s", task.name, results["baseline"]["predictor"], results["baseline"]["score"])
+    if teacher_results is not None:
+        if teacher_results.get("examples", results["examples"]) != results["examples"]:
+            raise TensorslimError(
+                f"the teacher was scored on {teacher_results['examples']} dev examples, this model on "
+                f"{results['examples']}",
+                "evaluate both with the same --max-eval-samples",
+            )
+        results["teacher"] = {"model": teacher_results["model"], "score": teacher_results["score"]}
+        results["margin_kept"] = margin_kept(results["score"], teacher_results["score"], results["baseline"]["score"])
     out = Path(out) if out is not None else model_dir
     if predict_test:
         results["prediction_files"] = {}
