@@ -203,7 +203,9 @@ class Comparison:
         """Why the measurement is not trusted ('' when it is)."""
         if self.trusted:
             return ""
-        return f"the machine was busy in all {len(self.attempts)} attempts (last: {'; '.join(self.result.problems)})"
+        n = len(self.attempts)
+        tried = f"all {n} attempts" if n > 1 else "the only attempt"
+        return f"the machine was busy in {tried} (last: {'; '.join(self.result.problems)})"
 
     def speedup(self, name: str) -> float | None:
         """Median speed-up of `name` over the baseline (baseline seconds / its seconds), None if untrusted."""
