@@ -36,11 +36,8 @@ def encoder_matrix_weights(model: PreTrainedModel) -> int:
     """Weights of the encoder's projection matrices (factors for a student, D x D blocks for BERT)."""
     if hasattr(model.base_model.encoder, "factors"):
         return count_parameters(model)["encoder_factors"] + sum(
-            getattr(layer, g).weight.numel()
-            for layer in model.base_model.encoder.layer
-            for g in ("qkv", "o", "ffn_in", "ffn_out")
-            if hasattr(getattr(layer, g), "weight")
-        )
+            getattr(layer, g).weight.numel() for layer in model.base_model.encoder.layer
+            for g in ("qkv", "o", "ffn_in", "ffn_out") if hasattr(getattr(layer, g), "weight"))
     c = model.config
     return c.num_hidden_layers * (4 * c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size)
 
