@@ -54,6 +54,12 @@ def quiet(values=(0.0, 0.0, 0.0)):
     return FakeLoad(values)
 
 
+def fake_compare(clock: FakeClock, contenders: dict, **overrides):
+    """compare() on the fake clock: 7 rounds of 0.1 s, no warm-up, 3 attempts, a quiet 2-core machine."""
+    settings = dict(seconds=0.7, rounds=7, warmup=0, attempts=3, load=quiet(), cores=2) | overrides
+    return compare(contenders, clock=clock, **settings)
+
+
 def test_spread_by_hand():
     s = Spread.of([1.0, 2.0, 3.0, 4.0, 5.0])
     assert s.median == 3.0 and s.spread == pytest.approx((4.0 - 2.0) / 3.0)
@@ -79,14 +85,8 @@ def test_a_burst_in_one_round_does_not_move_the_median():
     clock, calls = FakeClock(), []
     teacher = [0.1] * 3 + [0.3] + [0.1] * 10  # the 4th call of each (round 3) lands in a burst
     student = [0.05] * 3 + [0.15] + [0.05] * 10
-    result = compare(
-        {"teacher": contender(clock, "t", teacher, calls), "student": contender(clock, "s", student, calls)},
-        seconds=0.7,
-        rounds=7,
-        warmup=0,
-        clock=clock,
-        load=quiet(),
-        cores=2,
+    result = fake_compare(
+        clock, {"teacher": contender(clock, "t", teacher, calls), "student": contender(clock, "s", student, calls)}
     )
     assert result.trusted
     assert result.speedup("student") == pytest.approx(2.0)
@@ -97,18 +97,12 @@ def test_noisy_rounds_are_rerun_then_refused():
     clock, calls = FakeClock(), []
     noisy_teacher = [0.1, 0.2, 0.1, 0.3, 0.15, 0.1, 0.25]
     noisy_student = [0.05, 0.04, 0.2, 0.05, 0.1, 0.03, 0.06]
-    result = compare(
+    result = fake_compare(
+        clock,
         {
             "teacher": contender(clock, "t", noisy_teacher, calls),
             "student": contender(clock, "s", noisy_student, calls),
         },
-        seconds=0.7,
-        rounds=7,
-        warmup=0,
-        attempts=3,
-        clock=clock,
-        load=quiet(),
-        cores=2,
     )
     assert not result.trusted and len(result.attempts) == 3
     assert result.speedup("student") is None
@@ -121,15 +115,8 @@ def test_a_noisy_attempt_then_a_quiet_one_is_trusted():
     clock, calls = FakeClock(), []
     teacher = [0.1, 0.3, 0.1, 0.3, 0.1, 0.3, 0.1] + [0.1] * 7
     student = [0.05] * 14
-    result = compare(
-        {"teacher": contender(clock, "t", teacher, calls), "student": contender(clock, "s", student, calls)},
-        seconds=0.7,
-        rounds=7,
-        warmup=0,
-        attempts=3,
-        clock=clock,
-        load=quiet(),
-        cores=2,
+    result = fake_compare(
+        clock, {"teacher": contender(clock, "t", teacher, calls), "student": contender(clock, "s", student, calls)}
     )
     assert len(result.attempts) == 2 and result.attempts[0].problems and result.trusted
     assert result.speedup("student") == pytest.approx(2.0)
@@ -139,15 +126,11 @@ def test_steady_but_contended_machine_is_refused_by_the_load_probe():
     """Constant contention slows the many-small-ops student more than the teacher, steadily: the
     spreads look clean, so only the foreign-load probe can catch the biased speed-up."""
     clock, calls = FakeClock(), []
-    result = compare(
+    result = fake_compare(
+        clock,
         {"teacher": contender(clock, "t", [0.12], calls), "student": contender(clock, "s", [0.2], calls)},
-        seconds=0.7,
-        rounds=7,
-        warmup=0,
         attempts=2,
-        clock=clock,
         load=FakeLoad([1.6, 1.7]),
-        cores=2,
     )
     assert not result.trusted and result.speedup("student") is None
     assert "other processes used 1.70 of 2 cores" in result.reason
@@ -159,15 +142,10 @@ def test_two_runs_agree_within_15_percent_or_the_busy_one_refuses():
 
     def run(teacher, student, load):
         clock = FakeClock()
-        return compare(
+        return fake_compare(
+            clock,
             {"teacher": contender(clock, "t", teacher, []), "student": contender(clock, "s", student, [])},
-            seconds=0.7,
-            rounds=7,
-            warmup=0,
-            attempts=3,
-            clock=clock,
             load=FakeLoad(load),
-            cores=2,
         )
 
     quiet_run = run([0.1], [0.07], [0.0, 0.0, 0.0])

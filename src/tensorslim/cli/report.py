@@ -32,8 +32,8 @@ def run(args) -> None:
     from ..io import write_json
     from ..report.summary import format_report, model_report
 
-    report = model_report(args.model, args.teacher, args.batch_size, args.seq_len, args.seconds, args.device,
-                          args.threads)
+    report = model_report(args.model, args.teacher, seq_len=args.seq_len, batch_size=args.batch_size,
+                          seconds=args.seconds, device=args.device, threads=args.threads)
     print(format_report(report))
     out = Path(args.json) if args.json else Path(args.model) / "report.json"
     write_json(out, report)

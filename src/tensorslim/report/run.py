@@ -71,11 +71,8 @@ class Teacher:
 
 
 @dataclass(frozen=True)
-class Student:
+class Student(Teacher):
     name: Text
-    path: PathText
-    dev: dict[Text, Any]
-    report: ModelFacts
     decomposition: Decomposition
     log_history: dict[Text, list[dict[Text, Any]]] | None = None  # Trainer log_history per stage
 

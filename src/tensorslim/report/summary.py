@@ -34,22 +34,15 @@ def measure_dirs(model_dirs: Mapping[str, str | Path], **measure_kwargs) -> dict
     return measure_models({name: load_model(path) for name, path in model_dirs.items()}, **measure_kwargs)
 
 
-def model_report(
-    model_dir,
-    teacher_dir=None,
-    batch_size: int = 32,
-    seq_len: int = 128,
-    seconds: float = 3.0,
-    device: str = "cpu",
-    threads: int | None = None,
-) -> dict:
+def model_report(model_dir, teacher_dir=None, seq_len: int = 128, **measure_kwargs) -> dict:
     """Describe the model and, when given, the teacher; measure both interleaved; ratios against the teacher.
 
-    "speed" holds the measurement (timing.measure_models); ratios["speedup"] is None when the machine
-    was too busy to measure it (speed["reason"] says why)."""
+    `measure_kwargs` (batch_size, seconds, device, threads, ...) go to timing.measure_models. "speed"
+    holds the measurement; ratios["speedup"] is None when the machine was too busy to measure it
+    (speed["reason"] says why)."""
     dirs = {"teacher": teacher_dir, "model": model_dir} if teacher_dir is not None else {"model": model_dir}
     models = {name: load_model(path) for name, path in dirs.items()}
-    speed = measure_models(models, batch_size, seq_len, seconds, device, threads)
+    speed = measure_models(models, seq_len=seq_len, **measure_kwargs)
     report = {
         "settings": {k: speed[k] for k in ("batch_size", "seq_len", "device", "dtype", "threads", "cores")},
         "speed": speed,
