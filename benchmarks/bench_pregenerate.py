@@ -6,13 +6,16 @@ is the largest sum of RSS over the process and its workers, sampled every 50 ms 
 pair of runs reads the corpus four times over (the same paths passed 4x) to show that memory is
 bounded by workers x shard size, not by corpus size.
 
-    python benchmarks/bench_pregenerate.py [--epochs N] [--docs-per-shard K]
+The four runs repeat in interleaved rounds (tensorslim.report.timing), each timed by its own clock.
+
+    python benchmarks/bench_pregenerate.py [--epochs N] [--docs-per-shard K] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +25,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, emit  # noqa: E402
+from common import NOT_MEASURED, SHARED_DATA, emit, timed, verdict  # noqa: E402
 
 DRIVER = """
 import json, sys, time, logging
@@ -64,32 +67,75 @@ def run(corpus: list[str], workers: int, epochs: int, per_shard: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--docs-per-shard", type=int, default=8,
-                        help="small, so this 135-document corpus (13 of them whole books) makes enough shards "
-                             "to keep 2 workers busy; a Wikipedia dump has millions of documents")
+    parser.add_argument(
+        "--docs-per-shard",
+        type=int,
+        default=8,
+        help="small, so this 135-document corpus (13 of them whole books) makes enough shards "
+        "to keep 2 workers busy; a Wikipedia dump has millions of documents",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four runs")
     args = parser.parse_args()
     corpus = SHARED_DATA / "corpus"
     if not corpus.is_dir():
         raise SystemExit(f"{corpus} not found")
     size_mb = sum(p.stat().st_size for p in corpus.rglob("*") if p.is_file()) / 2**20
+    configs = {
+        f"{label}, {workers} worker{'s' if workers > 1 else ''}": (label, paths, workers)
+        for label, paths, workers in [
+            ("corpus x1", [str(corpus)], 1),
+            ("corpus x1", [str(corpus)], 2),
+            ("corpus x4", [str(corpus)] * 4, 1),
+            ("corpus x4", [str(corpus)] * 4, 2),
+        ]
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in configs}
+
+    def generation(name):
+        def call() -> float:  # the process's own clock: interpreter and transformers start-up do not count
+            runs[name].append(run(configs[name][1], configs[name][2], args.epochs, args.docs_per_shard))
+            print(name, runs[name][-1], flush=True)
+            return runs[name][-1]["seconds"]
+
+        return call
+
+    # each configuration in interleaved rounds (tensorslim.report.timing), 1 worker the baseline of each corpus
+    result = timed({name: generation(name) for name in configs}, rounds=args.rounds, warmup=0, attempts=1)
     rows = []
-    for label, paths, workers in [("corpus x1", [str(corpus)], 1), ("corpus x1", [str(corpus)], 2),
-                                  ("corpus x4", [str(corpus)] * 4, 1), ("corpus x4", [str(corpus)] * 4, 2)]:
-        result = run(paths, workers, args.epochs, args.docs_per_shard)
-        rows.append({"corpus": label, "corpus_mb": round(size_mb * len(paths), 1), "workers": workers,
-                     "documents": result["documents"], "sequences": result["sequences"],
-                     "seconds": round(result["seconds"], 1),
-                     "seq_per_s": round(result["sequences"] / result["seconds"]),
-                     "peak_rss_mb": round(result["peak_rss_mb"])})
-        print(rows[-1], flush=True)
-    speedup = rows[1]["seq_per_s"] / rows[0]["seq_per_s"]
-    speedup4 = rows[3]["seq_per_s"] / rows[2]["seq_per_s"]
+    for name, (label, paths, workers) in configs.items():
+        last, timing = runs[name][-1], result.result.seconds[name]
+        rows.append(
+            {
+                "corpus": label,
+                "corpus_mb": round(size_mb * len(paths), 1),
+                "workers": workers,
+                "documents": last["documents"],
+                "sequences": last["sequences"],
+                "seconds": round(timing.median, 1),
+                "spread": round(timing.spread, 3),
+                "seq_per_s": round(last["sequences"] / timing.median),
+                "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs[name])),
+            }
+        )
+    names = list(configs)
+    # speed-ups of 2 workers over 1 as medians of per-round ratios (against the first configuration)
+    per_round = {name: result.result.seconds[name].values for name in names}
+    speedup, speedup4 = (
+        f"{statistics.median(a / b for a, b in zip(per_round[names[i]], per_round[names[i + 1]], strict=True)):.2f}x"
+        if result.trusted
+        else NOT_MEASURED
+        for i in (0, 2)
+    )
     growth = rows[3]["peak_rss_mb"] / rows[1]["peak_rss_mb"]
-    emit("pregenerate", rows,
-         f"{args.epochs} epoch(s), max_seq_len 128, NSP, docs_per_shard {args.docs_per_shard}; time excludes "
-         f"interpreter/transformers start-up. 2 workers vs 1: {speedup:.2f}x (corpus x1), {speedup4:.2f}x (x4); "
-         f"peak RSS with a 4x corpus: "
-         f"{growth:.2f}x that of the 1x corpus (sum over the main process and its workers).")
+    emit(
+        "pregenerate",
+        rows,
+        f"{args.epochs} epoch(s), max_seq_len 128, NSP, docs_per_shard {args.docs_per_shard}; "
+        f"{verdict([result])}; median of {args.rounds} interleaved rounds; time excludes "
+        f"interpreter/transformers start-up. 2 workers vs 1: {speedup} (corpus x1), {speedup4} (x4); "
+        f"peak RSS with a 4x corpus: "
+        f"{growth:.2f}x that of the 1x corpus (sum over the main process and its workers).",
+    )
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def test_parameter_counts_match_the_paper_formulas(name, rank, layer_rank):
 
 
 def test_paper_table_for_bert_base():
-    """docs/method.md: IV 72-384 holds 11,217,024 weights of BERT-base's 84,934,656."""
+    """docs/method.md, section 2: IV 72-384 holds 11,217,024 weights of BERT-base's 84,934,656."""
     group = Group("768x768", 768, 768, 144)
 
     def count(name, **values):

@@ -75,6 +75,13 @@ def test_report_numbers_match_their_sources(demo_run):
     for student, ratio in zip(run["students"], (4, 12)):
         assert teacher_matrices / student["decomposition"]["decomposed_weights"]["student"] >= ratio
     assert f"{run['teacher']['report']['parameters']['encoder']:,}" in md
+    # the constant baseline comes from the teacher's evaluation, and every model was timed in one measurement
+    teacher_eval = json.loads((out / "teacher" / "eval_results.json").read_text())
+    assert run["baseline"]["dev"]["score"] == pytest.approx(teacher_eval["baseline"]["score"])
+    assert run["baseline"]["predictor"].startswith("always the majority train label")
+    assert "| constant baseline | " in md and "Margin kept = (student - baseline) / (teacher - baseline)" in md
+    assert set(run["speed"]["sequences_per_second"]) == {"teacher", "tucker 4x", "tucker 12x"}
+    assert ("Could not measure the speed" in md) == (not run["speed"]["trusted"])
 
 
 def test_pngs_and_html(demo_run):

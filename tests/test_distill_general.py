@@ -15,6 +15,7 @@ from conftest import make_tiny_bert
 from tensorslim.cli import main
 from tensorslim.distill.config import DistillationConfig
 from tensorslim.distill.trainer import DistillationTrainer, NonFiniteLossError
+from tensorslim.compress.api import decompose_to_dir
 from tensorslim.train.pretraining_data import PretrainingCollator, load_inputs
 
 TEXT = [
@@ -124,8 +125,6 @@ def test_non_finite_loss_stops_with_the_step_and_cause(tmp_path, tiny_bert_dir, 
 
 
 def test_decomposed_student_general_distillation(tmp_path, tiny_bert_dir, pregenerated):
-    from tensorslim.compress.api import decompose_to_dir
-
     decompose_to_dir(tiny_bert_dir, tmp_path / "student", method="tucker", rank=16, layer_rank=8)
     out = tmp_path / "out"
     assert main(["distill", "general", "--teacher", str(tiny_bert_dir), "--student", str(tmp_path / "student"),

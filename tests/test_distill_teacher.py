@@ -14,6 +14,7 @@ from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertMod
 from tensorslim.distill.attention import capture_scores
 from tensorslim.distill.teacher import forward_features, num_layers
 from tensorslim.errors import TensorslimError
+from tensorslim.compress.api import from_teacher
 
 SMALL = dict(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=4, intermediate_size=32,
              max_position_embeddings=40)
@@ -98,8 +99,6 @@ def test_unsupported_model_is_refused():
 
 
 def test_student_scores_are_recorded_like_the_teachers(tiny_bert_dir):
-    from tensorslim.compress.api import from_teacher
-
     student = from_teacher(tiny_bert_dir, method="tucker", rank=32, layer_rank=24, head="base").eval()
     teacher = BertModel.from_pretrained(tiny_bert_dir).eval()
     batch = inputs()

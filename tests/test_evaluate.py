@@ -88,3 +88,66 @@ def test_model_without_head_or_wrong_labels_is_refused(tmp_path, tiny_bert_dir, 
     assert "has no classification head" in caplog.text
     model = make_tiny_bert(tmp_path / "m", tokenizer, head="cls", num_labels=3)
     assert main(["evaluate", "--model", str(model), "--task", "SST-2", "--glue-dir", str(glue)]) == 2
+
+
+def test_constant_baseline_by_hand(tmp_path, tokenizer, glue):
+    """The majority training label (SST-2, MNLI) and the mean training score (STS-B), each scored
+    on the dev labels with the task's metric, computed here from the TSV files directly."""
+    from tensorslim.train.evaluate import constant_baseline, constant_prediction, margin_kept
+
+    train = [int(r["label"]) for r in rows(glue / "SST-2" / "train.tsv")]
+    majority = int(np.bincount(train).argmax())
+    dev = np.array([int(r["label"]) for r in rows(glue / "SST-2" / "dev.tsv")])
+    value, text, source = constant_prediction("SST-2", glue)
+    assert (value, source) == (majority, "train") and "majority train label" in text
+    base = constant_baseline("SST-2", glue, {"dev": dev})
+    assert base["score"] == pytest.approx(float(np.mean(dev == majority))) and base["source"] == "train"
+
+    labels = ["contradiction", "entailment", "neutral"]
+    gold = [labels.index(r["gold_label"]) for r in rows(glue / "MNLI" / "train.tsv")]
+    assert constant_prediction("MNLI", glue)[0] == int(np.bincount(gold, minlength=3).argmax())
+
+    mean = float(np.mean([float(r["score"]) for r in rows(glue / "STS-B" / "train.tsv")]))
+    value, text, _ = constant_prediction("STS-B", glue)
+    assert value == pytest.approx(mean) and "mean train score" in text
+    stsb_dev = np.array([float(r["score"]) for r in rows(glue / "STS-B" / "dev.tsv")])
+    assert constant_baseline("STS-B", glue, {"dev": stsb_dev})["score"] == 0.0  # a constant has no correlation
+
+    only_dev = tmp_path / "only_dev" / "SST-2"
+    only_dev.mkdir(parents=True)
+    (only_dev / "dev.tsv").write_text((glue / "SST-2" / "dev.tsv").read_text())
+    assert constant_prediction("SST-2", only_dev.parent)[2] == "dev"
+
+    # the issue's example: majority 0.53, teacher 0.57, student 0.545 keeps 3/8 of the teacher's margin
+    assert margin_kept(0.545, 0.57, 0.53) == pytest.approx(0.375)
+    assert margin_kept(0.6, 0.5, 0.53) is None and margin_kept(None, 0.57, 0.53) is None
+
+
+def test_evaluate_json_holds_the_baseline(tmp_path, tokenizer, glue):
+    model = make_tiny_bert(tmp_path / "m", tokenizer, head="cls", seed=7)
+    results = evaluate(model, "SST-2", glue, tmp_path / "out", max_eval_samples=10)
+    saved = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    dev = np.array([int(r["label"]) for r in rows(glue / "SST-2" / "dev.tsv")][:10])
+    majority = int(np.bincount([int(r["label"]) for r in rows(glue / "SST-2" / "train.tsv")]).argmax())
+    assert saved["baseline"] == results["baseline"]
+    assert saved["baseline"]["splits"]["dev"]["accuracy"] == pytest.approx(float(np.mean(dev == majority)))
+
+
+def test_margin_kept_against_the_teachers_results(tmp_path, tokenizer, glue, capsys, caplog):
+    teacher = make_tiny_bert(tmp_path / "t", tokenizer, head="cls", seed=7)
+    student = make_tiny_bert(tmp_path / "s", tokenizer, head="cls", seed=3)
+    t = evaluate(teacher, "SST-2", glue, max_eval_samples=12)
+    assert main(["evaluate", "--model", str(student), "--task", "SST-2", "--glue-dir", str(glue),
+                 "--max-eval-samples", "12", "--teacher", str(teacher), "--out", str(tmp_path / "o")]) == 0
+    s = json.loads((tmp_path / "o" / "eval_results.json").read_text())
+    assert s["examples"] == {"dev": 12} and s["teacher"] == {"model": str(teacher), "score": t["score"]}
+    base = s["baseline"]["score"]
+    expected = (s["score"] - base) / (t["score"] - base) if t["score"] > base else None
+    assert s["margin_kept"] == (pytest.approx(expected) if expected is not None else None)
+    assert "margin over the baseline kept" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(student), "--task", "SST-2", "--glue-dir", str(glue),
+                 "--max-eval-samples", "10", "--teacher", str(teacher), "--out", str(tmp_path / "o2")]) == 2
+    assert "same --max-eval-samples" in caplog.text and not (tmp_path / "o2" / "eval_results.json").exists()
+    assert main(["evaluate", "--model", str(student), "--task", "STS-B", "--glue-dir", str(glue),
+                 "--teacher", str(teacher), "--out", str(tmp_path / "o3")]) == 2
+    assert "holds 'SST-2' results, not a STS-B score" in caplog.text

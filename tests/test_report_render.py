@@ -17,9 +17,11 @@ from PIL import Image
 
 from tensorslim.errors import TensorslimError
 from tensorslim.compress.api import decompose_to_dir
+from tensorslim.report.formats import fmt_int, fmt_percent, fmt_ratio, fmt_seconds, fmt_si
 from tensorslim.report.plots import loss_points, retained_energy
-from tensorslim.report.render import fmt_int, fmt_percent, fmt_ratio, fmt_seconds, fmt_si, render_report
+from tensorslim.report.render import render_report
 from tensorslim.report.summary import describe
+from tensorslim.report.timing import Comparison, judge, speed_record
 
 pytestmark = pytest.mark.xdist_group("report_render")  # one worker builds the module fixtures once
 
@@ -28,35 +30,67 @@ STUDENTS = [("tucker l=12 d=8", 8, 12), ("tucker l=24 d=16", 16, 24)]  # (name, 
 
 def _history(n: int, start: float, with_eval: bool = False) -> list[dict]:
     """A Trainer-like log_history: loss entries, optional eval entries and the final summary."""
-    hist = [{"loss": start * 0.9**i, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": i / n, "step": 5 * (i + 1)}
-            for i in range(n)]
+    hist = [
+        {"loss": start * 0.9**i, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": i / n, "step": 5 * (i + 1)}
+        for i in range(n)
+    ]
     if with_eval:
         hist += [{"eval_loss": start * 0.9**i + 0.1, "step": 5 * (i + 1), "epoch": i / n} for i in range(0, n, 4)]
     return hist + [{"train_runtime": 3.2, "train_loss": start / 2, "step": 5 * n, "epoch": 1.0}]
 
 
+def fake_speed(per_batch: dict[str, float], foreign_cores: float = 0.0) -> dict:
+    """A speed record as timing.measure_models writes it, from steady fabricated round times
+    (seconds per batch of 2 sequences of 16 tokens; the first model is the baseline)."""
+    times = {name: [t * 0.99, t, t * 1.01, t * 0.98, t * 1.02] for name, t in per_batch.items()}  # spread 2%
+    result = Comparison(next(iter(per_batch)), [judge(times, foreign_cores, 2)], 2)
+    return speed_record(result, batch_size=2, seq_len=16, device="cpu", threads=2, warnings=[])
+
+
+SPEED = {"teacher": 0.02, "tucker l=12 d=8": 0.01, "tucker l=24 d=16": 0.016}  # seconds per batch
+BASELINE = {"predictor": "always the majority train label 'positive' (55.0%)", "dev": {"accuracy": 0.5, "score": 0.5}}
+
+
 @pytest.fixture(scope="module")
 def run(tiny_bert_dir, tmp_path_factory) -> dict:
-    """A run dict from two real students of the tiny BERT, measured with tiny throughput settings."""
+    """A run dict from two real students of the tiny BERT; fabricated speed, baseline and scores."""
     root = tmp_path_factory.mktemp("report_models")
-    measure = {"batch_size": 2, "seq_len": 16, "seconds": 0.1}
+    measure = {"seq_len": 16}
     students = []
     for i, (name, rank, layer_rank) in enumerate(STUDENTS):
         path = root / f"student{i}"
         record = decompose_to_dir(tiny_bert_dir, path, rank=rank, layer_rank=layer_rank)
-        students.append({
-            "name": name, "path": str(path), "decomposition": record, "report": describe(path, **measure),
-            "dev": {"accuracy": 0.80 + 0.05 * i, "score": 0.80 + 0.05 * i, "eval_loss": 0.5 - 0.1 * i},
-            "log_history": {"general": _history(20, 3.0 - i), "task_stage1": _history(12, 1.0, with_eval=True),
-                            "task_stage2": []},
-        })
+        students.append(
+            {
+                "name": name,
+                "path": str(path),
+                "decomposition": record,
+                "report": describe(path, **measure),
+                "dev": {"accuracy": 0.80 + 0.05 * i, "score": 0.80 + 0.05 * i, "eval_loss": 0.5 - 0.1 * i},
+                "log_history": {
+                    "general": _history(20, 3.0 - i),
+                    "task_stage1": _history(12, 1.0, with_eval=True),
+                    "task_stage2": [],
+                },
+            }
+        )
     return {
-        "title": "Tiny report", "task": "SST-2", "metric": "accuracy",
-        "teacher": {"path": str(tiny_bert_dir), "dev": {"accuracy": 0.9, "score": 0.9, "eval_loss": 0.3},
-                    "report": describe(tiny_bert_dir, **measure)},
+        "title": "Tiny report",
+        "task": "SST-2",
+        "metric": "accuracy",
+        "teacher": {
+            "path": str(tiny_bert_dir),
+            "dev": {"accuracy": 0.9, "score": 0.9, "eval_loss": 0.3},
+            "report": describe(tiny_bert_dir, **measure),
+        },
         "students": students,
-        "stages": [{"name": "finetune", "seconds": 90.0, "path": "runs/teacher"}, {"name": "decompose", "seconds": 2.5},
-                   {"name": "general distillation", "seconds": 7.5}],
+        "speed": fake_speed(SPEED),
+        "baseline": BASELINE,
+        "stages": [
+            {"name": "finetune", "seconds": 90.0, "path": "runs/teacher"},
+            {"name": "decompose", "seconds": 2.5},
+            {"name": "general distillation", "seconds": 7.5},
+        ],
         "settings": {"command": "tensorslim demo --out runs/x", "versions": {"torch": "2.x"}, "threads": 2},
     }
 
@@ -81,11 +115,18 @@ def number(cell: str) -> float:
 
 # ----------------------------------------------------------------------------- files and images
 
+
 def test_writes_report_files_and_valid_pngs(rendered):
     out, written = rendered
     assert set(written) == {
-        "report.md", "report.html", "plots/score_vs_size.png", "plots/loss.png", "plots/spectra_1.png",
-        "plots/reconstruction_error_1_tucker-l-12-d-8.png", "plots/reconstruction_error_2_tucker-l-24-d-16.png"}
+        "report.md",
+        "report.html",
+        "plots/score_vs_size.png",
+        "plots/loss.png",
+        "plots/spectra_1.png",
+        "plots/reconstruction_error_1_tucker-l-12-d-8.png",
+        "plots/reconstruction_error_2_tucker-l-24-d-16.png",
+    }
     for rel, path in written.items():
         assert path == out / rel and path.is_file() and path.stat().st_size > 0
         if rel.endswith(".png"):
@@ -110,17 +151,31 @@ def test_reconstruction_heatmap_has_one_cell_per_layer_and_slot(run, tmp_path):
 
 # ----------------------------------------------------------------------------- numbers
 
+
 def test_markdown_parameter_table_equals_the_inputs(run, rendered):
     out, _ = rendered
     md = (out / "report.md").read_text()
     table = md_table(md, "Parameters")
-    assert table["header"][:7] == ["model", "embeddings", "encoder: factors", "encoder: dense", "encoder",
-                                   "pooler + head", "total"]
+    assert table["header"][:7] == [
+        "model",
+        "embeddings",
+        "encoder: factors",
+        "encoder: dense",
+        "encoder",
+        "pooler + head",
+        "total",
+    ]
     t = run["teacher"]["report"]["parameters"]
     for name, model in [("teacher", run["teacher"])] + [(s["name"], s) for s in run["students"]]:
         p, row = model["report"]["parameters"], table[name]
-        assert [int(number(c)) for c in row[1:7]] == [p["embeddings"], p["encoder_factors"], p["encoder_dense"],
-                                                      p["encoder"], p["pooler"] + p["head"], p["total"]]
+        assert [int(number(c)) for c in row[1:7]] == [
+            p["embeddings"],
+            p["encoder_factors"],
+            p["encoder_dense"],
+            p["encoder"],
+            p["pooler"] + p["head"],
+            p["total"],
+        ]
         if name != "teacher":
             # compression ratios: teacher / student, shown rounded to 2 (below 10x) or 1 decimals
             assert number(row[7]) == pytest.approx(t["encoder"] / p["encoder"], abs=0.051)
@@ -133,19 +188,26 @@ def test_markdown_scores_speed_and_stages_equal_the_inputs(run, rendered):
     out, _ = rendered
     md = (out / "report.md").read_text()
     scores, speed, stages = md_table(md, "Dev scores"), md_table(md, "Speed"), md_table(md, "Time per stage")
-    assert scores["header"][:3] == ["model", "**accuracy**", "% of teacher"]
+    assert scores["header"][:4] == ["model", "**accuracy**", "% of teacher", "margin kept"]
+    assert speed["header"] == ["model", "FLOPs / token", "FLOPs reduction", "sequences / s", "spread", "speed-up"]
     for s in run["students"]:
         row = scores[s["name"]]
         assert number(row[1]) == pytest.approx(s["dev"]["accuracy"])
         assert number(row[2]) == pytest.approx(100 * s["dev"]["accuracy"] / 0.9, abs=0.051)  # 88.9%, 94.4%
-        t_speed = run["teacher"]["report"]["throughput"]["sequences_per_second"]
-        s_speed = s["report"]["throughput"]["sequences_per_second"]
-        assert number(speed[s["name"]][3]) == pytest.approx(s_speed, abs=0.051)
-        assert number(speed[s["name"]][4]) == pytest.approx(s_speed / t_speed, rel=0.01, abs=0.006)
+        assert number(row[3]) == pytest.approx(100 * (s["dev"]["accuracy"] - 0.5) / (0.9 - 0.5), abs=0.051)
+        assert number(speed[s["name"]][3]) == pytest.approx(2 / SPEED[s["name"]], abs=0.051)
+        assert number(speed[s["name"]][5]) == pytest.approx(SPEED["teacher"] / SPEED[s["name"]], abs=0.006)
         flops = run["teacher"]["report"]["flops_per_token"] / s["report"]["flops_per_token"]
         assert number(speed[s["name"]][2]) == pytest.approx(flops, abs=0.006)
-    assert scores["tucker l=12 d=8"][2] == "88.9%" and scores["tucker l=24 d=16"][2] == "94.4%"
-    assert scores["teacher"][2] == "100.0%"
+    assert scores["tucker l=12 d=8"][2:4] == ["88.9%", "75.0%"] and scores["tucker l=24 d=16"][2:4] == [
+        "94.4%",
+        "87.5%",
+    ]
+    assert scores["teacher"][2:4] == ["100.0%", "100.0%"]
+    assert scores["constant baseline"][1] == "0.5" and "majority train label" in md
+    assert speed["tucker l=12 d=8"][5] == "2.00x" and speed["teacher"][4] == "2.0%"
+    summary = md_table(md, "Summary")
+    assert summary["tucker l=12 d=8"][4] == "2.00x" and summary["tucker l=12 d=8"][6:8] == ["88.9%", "75.0%"]
     assert stages["finetune"][1:3] == ["1 min 30 s", "90.0%"] and stages["decompose"][1:] == ["2.5 s", "2.5%", ""]
     assert stages["**total**"][1] == "**1 min 40 s**"
     assert "`runs/teacher`" in stages["finetune"][3]
@@ -163,13 +225,19 @@ def test_formatters_by_hand():
 def test_plot_helpers_by_hand():
     assert retained_energy([3.0, 4.0], 1) == pytest.approx(9 / 25)
     assert retained_energy([3.0, 4.0], 2) == 1.0
-    hist = [{"loss": 1.0, "step": 1}, {"eval_loss": 2.0, "step": 1}, {"loss": float("nan"), "step": 2},
-            {"loss": 0.5, "step": 3}, {"train_loss": 0.7, "step": 3}]
+    hist = [
+        {"loss": 1.0, "step": 1},
+        {"eval_loss": 2.0, "step": 1},
+        {"loss": float("nan"), "step": 2},
+        {"loss": 0.5, "step": 3},
+        {"train_loss": 0.7, "step": 3},
+    ]
     assert loss_points(hist) == ([1.0, 3.0], [1.0, 0.5])
     assert loss_points(hist, "eval_loss") == ([1.0], [2.0])
 
 
 # ----------------------------------------------------------------------------- HTML
+
 
 class TagBalance(HTMLParser):
     VOID = {"meta", "img", "br", "hr", "link", "input", "col", "source", "wbr"}
@@ -216,6 +284,7 @@ def test_text_is_escaped_in_html_and_markdown(run, tmp_path):
     run = copy.deepcopy(run)
     run["title"] = "<script>alert(1)</script> & co"
     run["students"][0]["name"] = "evil <b>name</b> | pipe"
+    run["speed"] = fake_speed({"teacher": 0.02, "evil <b>name</b> | pipe": 0.01, "tucker l=24 d=16": 0.016})
     written = render_report(run, tmp_path / "out")
     text = written["report.html"].read_text()
     assert "<script>alert(1)" not in text and "<b>name" not in text
@@ -226,16 +295,26 @@ def test_text_is_escaped_in_html_and_markdown(run, tmp_path):
     md = written["report.md"].read_text()
     row = next(line for line in md.splitlines() if line.startswith("| evil"))
     assert row.startswith(r"| evil \<b\>name\</b\> \| pipe | ")
-    assert len(re.split(r"(?<!\\)\|", row)) == 9  # 7 columns, the escaped pipe does not add one
+    assert len(re.split(r"(?<!\\)\|", row)) == 10  # 8 columns, the escaped pipe does not add one
 
 
 # ----------------------------------------------------------------------------- validation and edge cases
 
-@pytest.mark.parametrize("where, key", [
-    ((), "title"), ((), "stages"), (("teacher",), "report"), (("teacher", "report", "parameters"), "encoder"),
-    (("students", 1, "decomposition"), "spectra"), (("students", 0, "dev"), "accuracy"),
-    (("students", 0, "report", "throughput"), "sequences_per_second"), (("stages", 2), "seconds"),
-])
+
+@pytest.mark.parametrize(
+    "where, key",
+    [
+        ((), "title"),
+        ((), "stages"),
+        (("teacher",), "report"),
+        (("teacher", "report", "parameters"), "encoder"),
+        (("students", 1, "decomposition"), "spectra"),
+        (("students", 0, "dev"), "accuracy"),
+        (("speed",), "trusted"),
+        (("speed", "seconds", "teacher"), "spread"),
+        (("stages", 2), "seconds"),
+    ],
+)
 def test_missing_key_raises_naming_it(run, tmp_path, where, key):
     run = copy.deepcopy(run)
     parent = run
@@ -284,6 +363,28 @@ def test_no_students_and_no_logs_still_render(run, tmp_path):
     assert md_table(written["report.md"].read_text(), "Dev scores")["tucker l=24 d=16"][1:3] == ["**n/a**", "n/a"]
 
 
+def test_busy_or_missing_speed_prints_no_speed_up(run, tmp_path):
+    busy = dict(copy.deepcopy(run), speed=fake_speed(SPEED, foreign_cores=1.4))
+    md = render_report(busy, tmp_path / "busy")["report.md"].read_text()
+    speed, summary = md_table(md, "Speed"), md_table(md, "Summary")
+    assert speed["tucker l=12 d=8"][5] == "not measured" and summary["tucker l=12 d=8"][4] == "not measured"
+    assert re.search(r"Could not measure the speed on cpu, [^:]*: the machine was busy", md)
+    assert "other processes used 1.40 of 2 cores" in md
+    assert number(speed["tucker l=12 d=8"][3]) == pytest.approx(200.0)  # the medians are still shown
+
+    bare = copy.deepcopy(run)
+    del bare["speed"], bare["baseline"]
+    md = render_report(bare, tmp_path / "bare")["report.md"].read_text()
+    assert md_table(md, "Speed")["tucker l=12 d=8"][3:] == ["n/a", "n/a", "not measured"]
+    assert "Speed was not measured" in md and md_table(md, "Dev scores")["tucker l=12 d=8"][3] == "n/a"
+    assert "constant baseline" not in md_table(md, "Dev scores")
+
+    partial = copy.deepcopy(run)
+    del partial["speed"]["sequences_per_second"]["tucker l=24 d=16"]
+    with pytest.raises(TensorslimError, match=r"run\['speed'\] has no measurement of \['tucker l=24 d=16'\]"):
+        render_report(partial, tmp_path / "partial")
+
+
 def test_rerender_replaces_plots_and_refuses_foreign_plot_dirs(run, tmp_path):
     out = tmp_path / "out"
     render_report(run, out)
@@ -309,9 +410,21 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 
 
 def _chromium(page: Path, profile: Path, *flags: str) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-           "--enable-logging=stderr", "--v=0", *flags, page.resolve().as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *flags,
+        page.resolve().as_uri(),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 

@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     p.add_argument("--max-eval-samples", type=int, default=None, help="score the first N dev examples only")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="the teacher's evaluation (its eval_results.json or the directory holding it): adds the "
+                        "share of the teacher's margin over the constant baseline that this model keeps")
     p.set_defaults(func=run)
 
 
@@ -32,8 +35,14 @@ def run(args) -> None:
 
     results = evaluate(args.model, args.task, args.glue_dir, args.out, predict_test=args.predict,
                        max_seq_length=args.max_seq_length, batch_size=args.batch_size,
-                       max_eval_samples=args.max_eval_samples, device=args.device)
+                       max_eval_samples=args.max_eval_samples, device=args.device, teacher=args.teacher)
     print(f"{'split':<18}{'metric':<20}value")
     for split, metrics in results["splits"].items():
         for name, value in metrics.items():
             print(f"{split:<18}{name:<20}{value:.4f}")
+    baseline = results["baseline"]
+    print(f"constant baseline ({baseline['predictor']}): score {baseline['score']:.4f}")
+    if "teacher" in results:
+        kept = results["margin_kept"]
+        print(f"teacher score {results['teacher']['score']:.4f}; margin over the baseline kept: "
+              + ("n/a (the teacher is not above the baseline)" if kept is None else f"{kept:.1%}"))

@@ -44,7 +44,7 @@ class DemoSettings:
     finetune_lr: float = 1e-4
     corpus_documents: int = 3000
     aug_n: int = 2
-    throughput_seconds: float = 3.0
+    throughput_seconds: float = 3.0      # per model and timing attempt (report/timing.py)
     force: bool = False
     overwrite: bool = False
 
@@ -133,10 +133,10 @@ def run_demo(s: DemoSettings) -> dict:
     from ..compress.inplace import layout
     from ..report.measure import encoder_matrix_weights
     from ..report.render import render_report
-    from ..report.summary import describe
+    from ..report.summary import describe, measure_dirs
     from ..train import recipes, run_dir
     from ..train.args import training_args
-    from ..train.evaluate import evaluate
+    from ..train.evaluate import baseline_dev, evaluate
     from ..train.finetune import finetune
     from ..train.models import load_encoder
 
@@ -185,13 +185,14 @@ def run_demo(s: DemoSettings) -> dict:
     models = [teacher] + [st.final for st in students]
     results = stages.run("evaluate", out, None, lambda: {str(m): evaluate(
         m, task.name, glue, max_seq_length=plan.max_seq_length, max_eval_samples=s.max_eval_samples) for m in models})
+    # teacher and students timed together, interleaved (report/timing.py), after the training stages
+    speed = measure_dirs({"teacher": teacher} | {st.name: st.final for st in students}, seconds=s.throughput_seconds)
     run = {
         "title": f"tensorslim demo: {'all-MiniLM-L6-v2' if s.teacher is None else teacher_src.name} on {task.name}",
         "task": task.name, "metric": "score",
-        "teacher": {"path": str(teacher), "dev": dev_scores(results[str(teacher)]),
-                    "report": describe(teacher, seconds=s.throughput_seconds)},
-        "students": [st.summary(dev_scores(results[str(st.final)]), describe(st.final, seconds=s.throughput_seconds))
-                     for st in students],
+        "teacher": {"path": str(teacher), "dev": dev_scores(results[str(teacher)]), "report": describe(teacher)},
+        "students": [st.summary(dev_scores(results[str(st.final)]), describe(st.final)) for st in students],
+        "speed": speed, "baseline": baseline_dev(results[str(teacher)]),
         "settings": _settings(s, teacher_src),
         "stages": stages.stages(),
     }

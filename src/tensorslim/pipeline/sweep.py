@@ -80,8 +80,8 @@ def run_sweep(teacher: Path, task: str, glue_dir: Path, out: Path, settings: lis
               overwrite: bool = False, throughput_seconds: float = 3.0, max_eval_samples: int | None = None) -> dict:
     """Train and evaluate one student per setting from the task teacher `teacher`; write the report."""
     from ..report.render import render_report
-    from ..report.summary import describe
-    from ..train.evaluate import evaluate
+    from ..report.summary import describe, measure_dirs
+    from ..train.evaluate import baseline_dev, evaluate
 
     final = Path(out)
     check_sweep(teacher, task, glue_dir, final, settings, plan, method, pregenerated, ops, overwrite, max_eval_samples)
@@ -103,13 +103,13 @@ def run_sweep(teacher: Path, task: str, glue_dir: Path, out: Path, settings: lis
             lambda m=model, r=results: evaluate(m, task_spec.name, glue_dir, r, max_seq_length=plan.max_seq_length,
                                                 max_eval_samples=max_eval_samples),
             {"model": str(model), "max_eval_samples": max_eval_samples, "trained": trained})
+    speed = measure_dirs({"teacher": teacher} | {st.name: st.final for st in students}, seconds=throughput_seconds)
     run = {
         "title": f"tensorslim sweep: {method} students of {teacher.name} on {task_spec.name}",
         "task": task_spec.name, "metric": "score",
-        "teacher": {"path": str(teacher), "dev": dev_scores(evaluated[str(teacher)]),
-                    "report": describe(teacher, seconds=throughput_seconds)},
-        "students": [st.summary(dev_scores(evaluated[str(st.final)]), describe(st.final, seconds=throughput_seconds))
-                     for st in students],
+        "teacher": {"path": str(teacher), "dev": dev_scores(evaluated[str(teacher)]), "report": describe(teacher)},
+        "students": [st.summary(dev_scores(evaluated[str(st.final)]), describe(st.final)) for st in students],
+        "speed": speed, "baseline": baseline_dev(evaluated[str(teacher)]),
         "settings": {"method": method, "ops": ops, "ranks": [s.label for s in settings], "teacher": str(teacher),
                      "pregenerated": str(pregenerated) if pregenerated else None},
         "stages": stages.stages(),

@@ -19,8 +19,11 @@ from ..io import atomic_file
 
 DPI = 100
 #: Stage keys of a student's "log_history" in the order training runs them, with their titles.
-STAGES = {"general": "general distillation", "task_stage1": "task distillation, stage 1 (layers)",
-          "task_stage2": "task distillation, stage 2 (logits)"}
+STAGES = {
+    "general": "general distillation",
+    "task_stage1": "task distillation, stage 1 (layers)",
+    "task_stage2": "task distillation, stage 2 (logits)",
+}
 SPECTRA = {"slices": "slices (layers x slots)", "rows": "rows (left factor U)", "columns": "columns (right factor V)"}
 
 
@@ -55,8 +58,9 @@ def error_heatmap(decomposition: Mapping, path: str | Path, title: str = "") -> 
     ax.set_ylabel("layer")
     if layers * cols <= 300:  # numbers stay legible up to BERT-large's 24 x 12
         for (i, j), value in np.ndenumerate(errors):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="black" if value > 0.6 else "white")
+            ax.text(
+                j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="black" if value > 0.6 else "white"
+            )
     fig.colorbar(image, ax=ax, label="relative error")
     ax.set_title(title or "relative reconstruction error per layer and slot", fontsize=10)
     return _save(fig, path)
@@ -69,8 +73,12 @@ def retained_energy(values: Sequence[float], rank: int) -> float:
     return float(sq[:rank].sum() / total) if total > 0 else 1.0
 
 
-def spectra_plot(spectra: Mapping[str, Sequence[float]], cuts: Sequence[tuple[str, int | None, int | None]],
-                 path: str | Path, title: str = "") -> Path:
+def spectra_plot(
+    spectra: Mapping[str, Sequence[float]],
+    cuts: Sequence[tuple[str, int | None, int | None]],
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """Normalised singular values sigma_i / sigma_1 of the unfoldings of one weight stack, log scale.
 
     `spectra` is a decomposition record's "spectra": "slices", "rows", "columns" -> descending
@@ -84,8 +92,13 @@ def spectra_plot(spectra: Mapping[str, Sequence[float]], cuts: Sequence[tuple[st
     for ax, mode in zip(axes, modes):
         values = np.asarray(spectra[mode], dtype=float)
         top = values[0] if values[0] > 0 else 1.0
-        ax.semilogy(np.arange(1, len(values) + 1), np.clip(values / top, 1e-12, None), color="C0", lw=1.6,
-                    label="singular values")
+        ax.semilogy(
+            np.arange(1, len(values) + 1),
+            np.clip(values / top, 1e-12, None),
+            color="C0",
+            lw=1.6,
+            label="singular values",
+        )
         symbol = "l" if mode == "slices" else "d"
         by_cut: dict[int, list[str]] = {}
         for name, layer_rank, rank in cuts:
@@ -94,8 +107,13 @@ def spectra_plot(spectra: Mapping[str, Sequence[float]], cuts: Sequence[tuple[st
                 by_cut.setdefault(cut, []).append(name)
         for i, (cut, names) in enumerate(sorted(by_cut.items())):
             label = f"{symbol} = {cut}: {retained_energy(values, cut):.0%} of energy kept"
-            ax.axvline(cut, color=f"C{(i + 1) % 10}", ls="--", lw=1.2,
-                       label=label if len(cuts) == 1 else f"{', '.join(names)}: {label}")
+            ax.axvline(
+                cut,
+                color=f"C{(i + 1) % 10}",
+                ls="--",
+                lw=1.2,
+                label=label if len(cuts) == 1 else f"{', '.join(names)}: {label}",
+            )
         ax.set_title(SPECTRA[mode], fontsize=10)
         ax.set_xlabel("index")
         ax.grid(True, which="both", alpha=0.25)
@@ -118,8 +136,12 @@ def loss_points(history: Sequence[Mapping], key: str = "loss") -> tuple[list[flo
 
 def has_losses(log_histories: Mapping[str, Mapping[str, Sequence[Mapping]]]) -> bool:
     """True when any student has a logged training or evaluation loss in any stage."""
-    return any(loss_points(hist.get(stage, ()), key)[0] for hist in log_histories.values() for stage in STAGES
-               for key in ("loss", "eval_loss"))
+    return any(
+        loss_points(hist.get(stage, ()), key)[0]
+        for hist in log_histories.values()
+        for stage in STAGES
+        for key in ("loss", "eval_loss")
+    )
 
 
 def loss_curves(log_histories: Mapping[str, Mapping[str, Sequence[Mapping]]], path: str | Path) -> Path:
@@ -128,8 +150,11 @@ def loss_curves(log_histories: Mapping[str, Mapping[str, Sequence[Mapping]]], pa
     `log_histories` maps a student's name to its {"general" | "task_stage1" | "task_stage2": Trainer
     state.log_history}; stages nobody logged are left out, students share colours across panels.
     """
-    stages = [s for s in STAGES if any(loss_points(h.get(s, ()), k)[0] for h in log_histories.values()
-                                       for k in ("loss", "eval_loss"))]
+    stages = [
+        s
+        for s in STAGES
+        if any(loss_points(h.get(s, ()), k)[0] for h in log_histories.values() for k in ("loss", "eval_loss"))
+    ]
     fig = _figure(4.2 * max(1, len(stages)), 3.4)
     axes = np.atleast_1d(fig.subplots(1, max(1, len(stages))))
     colours = {name: f"C{i % 10}" for i, name in enumerate(log_histories)}
@@ -140,8 +165,7 @@ def loss_curves(log_histories: Mapping[str, Mapping[str, Sequence[Mapping]]], pa
                 ax.plot(steps, values, color=colours[name], lw=1.4, label=name)
             steps, values = loss_points(hist.get(stage, ()), "eval_loss")
             if steps:
-                ax.plot(steps, values, color=colours[name], ls="--", marker="o", ms=3, lw=1,
-                        label=f"{name} (eval)")
+                ax.plot(steps, values, color=colours[name], ls="--", marker="o", ms=3, lw=1, label=f"{name} (eval)")
         values = [v for line in ax.get_lines() for v in line.get_ydata()]
         if values and min(values) > 0 and max(values) / min(values) > 30:
             ax.set_yscale("log")
@@ -153,11 +177,14 @@ def loss_curves(log_histories: Mapping[str, Mapping[str, Sequence[Mapping]]], pa
     return _save(fig, path)
 
 
-def score_vs_size(points: Sequence[Mapping], path: str | Path, metric: str, task: str = "") -> Path:
+def score_vs_size(
+    points: Sequence[Mapping], path: str | Path, metric: str, task: str = "", baseline: float | None = None
+) -> Path:
     """Dev score against encoder parameters (log x): the paper's main figure.
 
     `points` are {"name", "encoder_parameters", "score", "teacher": bool}; points without a finite
-    score are left out. The teacher is a star with a dotted line at its score.
+    score are left out. The teacher is a star with a dotted line at its score; a finite `baseline`
+    (the constant predictor's score) is a grey dashed line.
     """
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
@@ -168,12 +195,14 @@ def score_vs_size(points: Sequence[Mapping], path: str | Path, metric: str, task
         xs, ys = [p["encoder_parameters"] for p in students], [p["score"] for p in students]
         ax.plot(xs, ys, color="tab:blue", marker="o", lw=1, label="students")
         for p in students:
-            ax.annotate(p["name"], (p["encoder_parameters"], p["score"]), textcoords="offset points",
-                        xytext=(4, 5), fontsize=8)
+            ax.annotate(
+                p["name"], (p["encoder_parameters"], p["score"]), textcoords="offset points", xytext=(4, 5), fontsize=8
+            )
     for p in teachers:
-        ax.plot([p["encoder_parameters"]], [p["score"]], color="tab:red", marker="*", ms=13, ls="none",
-                label=p["name"])
+        ax.plot([p["encoder_parameters"]], [p["score"]], color="tab:red", marker="*", ms=13, ls="none", label=p["name"])
         ax.axhline(p["score"], color="tab:red", ls=":", lw=1)
+    if _finite(baseline):
+        ax.axhline(baseline, color="gray", ls="--", lw=1, label="constant baseline")
     ax.set_xscale("log")
     ax.set_xlabel("encoder parameters (log scale)")
     ax.set_ylabel(f"dev {metric}")

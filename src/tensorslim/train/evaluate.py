@@ -1,8 +1,11 @@
 """GLUE evaluation of a sequence classifier: dev scores and GLUE-server test prediction files.
 
 Every dev split gets its own loader (MNLI: dev_matched and dev_mismatched separately). Results are
-written as JSON: {"task", "model", "max_seq_length", "splits": {split: metrics}, "score"} where
-"score" is the mean of the dev splits' headline scores.
+written as JSON: {"task", "model", "max_seq_length", "splits": {split: metrics}, "examples": {split:
+count}, "score", "baseline"} where "score" is the mean of the dev splits' headline scores and
+"baseline" scores a constant predictor on the same dev examples with the same metric (see
+constant_baseline), so a score can be read against what predicting one answer for everything
+already gets. Given the teacher's results, also "teacher" and "margin_kept" (see margin_kept).
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data.glue import compute_metrics, get_task, label_permutation, prediction_path, task_file, write_predictions
+from ..data.glue import (
+    compute_metrics,
+    get_task,
+    label_permutation,
+    load_examples,
+    prediction_path,
+    task_file,
+    write_predictions,
+)
 from ..errors import TensorslimError
 from ..io import check_not_input, write_json
 from ..validate import check_at_least, check_device, check_output_file
@@ -36,8 +47,9 @@ def trained_max_length(model_dir: Path) -> int | None:
 
 
 @torch.no_grad()
-def predict(model, dataset, tokenizer, batch_size: int = 64, device: str | torch.device = "cpu",
-            desc: str = "predict") -> np.ndarray:
+def predict(
+    model, dataset, tokenizer, batch_size: int = 64, device: str | torch.device = "cpu", desc: str = "predict"
+) -> np.ndarray:
     """(n, num_labels) logits of `model` on a tokenized dataset, in dataset order."""
     model.eval().to(device)
     columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in dataset.column_names]
@@ -62,14 +74,106 @@ def check_outputs(task, glue_dir: str | Path, model_dir: Path, out: Path, predic
             raise TensorslimError(f"{path} exists and is not a GLUE prediction file", "choose another --out")
 
 
-def evaluate(model: str | Path, task: str, glue_dir: str | Path, out: str | Path | None = None, *,
-             predict_test: bool = False, max_seq_length: int | None = None, batch_size: int = 64,
-             max_eval_samples: int | None = None, device: str | None = None) -> dict:
+def constant_prediction(task, glue_dir: str | Path) -> tuple[float, str, str]:
+    """(prediction, description, source split) of the constant baseline of `task`.
+
+    Classification: the most frequent label of the training split (ties: the first in label order);
+    regression (STS-B): the mean training score. Falls back to the first dev split's labels when the
+    task has no train.tsv under `glue_dir`."""
+    task = get_task(task)
+    source = "train"
+    try:
+        if task_file(Path(glue_dir), task, source) == Path(glue_dir):  # glue_dir is one .tsv: the dev file
+            source = task.dev_splits[0]
+    except TensorslimError:
+        source = task.dev_splits[0]
+    labels = [e.label for e in load_examples(glue_dir, task, source)]
+    if task.is_regression:
+        mean = float(np.mean(labels))
+        return mean, f"the mean {source} score {mean:.3f}", source
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=task.num_labels)
+    label = int(counts.argmax())
+    return (
+        float(label),
+        f"the majority {source} label {task.labels[label]!r} ({counts[label] / counts.sum():.1%})",
+        source,
+    )
+
+
+def constant_baseline(task, glue_dir: str | Path, references: dict[str, np.ndarray]) -> dict:
+    """Scores of the constant baseline (constant_prediction) on each split's `references`, by the
+    task's own metric: {"predictor", "source", "splits": {split: metrics}, "score": mean headline}."""
+    task = get_task(task)
+    value, description, source = constant_prediction(task, glue_dir)
+    splits = {split: compute_metrics(task, np.full(len(ref), value), ref) for split, ref in references.items()}
+    scores = [m["score"] for m in splits.values()]
+    return {
+        "predictor": f"always {description}",
+        "source": source,
+        "splits": splits,
+        "score": float(np.mean(scores)) if scores else None,
+    }
+
+
+def margin_kept(score: float | None, teacher: float | None, baseline: float | None) -> float | None:
+    """(score - baseline) / (teacher - baseline): the share of the teacher's lead over the constant
+    baseline that a student keeps; None when undefined (a missing score, or teacher <= baseline)."""
+    values = (score, teacher, baseline)
+    if any(v is None or not np.isfinite(v) for v in values) or teacher <= baseline:
+        return None
+    return (score - baseline) / (teacher - baseline)
+
+
+def load_teacher_results(path: str | Path, task: str) -> dict:
+    """The teacher's evaluate() results from its eval_results.json (or a directory holding one)."""
+    path = Path(path)
+    path = path / RESULTS_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise TensorslimError(f"no teacher results at {path}", "evaluate the teacher first, then pass its directory")
+    results = json.loads(path.read_text())
+    if results.get("task") != task or results.get("score") is None:
+        raise TensorslimError(
+            f"{path} holds {results.get('task')!r} results, not a {task} score",
+            f"pass the teacher's {task} eval_results.json",
+        )
+    return results
+
+
+def baseline_dev(results: dict) -> dict | None:
+    """The report's baseline entry from evaluate() results: {"predictor", "dev": first dev split's
+    metrics plus the mean "score"}; None for results written before baselines were recorded."""
+    baseline = results.get("baseline")
+    if not baseline:
+        return None
+    first = next(iter(baseline["splits"].values()))
+    return {
+        "predictor": baseline["predictor"],
+        "source": baseline["source"],
+        "dev": {**first, "score": baseline["score"]},
+    }
+
+
+def evaluate(
+    model: str | Path,
+    task: str,
+    glue_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    predict_test: bool = False,
+    max_seq_length: int | None = None,
+    batch_size: int = 64,
+    max_eval_samples: int | None = None,
+    device: str | None = None,
+    teacher: str | Path | None = None,
+) -> dict:
     """Score `model` on every dev split of `task`; with `predict_test` write test prediction files.
 
     Outputs go to `out` (default: the model directory): eval_results.json and, with
-    `predict_test`, <TASK>.tsv files in GLUE-server format. Returns the results dict.
+    `predict_test`, <TASK>.tsv files in GLUE-server format. `teacher`: the teacher's
+    eval_results.json (or the directory holding it), scored on the same dev examples; adds
+    "teacher" and "margin_kept" (see margin_kept). Returns the results dict.
     """
+    teacher_results = load_teacher_results(teacher, get_task(task).name) if teacher is not None else None
     task = get_task(task)
     model_dir = Path(model)
     out = Path(out) if out is not None else model_dir
@@ -85,14 +189,28 @@ def evaluate(model: str | Path, task: str, glue_dir: str | Path, out: str | Path
     classifier = load_classifier(model_dir, task)
     perm = label_permutation(task, classifier.config)
     results = {"task": task.name, "model": str(model_dir), "max_seq_length": length, "splits": {}}
+    references = {}
     for split in task.dev_splits:
         data = encode_split(glue_dir, task, split, tokenizer, length, max_eval_samples)
         logits = predict(classifier, data, tokenizer, batch_size, device, desc=f"{task.name} {split}")
         logits = logits[:, perm] if perm is not None else logits
-        results["splits"][split] = compute_metrics(task, logits, data["labels"])
+        references[split] = np.asarray(data["labels"])
+        results.setdefault("examples", {})[split] = len(references[split])
+        results["splits"][split] = compute_metrics(task, logits, references[split])
         log.info("%s %s: %s", task.name, split, results["splits"][split])
     scores = [m["score"] for m in results["splits"].values()]
     results["score"] = float(np.mean(scores)) if scores else None
+    results["baseline"] = constant_baseline(task, glue_dir, references)
+    log.info("%s constant baseline (%s): %s", task.name, results["baseline"]["predictor"], results["baseline"]["score"])
+    if teacher_results is not None:
+        if teacher_results.get("examples", results["examples"]) != results["examples"]:
+            raise TensorslimError(
+                f"the teacher was scored on {teacher_results['examples']} dev examples, this model on "
+                f"{results['examples']}",
+                "evaluate both with the same --max-eval-samples",
+            )
+        results["teacher"] = {"model": teacher_results["model"], "score": teacher_results["score"]}
+        results["margin_kept"] = margin_kept(results["score"], teacher_results["score"], results["baseline"]["score"])
     if predict_test:
         results["prediction_files"] = {}
         for split in task.test_splits:
