@@ -16,23 +16,62 @@ from pathlib import Path
 from conftest import make_tiny_bert
 
 #: Training flags that keep every training case to a couple of tiny steps.
-TRAIN = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true",
-         "--save_steps", "1"]
-WORDS = ["good", "bad", "film", "movie", "great", "awful", "plot", "actor", "scene", "boring", "lovely", "dull", "story",
-         "music", "fine", "poor", "river", "house", "green", "small", "old", "city", "water", "light", "people",
-         "north", "king", "song", "paper", "stone"]
+TRAIN = [
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "4",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--save_steps",
+    "1",
+]
+WORDS = [
+    "good",
+    "bad",
+    "film",
+    "movie",
+    "great",
+    "awful",
+    "plot",
+    "actor",
+    "scene",
+    "boring",
+    "lovely",
+    "dull",
+    "story",
+    "music",
+    "fine",
+    "poor",
+    "river",
+    "house",
+    "green",
+    "small",
+    "old",
+    "city",
+    "water",
+    "light",
+    "people",
+    "north",
+    "king",
+    "song",
+    "paper",
+    "stone",
+]
 
 
 @dataclass
 class World:
     root: Path
-    teacher: Path       # tiny BERT with an MLM head
-    glue: Path          # GLUE root holding SST-2/{train,dev,test}.tsv
-    corpus: Path        # plain text, a blank line between documents
-    glove: Path         # GloVe text file over WORDS
-    student: Path       # `decompose` output
-    pregen: Path        # `pregenerate` output
-    finetuned: Path     # `finetune` output (SST-2 classifier with its training record)
+    teacher: Path  # tiny BERT with an MLM head
+    glue: Path  # GLUE root holding SST-2/{train,dev,test}.tsv
+    corpus: Path  # plain text, a blank line between documents
+    glove: Path  # GloVe text file over WORDS
+    student: Path  # `decompose` output
+    pregen: Path  # `pregenerate` output
+    finetuned: Path  # `finetune` output (SST-2 classifier with its training record)
 
     def copy(self, name: str, dest: Path) -> Path:
         """A private copy of input `name` (e.g. "teacher") at `dest`."""
@@ -63,8 +102,9 @@ def write_sst2(root: Path, rows: int = 16, seed: int = 0) -> Path:
 
 def write_corpus(path: Path, docs: int = 12, seed: int = 1) -> Path:
     rng = random.Random(seed)
-    text = "\n\n".join("\n".join(_sentence(rng).capitalize() + "." for _ in range(rng.randint(3, 6)))
-                       for _ in range(docs))
+    text = "\n\n".join(
+        "\n".join(_sentence(rng).capitalize() + "." for _ in range(rng.randint(3, 6))) for _ in range(docs)
+    )
     path.write_text(text + "\n", encoding="utf-8")
     return path
 
@@ -76,9 +116,9 @@ def write_glove(path: Path, dim: int = 8, seed: int = 2) -> Path:
 
 
 def build_world(root: Path, tokenizer) -> World:
-    from tensorslim.data.pregenerate import PregenerateConfig, pregenerate
     from tensorslim.cli.flags import parse_training_args
     from tensorslim.compress.api import decompose_to_dir
+    from tensorslim.data.pregenerate import PregenerateConfig, pregenerate
     from tensorslim.train import finetune
     from tensorslim.train.recipes import FINETUNE_TRAINING
 
@@ -90,9 +130,16 @@ def build_world(root: Path, tokenizer) -> World:
     glove = write_glove(inputs / "glove.txt")
     student = inputs / "student"
     decompose_to_dir(teacher, student, rank=8)
-    pregen = pregenerate([corpus], teacher, inputs / "pregen", PregenerateConfig(epochs=1, docs_per_shard=2,
-                                                                                  max_seq_len=32))
+    pregen = pregenerate(
+        [corpus], teacher, inputs / "pregen", PregenerateConfig(epochs=1, docs_per_shard=2, max_seq_len=32)
+    )
     finetuned = inputs / "finetuned"
-    finetune(teacher, "SST-2", glue, finetuned,
-             parse_training_args(TRAIN, finetuned / "checkpoints", FINETUNE_TRAINING), max_seq_length=32)
+    finetune(
+        teacher,
+        "SST-2",
+        glue,
+        finetuned,
+        parse_training_args(TRAIN, finetuned / "checkpoints", FINETUNE_TRAINING),
+        max_seq_length=32,
+    )
     return World(root, teacher, glue, corpus, glove, student, pregen, finetuned)

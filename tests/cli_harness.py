@@ -24,8 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-       "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
 
 _ZYGOTE = r"""
 import json, os, runpy, subprocess, sys, traceback
@@ -96,21 +102,34 @@ class CliRunner:
     def __init__(self, prefix: tuple[str, ...] = ()):
         """`prefix`: a wrapper for the runner process, e.g. ("unshare", "-rm") for its own user and
         mount namespace, in which each call's `setup` may mount file systems."""
-        self.proc = subprocess.Popen([*prefix, sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env={**os.environ, **ENV}, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, "-c", _ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, **ENV},
+            text=True,
+            start_new_session=True,
+        )
         self.tmp = tempfile.TemporaryDirectory(prefix="cli-harness-")
 
-    def start(self, args: list[str], cwd: Path | None = None, env: dict | None = None, setup: str = "",
-              after: str = "") -> tuple[int, Path, Path]:
+    def start(
+        self, args: list[str], cwd: Path | None = None, env: dict | None = None, setup: str = "", after: str = ""
+    ) -> tuple[int, Path, Path]:
         """Start `tensorslim ARGS` (after the shell command `setup`; `after` runs when it ended, its
         output in `self.after_output`); return (pid, stdout file, stderr file). Finish with `wait`."""
         n = len(os.listdir(self.tmp.name))
         out, err = Path(self.tmp.name) / f"{n}.out", Path(self.tmp.name) / f"{n}.err"
         self.after_output = Path(self.tmp.name) / f"{n}.after"
-        request = {"argv": [str(a) for a in args], "cwd": str(cwd or os.getcwd()), "env": env or {},
-                   "stdout": str(out), "stderr": str(err), "setup": setup, "after": after,
-                   "after_out": str(self.after_output)}
+        request = {
+            "argv": [str(a) for a in args],
+            "cwd": str(cwd or os.getcwd()),
+            "env": env or {},
+            "stdout": str(out),
+            "stderr": str(err),
+            "setup": setup,
+            "after": after,
+            "after_out": str(self.after_output),
+        }
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         pid = json.loads(self.proc.stdout.readline())["pid"]
@@ -124,8 +143,9 @@ class CliRunner:
         _, out, err = started
         return Result(code, out.read_text(errors="replace"), err.read_text(errors="replace"))
 
-    def __call__(self, *args, cwd: Path | None = None, env: dict | None = None, setup: str = "",
-                 after: str = "") -> Result:
+    def __call__(
+        self, *args, cwd: Path | None = None, env: dict | None = None, setup: str = "", after: str = ""
+    ) -> Result:
         return self.wait(self.start(list(args), cwd, env, setup, after))
 
     def close(self) -> None:
@@ -136,13 +156,21 @@ class CliRunner:
 
 def run_plain(args: list[str], cwd: Path | None = None, timeout: float = 600, prefix: list[str] = ()) -> Result:
     """`python -m tensorslim.cli ARGS` in a fresh interpreter (after `prefix`, e.g. an unshare wrapper)."""
-    proc = subprocess.run([*prefix, sys.executable, "-m", "tensorslim.cli", *map(str, args)], cwd=cwd,
-                          env={**os.environ, **ENV}, capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "tensorslim.cli", *map(str, args)],
+        cwd=cwd,
+        env={**os.environ, **ENV},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def interrupt_when(runner: CliRunner, args: list[str], ready, sig: int = signal.SIGTERM, delay: float = 0,
-                   timeout: float = 300) -> tuple[Result, float]:
+def interrupt_when(
+    runner: CliRunner, args: list[str], ready, sig: int = signal.SIGTERM, delay: float = 0, timeout: float = 300
+) -> tuple[Result, float]:
     """Start `args`; once `ready(stderr file)` holds, wait `delay` s and send `sig`. Return (result,
     seconds from the signal to the exit). Fails when the command ended before it was signalled."""
     started = runner.start(args)

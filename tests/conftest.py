@@ -46,14 +46,21 @@ def tokenizer(real_teacher_dir):
     return AutoTokenizer.from_pretrained(real_teacher_dir)
 
 
-def make_tiny_bert(path: Path, tokenizer, *, hidden=32, layers=2, heads=4, ffn_mult=4, seed=0, head="mlm", num_labels=2):
+def make_tiny_bert(
+    path: Path, tokenizer, *, hidden=32, layers=2, heads=4, ffn_mult=4, seed=0, head="mlm", num_labels=2
+):
     """Save a random tiny BERT (with tokenizer) to `path` and return the path."""
     from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=ffn_mult * hidden, max_position_embeddings=128, num_labels=num_labels,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn_mult * hidden,
+        max_position_embeddings=128,
+        num_labels=num_labels,
     )
     model = BertForMaskedLM(config) if head == "mlm" else BertForSequenceClassification(config)
     model.save_pretrained(path)

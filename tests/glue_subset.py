@@ -23,5 +23,5 @@ def make_glue_subset(shared: Path, out: Path, rows: int = 48) -> Path:
     head(mnli / "dev_matched.tsv", out / "MNLI" / "dev_matched.tsv", rows)
     # the sample has no mismatched file: its matched rows (reversed) stand in, in the same format
     lines = (mnli / "dev_matched.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
-    (out / "MNLI" / "dev_mismatched.tsv").write_text(lines[0] + "".join(reversed(lines[1:rows // 2 + 1])))
+    (out / "MNLI" / "dev_mismatched.tsv").write_text(lines[0] + "".join(reversed(lines[1 : rows // 2 + 1])))
     return out

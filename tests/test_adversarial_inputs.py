@@ -13,9 +13,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
+
 from adversarial_world import TRAIN, World
 from cli_harness import assert_clean_failure, snapshot
-from safetensors.torch import load_file, save_file
 
 
 def damaged(w: World, tmp: Path, name: str, how: str) -> Path:
@@ -24,7 +25,9 @@ def damaged(w: World, tmp: Path, name: str, how: str) -> Path:
     model = w.copy(name, tmp / f"{name}-{how}")
     if how == "nan":
         weights = load_file(model / "model.safetensors")
-        key = next(k for k in sorted(weights) if ("encoder" in k or "tensorslim_factors" in k) and weights[k].dim() >= 2)
+        key = next(
+            k for k in sorted(weights) if ("encoder" in k or "tensorslim_factors" in k) and weights[k].dim() >= 2
+        )
         weights[key][0, 0] = float("nan")
         save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     elif how == "truncated":
@@ -62,14 +65,40 @@ DECOMPOSE = ["decompose", "--teacher", x(T), "--out", OUT]
 PREGEN = ["pregenerate", "--corpus", x(C), "--tokenizer", x(T), "--out", OUT, "--docs-per-shard", "2"]
 FINETUNE = ["finetune", "--model", x(T), "--task", "SST-2", "--glue-dir", x(G), "--out", OUT, *TRAINING]
 GENERAL = ["distill", "general", "--teacher", x(T), "--student", x(S), "--data", x(P), "--out", OUT, *TRAINING]
-TASK = ["distill", "task", "--teacher", x(F), "--student", x(S), "--task", "SST-2", "--glue-dir", x(G),
-        "--out", OUT, *TRAINING]
+TASK = [
+    "distill",
+    "task",
+    "--teacher",
+    x(F),
+    "--student",
+    x(S),
+    "--task",
+    "SST-2",
+    "--glue-dir",
+    x(G),
+    "--out",
+    OUT,
+    *TRAINING,
+]
 EVALUATE = ["evaluate", "--model", x(F), "--task", "SST-2", "--glue-dir", x(G), "--out", OUT]
 REPORT = ["report", "--model", x(S), "--teacher", x(T), "--seconds", "0.1", "--json", ("file", "report.json")]
 AUGMENT = ["augment", "--task", "SST-2", "--glue-dir", ("glue-copy",), "--glove", x(GL)]
 DEMO = ["demo", "--out", OUT, "--teacher", x(T), "--task", "SST-2", "--glue-dir", x(G), "--max-seq-length", "32"]
-SWEEP = ["sweep", "--teacher", x(F), "--task", "SST-2", "--glue-dir", x(G), "--ranks", "8", "--out", OUT,
-         "--max-seq-length", "32"]
+SWEEP = [
+    "sweep",
+    "--teacher",
+    x(F),
+    "--task",
+    "SST-2",
+    "--glue-dir",
+    x(G),
+    "--ranks",
+    "8",
+    "--out",
+    OUT,
+    "--max-seq-length",
+    "32",
+]
 
 
 def case(id, base, extra, message, replace=None):
@@ -193,8 +222,18 @@ CASES = [
     case("demo-compression-0", DEMO, ["--compression", "0"], "--compression 0.0 is out of range"),
     case("demo-compression-1", DEMO, ["--compression", "1"], "--compression 1.0 is out of range"),
     case("demo-compression-nan", DEMO, ["--compression", "nan"], "--compression nan is out of range"),
-    case("demo-compression-huge", DEMO, ["--compression", "1e9"], ("leaves less than one weight", "smaller --compression")),
-    case("demo-compression-too-big", DEMO, ["--compression", "20000"], ("no tucker rank setting", "smaller --compression")),
+    case(
+        "demo-compression-huge",
+        DEMO,
+        ["--compression", "1e9"],
+        ("leaves less than one weight", "smaller --compression"),
+    ),
+    case(
+        "demo-compression-too-big",
+        DEMO,
+        ["--compression", "20000"],
+        ("no tucker rank setting", "smaller --compression"),
+    ),
     case("demo-compression-one-bad", DEMO, ["--compression", "7", "-2"], "--compression -2.0 is out of range"),
     case("demo-batch-size-0", DEMO, ["--batch-size", "0"], "--batch-size 0 is out of range"),
     case("demo-max-seq-length-0", DEMO, ["--max-seq-length", "0"], "out of range"),
@@ -206,8 +245,12 @@ CASES = [
     case("demo-stage1-steps-0", DEMO, ["--stage1-steps", "0"], "--stage1-steps 0 is out of range"),
     case("demo-corpus-documents-0", DEMO, ["--corpus-documents", "0"], "--corpus-documents 0 is out of range"),
     case("demo-max-eval-samples-0", DEMO, ["--max-eval-samples", "0"], "--max-eval-samples 0 is out of range"),
-    case("demo-glue-task-without-glue-dir", ["demo", "--out", OUT, "--teacher", x(T), "--task", "CoLA"], [],
-         "needs --glue-dir"),
+    case(
+        "demo-glue-task-without-glue-dir",
+        ["demo", "--out", OUT, "--teacher", x(T), "--task", "CoLA"],
+        [],
+        "needs --glue-dir",
+    ),
     case("demo-task-not-in-glue-dir", DEMO, [], "no RTE train file", {"SST-2": "RTE"}),
     case("demo-teacher-missing", DEMO, [], "does not exist", {x(T): "/nonexistent/teacher"}),
     case("demo-teacher-nan", DEMO, [], "NaN", {x(T): dmg(T, "nan")}),

@@ -11,41 +11,140 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from adversarial_world import TRAIN, World
 from cli_harness import assert_clean_failure, snapshot
 
 
 def writer_args(command: str, w: dict, out) -> list:
     """The command line of `command` with inputs `w` (name -> path) writing `out`."""
-    tiny_demo = ["--task", "SST-2", "--glue-dir", w["glue"], "--compression", "2", "--max-seq-length", "32",
-                 "--general-steps", "1", "--stage1-steps", "1", "--stage2-steps", "1", "--aug-n", "0",
-                 "--corpus-documents", "20", "--finetune-epochs", "0.5", "--batch-size", "4"]
+    tiny_demo = [
+        "--task",
+        "SST-2",
+        "--glue-dir",
+        w["glue"],
+        "--compression",
+        "2",
+        "--max-seq-length",
+        "32",
+        "--general-steps",
+        "1",
+        "--stage1-steps",
+        "1",
+        "--stage2-steps",
+        "1",
+        "--aug-n",
+        "0",
+        "--corpus-documents",
+        "20",
+        "--finetune-epochs",
+        "0.5",
+        "--batch-size",
+        "4",
+    ]
     return {
         "decompose": ["decompose", "--teacher", w["teacher"], "--out", out, "--rank", "8"],
-        "pregenerate": ["pregenerate", "--corpus", w["corpus"], "--tokenizer", w["teacher"], "--out", out,
-                        "--docs-per-shard", "2", "--max-seq-len", "32"],
-        "finetune": ["finetune", "--model", w["teacher"], "--task", "SST-2", "--glue-dir", w["glue"], "--out", out,
-                     "--max-seq-length", "32", *TRAIN],
-        "distill general": ["distill", "general", "--teacher", w["teacher"], "--student", w["student"],
-                            "--data", w["pregen"], "--out", out, *TRAIN],
-        "distill task": ["distill", "task", "--teacher", w["finetuned"], "--student", w["student"], "--task", "SST-2",
-                         "--glue-dir", w["glue"], "--out", out, "--max-seq-length", "32", *TRAIN],
+        "pregenerate": [
+            "pregenerate",
+            "--corpus",
+            w["corpus"],
+            "--tokenizer",
+            w["teacher"],
+            "--out",
+            out,
+            "--docs-per-shard",
+            "2",
+            "--max-seq-len",
+            "32",
+        ],
+        "finetune": [
+            "finetune",
+            "--model",
+            w["teacher"],
+            "--task",
+            "SST-2",
+            "--glue-dir",
+            w["glue"],
+            "--out",
+            out,
+            "--max-seq-length",
+            "32",
+            *TRAIN,
+        ],
+        "distill general": [
+            "distill",
+            "general",
+            "--teacher",
+            w["teacher"],
+            "--student",
+            w["student"],
+            "--data",
+            w["pregen"],
+            "--out",
+            out,
+            *TRAIN,
+        ],
+        "distill task": [
+            "distill",
+            "task",
+            "--teacher",
+            w["finetuned"],
+            "--student",
+            w["student"],
+            "--task",
+            "SST-2",
+            "--glue-dir",
+            w["glue"],
+            "--out",
+            out,
+            "--max-seq-length",
+            "32",
+            *TRAIN,
+        ],
         "demo": ["demo", "--out", out, "--teacher", w["teacher"], *tiny_demo],
-        "sweep": ["sweep", "--teacher", w["finetuned"], "--task", "SST-2", "--glue-dir", w["glue"], "--ranks", "8",
-                  "--out", out, "--data", w["pregen"], "--max-seq-length", "32", "--batch-size", "4"],
+        "sweep": [
+            "sweep",
+            "--teacher",
+            w["finetuned"],
+            "--task",
+            "SST-2",
+            "--glue-dir",
+            w["glue"],
+            "--ranks",
+            "8",
+            "--out",
+            out,
+            "--data",
+            w["pregen"],
+            "--max-seq-length",
+            "32",
+            "--batch-size",
+            "4",
+        ],
     }[command].copy()
 
 
 #: The inputs of each command that writes a directory (the names of World fields).
 INPUTS = {
-    "decompose": ["teacher"], "pregenerate": ["teacher", "corpus"], "finetune": ["teacher", "glue"],
-    "distill general": ["teacher", "student", "pregen"], "distill task": ["finetuned", "student", "glue"],
-    "demo": ["teacher", "glue"], "sweep": ["finetuned", "glue", "pregen"],
+    "decompose": ["teacher"],
+    "pregenerate": ["teacher", "corpus"],
+    "finetune": ["teacher", "glue"],
+    "distill general": ["teacher", "student", "pregen"],
+    "distill task": ["finetuned", "student", "glue"],
+    "demo": ["teacher", "glue"],
+    "sweep": ["finetuned", "glue", "pregen"],
 }
 WRITERS = list(INPUTS)
 #: Another command's output that `command` must not take over.
-OTHER = {"decompose": "finetuned", "pregenerate": "finetuned", "finetune": "student", "distill general": "finetuned",
-         "distill task": "student", "demo": "finetuned", "sweep": "student"}
+OTHER = {
+    "decompose": "finetuned",
+    "pregenerate": "finetuned",
+    "finetune": "student",
+    "distill general": "finetuned",
+    "distill task": "student",
+    "demo": "finetuned",
+    "sweep": "student",
+}
 
 
 def inputs_of(w: World) -> dict:
@@ -95,16 +194,21 @@ def test_a_users_directory_is_not_replaced_without_overwrite(cli, world, tmp_pat
     out.mkdir()
     (out / "notes.txt").write_text("a week of work")
     (out / ".hidden").write_text("config")
-    run_and_check(cli, writer_args(command, inputs_of(world), out), ("not written by tensorslim", "--overwrite"),
-                  [out, *world.inputs()])
+    run_and_check(
+        cli,
+        writer_args(command, inputs_of(world), out),
+        ("not written by tensorslim", "--overwrite"),
+        [out, *world.inputs()],
+    )
 
 
 @pytest.mark.parametrize("command", WRITERS)
 def test_another_commands_output_is_not_replaced_without_overwrite(cli, world, tmp_path, command):
     """E.g. `decompose --out D` / `pregenerate --out D` where D is a fine-tuned model (exited 0 and deleted it)."""
     out = world.copy(OTHER[command], tmp_path / "earlier")
-    run_and_check(cli, writer_args(command, inputs_of(world), out), ("holds the output of", "--overwrite"),
-                  [out, *world.inputs()])
+    run_and_check(
+        cli, writer_args(command, inputs_of(world), out), ("holds the output of", "--overwrite"), [out, *world.inputs()]
+    )
 
 
 @pytest.mark.parametrize("command", WRITERS)
@@ -119,16 +223,21 @@ def test_files_added_to_an_earlier_output_are_not_deleted(cli, world, tmp_path, 
     else:
         out = world.copy(source, tmp_path / "earlier")
     (out / "my-notes.md").write_text("results I wrote by hand")
-    run_and_check(cli, writer_args(command, inputs_of(world), out), ("did not write: my-notes.md", "--overwrite"),
-                  [out, *world.inputs()])
+    run_and_check(
+        cli,
+        writer_args(command, inputs_of(world), out),
+        ("did not write: my-notes.md", "--overwrite"),
+        [out, *world.inputs()],
+    )
 
 
 @pytest.mark.parametrize("command", WRITERS)
 def test_output_that_is_a_file_is_refused(cli, world, tmp_path, command):
     out = tmp_path / "results.txt"
     out.write_text("keep me")
-    run_and_check(cli, writer_args(command, inputs_of(world), out) + ["--overwrite"], "is a file",
-                  [out, *world.inputs()])
+    run_and_check(
+        cli, writer_args(command, inputs_of(world), out) + ["--overwrite"], "is a file", [out, *world.inputs()]
+    )
 
 
 @pytest.mark.parametrize("command", ["finetune", "distill general", "distill task"])
@@ -137,28 +246,51 @@ def test_training_over_an_earlier_run_needs_resume_or_overwrite(cli, world, tmp_
     out.mkdir()
     (out / ".tensorslim").write_text(json.dumps({"command": command, "entries": None}))
     (out / "checkpoints").mkdir()
-    run_and_check(cli, writer_args(command, inputs_of(world), out), ("holds an earlier run", "--resume"),
-                  [out, *world.inputs()])
-    run_and_check(cli, writer_args(command, inputs_of(world), out) + ["--resume", "--overwrite"],
-                  "contradict", [out, *world.inputs()])
+    run_and_check(
+        cli, writer_args(command, inputs_of(world), out), ("holds an earlier run", "--resume"), [out, *world.inputs()]
+    )
+    run_and_check(
+        cli,
+        writer_args(command, inputs_of(world), out) + ["--resume", "--overwrite"],
+        "contradict",
+        [out, *world.inputs()],
+    )
 
 
 @pytest.mark.parametrize("target", ["config.json", "model.safetensors", "tokenizer.json"])
 def test_report_json_never_replaces_a_model_file(cli, world, tmp_path, target):
     model = world.copy("student", tmp_path / "student")
-    run_and_check(cli, ["report", "--model", model, "--seconds", "0.1", "--json", model / target],
-                  "not written by this command", [model, *world.inputs()])
+    run_and_check(
+        cli,
+        ["report", "--model", model, "--seconds", "0.1", "--json", model / target],
+        "not written by this command",
+        [model, *world.inputs()],
+    )
 
 
-@pytest.mark.parametrize("existing, message", [
-    ("eval_results.json", "not written by this command"), ("SST-2.tsv", "not a GLUE prediction file"),
-])
+@pytest.mark.parametrize(
+    "existing, message",
+    [
+        ("eval_results.json", "not written by this command"),
+        ("SST-2.tsv", "not a GLUE prediction file"),
+    ],
+)
 def test_evaluate_never_replaces_a_users_file(cli, world, tmp_path, existing, message):
     out = tmp_path / "results"
     out.mkdir()
     (out / existing).write_text("my own numbers\n")
-    args = ["evaluate", "--model", world.finetuned, "--task", "SST-2", "--glue-dir", world.glue, "--out", out,
-            "--predict"]
+    args = [
+        "evaluate",
+        "--model",
+        world.finetuned,
+        "--task",
+        "SST-2",
+        "--glue-dir",
+        world.glue,
+        "--out",
+        out,
+        "--predict",
+    ]
     run_and_check(cli, args, message, [out, *world.inputs()])
 
 

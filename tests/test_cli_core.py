@@ -13,12 +13,20 @@ from tensorslim.cli import main
 
 def test_decompose_writes_a_loadable_student(tiny_bert_dir, tmp_path):
     out = tmp_path / "student"
-    assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--rank", "8", "--layer-rank", "6"]) == 0
+    assert (
+        main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--rank", "8", "--layer-rank", "6"]) == 0
+    )
     record = json.loads((out / "decomposition.json").read_text())
     assert (record["method"], record["rank"], record["layer_rank"], record["ops"]) == ("tucker", 8, 6, "all")
     assert record["parameters"]["teacher"]["encoder"] > record["parameters"]["student"]["encoder"]
     assert record["decomposed_weights"]["student"] == 2 * 32 * 8 + 24 * 6 + 6 * 64
-    assert set(record["relative_error_per_slot"]) == {"q", "k", "v", "o", *(f"ffn_{s}.{j}" for s in ("in", "out") for j in range(4))}
+    assert set(record["relative_error_per_slot"]) == {
+        "q",
+        "k",
+        "v",
+        "o",
+        *(f"ffn_{s}.{j}" for s in ("in", "out") for j in range(4)),
+    }
     assert record["seconds"]["total"] > 0 and record["hooi"]["sweep_dtype"] in ("float32", "bfloat16")
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert type(model).__name__ == "BertForMaskedLM"  # the teacher's own class, with factored projections
@@ -30,8 +38,24 @@ def test_decompose_writes_a_loadable_student(tiny_bert_dir, tmp_path):
 def test_decompose_precision_reaches_hooi(tiny_bert_dir, tmp_path):
     for precision in ("float32", "bfloat16"):
         out = tmp_path / precision
-        assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--rank", "8", "--layer-rank", "6",
-                     "--precision", precision]) == 0
+        assert (
+            main(
+                [
+                    "decompose",
+                    "--teacher",
+                    str(tiny_bert_dir),
+                    "--out",
+                    str(out),
+                    "--rank",
+                    "8",
+                    "--layer-rank",
+                    "6",
+                    "--precision",
+                    precision,
+                ]
+            )
+            == 0
+        )
         assert json.loads((out / "decomposition.json").read_text())["hooi"]["sweep_dtype"] == precision
 
 
@@ -45,28 +69,55 @@ def test_decompose_from_budget(tiny_bert_dir, tmp_path):
 def test_report_prints_and_writes_json(tiny_bert_dir, tmp_path):
     out = tmp_path / "s"
     main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--rank", "8", "--layer-rank", "6"])
-    proc = subprocess.run([sys.executable, "-m", "tensorslim.cli", "report", "--model", str(out), "--teacher",
-                           str(tiny_bert_dir), "--seconds", "0.2", "--batch-size", "4", "--seq-len", "16"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tensorslim.cli",
+            "report",
+            "--model",
+            str(out),
+            "--teacher",
+            str(tiny_bert_dir),
+            "--seconds",
+            "0.2",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "sequences / s" in proc.stdout and "encoder compression" in proc.stdout
     report = json.loads((out / "report.json").read_text())
     t, m = report["teacher"], report["model"]
-    assert report["ratios"]["encoder_parameters"] == pytest.approx(t["parameters"]["encoder"] / m["parameters"]["encoder"])
+    assert report["ratios"]["encoder_parameters"] == pytest.approx(
+        t["parameters"]["encoder"] / m["parameters"]["encoder"]
+    )
     # Dense BERT FLOPs by hand: 2 layers x (4 D^2 + 2 D I + 2 T D) multiply-adds, doubled.
     assert t["flops_per_token"] == 2 * 2 * (4 * 32**2 + 2 * 32 * 128 + 2 * 16 * 32)
     assert m["throughput"]["sequences_per_second"] > 0
 
 
-@pytest.mark.parametrize("case,message", [
-    ("missing", "does not exist"), ("noconfig", "has no config.json"), ("t5", "model type 't5' is not supported"),
-    ("corrupt", "cannot load the weights"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing", "does not exist"),
+        ("noconfig", "has no config.json"),
+        ("t5", "model type 't5' is not supported"),
+        ("corrupt", "cannot load the weights"),
+    ],
+)
 def test_bad_teacher_directories(tmp_path, tiny_bert_dir, case, message, caplog):
     teacher = tmp_path / "teacher"
     if case == "noconfig":
         teacher.mkdir()
     elif case == "t5":
-        T5Model(T5Config(num_layers=1, d_model=16, d_kv=8, d_ff=32, num_heads=2, vocab_size=50)).save_pretrained(teacher)
+        T5Model(T5Config(num_layers=1, d_model=16, d_kv=8, d_ff=32, num_heads=2, vocab_size=50)).save_pretrained(
+            teacher
+        )
     elif case == "corrupt":
         import shutil
 
@@ -79,10 +130,15 @@ def test_bad_teacher_directories(tmp_path, tiny_bert_dir, case, message, caplog)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--rank", "0"], "rank 0 is out of range"), (["--rank", "33"], "rank 33 is out of range"),
-    (["--layer-rank", "25"], "layer rank 25 is out of range"), (["--budget", "10"], "no tucker rank setting fits"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--rank", "0"], "rank 0 is out of range"),
+        (["--rank", "33"], "rank 33 is out of range"),
+        (["--layer-rank", "25"], "layer rank 25 is out of range"),
+        (["--budget", "10"], "no tucker rank setting fits"),
+    ],
+)
 def test_bad_ranks(tiny_bert_dir, tmp_path, flags, message, caplog):
     out = tmp_path / "out"
     assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), *flags]) == 2
@@ -144,15 +200,43 @@ def test_student_whose_config_and_weights_disagree(tiny_bert_dir, tmp_path, dama
 
 def test_decomposition_is_deterministic(tiny_bert_dir, tmp_path):
     for name in ("a", "b"):
-        assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(tmp_path / name), "--rank", "6",
-                     "--layer-rank", "5"]) == 0
+        assert (
+            main(
+                [
+                    "decompose",
+                    "--teacher",
+                    str(tiny_bert_dir),
+                    "--out",
+                    str(tmp_path / name),
+                    "--rank",
+                    "6",
+                    "--layer-rank",
+                    "5",
+                ]
+            )
+            == 0
+        )
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
 def test_decompose_by_compression_removes_that_share_of_the_matrix_weights(tiny_bert_dir, tmp_path):
     out = tmp_path / "s"
-    assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--method", "lowrank",
-                 "--compression", "20%"]) == 0
+    assert (
+        main(
+            [
+                "decompose",
+                "--teacher",
+                str(tiny_bert_dir),
+                "--out",
+                str(out),
+                "--method",
+                "lowrank",
+                "--compression",
+                "20%",
+            ]
+        )
+        == 0
+    )
     w = json.loads((out / "decomposition.json").read_text())["decomposed_weights"]
     assert w["student"] <= 0.8 * w["teacher"]
     # the largest rank that fits: one more would keep more than 80% (d x (2 D + d) per slice, 24 slices of 32 x 32)

@@ -28,8 +28,15 @@ D = 32
 
 def teacher(cls=BertForSequenceClassification, num_labels=3, ffn_mult=4, seed=0):
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=120, hidden_size=D, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=ffn_mult * D, max_position_embeddings=40, num_labels=num_labels)
+    config = BertConfig(
+        vocab_size=120,
+        hidden_size=D,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=ffn_mult * D,
+        max_position_embeddings=40,
+        num_labels=num_labels,
+    )
     return cls(config).eval()
 
 
@@ -41,8 +48,12 @@ def batch(seed=0):
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": (torch.arange(11) > 5).long().expand(3, -1)}
 
 
-METHODS = [("tucker", dict(rank=6, layer_rank=10)), ("shared", dict(rank=6)), ("lowrank", dict(rank=6)),
-           ("tucker", dict(rank=24, layer_rank=8))]
+METHODS = [
+    ("tucker", dict(rank=6, layer_rank=10)),
+    ("shared", dict(rank=6)),
+    ("lowrank", dict(rank=6)),
+    ("tucker", dict(rank=24, layer_rank=8)),
+]
 
 
 @pytest.mark.parametrize("method,options", METHODS)
@@ -191,7 +202,9 @@ class ShapeRecorder(TorchDispatchMode):
 @pytest.mark.parametrize("grad", [True, False])
 def test_forward_never_materialises_a_d_by_d_weight(grad):
     """Within the layers (the pooler and heads are dense D x D layers by design)."""
-    student = from_teacher(teacher(), "tucker", rank=6, layer_rank=8).train(grad)  # g d = 24 != D keeps shapes unambiguous
+    student = from_teacher(teacher(), "tucker", rank=6, layer_rank=8).train(
+        grad
+    )  # g d = 24 != D keeps shapes unambiguous
     x = student.bert.embeddings(batch()["input_ids"]).detach()
     with torch.set_grad_enabled(grad), ShapeRecorder() as rec:
         out = x
@@ -203,8 +216,10 @@ def test_forward_never_materialises_a_d_by_d_weight(grad):
     assert rec.shapes and not [s for s in rec.shapes if len(s) >= 2 and s[-2:] == (D, D)]
 
 
-@pytest.mark.parametrize("head_cls,auto", [(BertForSequenceClassification, AutoModelForSequenceClassification),
-                                           (BertForMaskedLM, AutoModelForMaskedLM)])
+@pytest.mark.parametrize(
+    "head_cls,auto",
+    [(BertForSequenceClassification, AutoModelForSequenceClassification), (BertForMaskedLM, AutoModelForMaskedLM)],
+)
 def test_save_and_load_with_auto_classes(tmp_path, head_cls, auto):
     student = from_teacher(teacher(head_cls), "tucker", rank=6, layer_rank=8).eval()
     student.save_pretrained(tmp_path)
@@ -216,8 +231,9 @@ def test_save_and_load_with_auto_classes(tmp_path, head_cls, auto):
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch()).logits, student(**batch()).logits, atol=0, rtol=0)
         base = AutoModel.from_pretrained(tmp_path).eval()
-        torch.testing.assert_close(base(**batch()).last_hidden_state,
-                                   student.bert(**batch()).last_hidden_state, atol=0, rtol=0)
+        torch.testing.assert_close(
+            base(**batch()).last_hidden_state, student.bert(**batch()).last_hidden_state, atol=0, rtol=0
+        )
     assert type(head_cls.from_pretrained(tmp_path).bert.encoder.layer[0].attention.self.key) is FactoredProjection
 
 
@@ -243,7 +259,9 @@ def test_regression_head_uses_mse():
 
 def test_mlm_decoder_stays_tied_to_word_embeddings():
     student = from_teacher(teacher(BertForMaskedLM), "tucker", rank=6, layer_rank=8)
-    assert student.cls.predictions.decoder.weight.data_ptr() == student.bert.embeddings.word_embeddings.weight.data_ptr()
+    assert (
+        student.cls.predictions.decoder.weight.data_ptr() == student.bert.embeddings.word_embeddings.weight.data_ptr()
+    )
 
 
 def test_decomposition_record():
@@ -255,7 +273,8 @@ def test_decomposition_record():
     assert torch.tensor(record["relative_error_per_layer_slot"]).shape == (2, 12)
     assert len(record["spectra"]["rows"]) == D and record["spectra"]["slices"][0] >= record["spectra"]["slices"][-1]
     assert record["parameters"]["teacher"]["encoder"] - record["parameters"]["student"]["encoder"] == (
-        record["decomposed_weights"]["teacher"] - record["decomposed_weights"]["student"])
+        record["decomposed_weights"]["teacher"] - record["decomposed_weights"]["student"]
+    )
 
 
 def test_a_student_is_not_decomposed_twice():
@@ -277,14 +296,17 @@ def test_nan_weights_are_refused_before_any_change():
 def test_real_teacher_full_rank_and_compressed(real_teacher_dir, tokenizer):
     """all-MiniLM-L6-v2: full rank reproduces its hidden states; more rank reconstructs better."""
     t = AutoModel.from_pretrained(real_teacher_dir).eval()
-    enc = tokenizer(["The cat sat on the mat.", "Tensor decomposition compresses BERT."], padding=True,
-                    return_tensors="pt")
+    enc = tokenizer(
+        ["The cat sat on the mat.", "Tensor decomposition compresses BERT."], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         ref = t(**enc).last_hidden_state
         full = from_teacher(copy.deepcopy(t), "tucker", rank=384, layer_rank=72).eval()
         torch.testing.assert_close(full(**enc).last_hidden_state, ref, atol=1e-4, rtol=1e-4)
-        errors = [decompose(copy.deepcopy(t), "tucker", rank=rank, layer_rank=layer_rank)[1]
-                  for rank, layer_rank in ((64, 18), (192, 36))]
+        errors = [
+            decompose(copy.deepcopy(t), "tucker", rank=rank, layer_rank=layer_rank)[1]
+            for rank, layer_rank in ((64, 18), (192, 36))
+        ]
     assert errors[1]["decomposed_weights"]["ratio"] > 6
     # Real weights are far from low rank (relative errors of 0.8-0.95 at these ranks), but more rank
     # always reconstructs better; distillation, not initialisation, closes the gap.
@@ -292,16 +314,29 @@ def test_real_teacher_full_rank_and_compressed(real_teacher_dir, tokenizer):
 
 
 @settings(max_examples=15, deadline=None)
-@given(heads=st.integers(1, 3), head_dim=st.integers(2, 6), layers=st.integers(1, 2), ffn_mult=st.integers(1, 3),
-       method=st.sampled_from(["tucker", "shared", "lowrank"]), ops=st.sampled_from(["all", "san", "ffn"]),
-       data=st.data())
+@given(
+    heads=st.integers(1, 3),
+    head_dim=st.integers(2, 6),
+    layers=st.integers(1, 2),
+    ffn_mult=st.integers(1, 3),
+    method=st.sampled_from(["tucker", "shared", "lowrank"]),
+    ops=st.sampled_from(["all", "san", "ffn"]),
+    data=st.data(),
+)
 def test_property_factored_equals_dense(heads, head_dim, layers, ffn_mult, method, ops, data):
     """Random shapes and ranks: the factored forward equals the dense forward of the reconstruction,
     and the factor count matches the method's formula."""
     hidden = heads * head_dim
     torch.manual_seed(hidden * 7 + layers)
-    config = BertConfig(vocab_size=60, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=ffn_mult * hidden, max_position_embeddings=16, num_labels=2)
+    config = BertConfig(
+        vocab_size=60,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn_mult * hidden,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
     t = BertForSequenceClassification(config).eval()
     n = layers * {"all": 4 + 2 * ffn_mult, "san": 4, "ffn": 2 * ffn_mult}[ops]
     rank = data.draw(st.integers(1, hidden))
@@ -312,8 +347,9 @@ def test_property_factored_equals_dense(heads, head_dim, layers, ffn_mult, metho
     student.eval()
     ids = torch.randint(1, 60, (2, 7))
     with torch.no_grad():
-        torch.testing.assert_close(student(input_ids=ids).logits, export_dense(student)(input_ids=ids).logits,
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            student(input_ids=ids).logits, export_dense(student)(input_ids=ids).logits, atol=1e-5, rtol=1e-4
+        )
     assert sum(p.numel() for p in bank_of(student).parameters()) == record["decomposed_weights"]["student"]
     if rank == hidden and (method != "tucker" or options["layer_rank"] == n):
         assert record["relative_error"] < 1e-5

@@ -23,7 +23,11 @@ def write(path, text, encoding="utf-8"):
 def test_split_sentences_hand_cases():
     text = 'Mr. Smith went to Washington. He said "Hi!" Then H. G. Wells left, e.g. yesterday. 3 men came? Yes.'
     assert split_sentences(text) == [
-        "Mr. Smith went to Washington.", 'He said "Hi!"', "Then H. G. Wells left, e.g. yesterday.", "3 men came?", "Yes.",
+        "Mr. Smith went to Washington.",
+        'He said "Hi!"',
+        "Then H. G. Wells left, e.g. yesterday.",
+        "3 men came?",
+        "Yes.",
     ]
     assert split_sentences("no break here. lower case follows") == ["no break here. lower case follows"]
     assert split_sentences("   ") == []
@@ -50,8 +54,10 @@ def test_paragraph_layout_auto_detected(tmp_path):
 
 
 def test_wikitext_layout(tmp_path):
-    text = (" \n = Lobster = \n \n Lobsters are blue . They taste good @-@ really .\n \n = = Biology = = \n"
-            " They weigh 0 @.@ 7 kg , or 1 @,@ 000 g .\n \n = Crab = \n \n Crabs walk sideways .\n")
+    text = (
+        " \n = Lobster = \n \n Lobsters are blue . They taste good @-@ really .\n \n = = Biology = = \n"
+        " They weigh 0 @.@ 7 kg , or 1 @,@ 000 g .\n \n = Crab = \n \n Crabs walk sideways .\n"
+    )
     f = write(tmp_path / "wiki.train.raw", text)
     reader = CorpusReader([f])
     assert list(reader) == [
@@ -101,13 +107,16 @@ def test_long_documents_are_split(tmp_path):
     assert [len(d) for d in docs] == [10, 10, 5]
 
 
-@pytest.mark.parametrize("content, pattern", [
-    (b"", r"holds no sentences"),
-    (b"\n  \n\t\n", r"holds no sentences"),
-    (b"Some text.\nMore\x00binary\x01\n", r"bin\.txt looks binary: NUL byte on line 2"),
-    ("Caf\u00e9 au lait.\nNa\u00efve.\n".encode("latin-1"), r"bin\.txt is not UTF-8: byte 0xe9 on line 1"),
-    (b"ok line\n\xe2\x82", r"ends inside a multi-byte character"),
-])
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (b"", r"holds no sentences"),
+        (b"\n  \n\t\n", r"holds no sentences"),
+        (b"Some text.\nMore\x00binary\x01\n", r"bin\.txt looks binary: NUL byte on line 2"),
+        ("Caf\u00e9 au lait.\nNa\u00efve.\n".encode("latin-1"), r"bin\.txt is not UTF-8: byte 0xe9 on line 1"),
+        (b"ok line\n\xe2\x82", r"ends inside a multi-byte character"),
+    ],
+)
 def test_bad_input_raises_our_error(tmp_path, content, pattern):
     f = write(tmp_path / "bin.txt", content)
     with pytest.raises(TensorslimError, match=pattern) as info:
@@ -148,10 +157,12 @@ def test_real_gutenberg_books(shared_data):
     assert set(reader.stats.layouts.values()) == {"paragraphs"}
     assert reader.stats.files == 2 and len(docs) > 100
     sentences = [s for d in docs for s in d]
-    assert "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing " \
-           "to do: once or twice she had peeped into the book her sister was reading, but it had no pictures or " \
-           "conversations in it, 'and what is the use of a book,' thought Alice 'without pictures or " \
-           "conversations?'" in sentences
+    assert (
+        "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing "
+        "to do: once or twice she had peeped into the book her sister was reading, but it had no pictures or "
+        "conversations in it, 'and what is the use of a book,' thought Alice 'without pictures or "
+        "conversations?'" in sentences
+    )
     assert all(0 < len(s) <= 2000 for s in sentences)
 
 

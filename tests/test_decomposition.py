@@ -1,13 +1,11 @@
 """Decomposition math: slicing and orientation, the three methods, HOSVD + HOOI against tensorly, budgets."""
 
-
 import pytest
 import tensorly as tl
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensorly.decomposition import partial_tucker
-from tiny_models import tiny_model
 from transformers import BertConfig, BertModel
 
 from tensorslim.compress.inplace import layout, matrix_of
@@ -15,12 +13,21 @@ from tensorslim.decomposition.hooi import sweep_dtype, tucker_hooi
 from tensorslim.decomposition.methods import METHODS, get_method
 from tensorslim.decomposition.slices import Group, assemble, stack
 from tensorslim.errors import TensorslimError
+from tiny_models import tiny_model
 
 
 def tiny_bert(hidden=16, layers=2, ffn_mult=4, seed=0):
     torch.manual_seed(seed)
-    return BertModel(BertConfig(vocab_size=50, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                                intermediate_size=ffn_mult * hidden, max_position_embeddings=32)).eval()
+    return BertModel(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=ffn_mult * hidden,
+            max_position_embeddings=32,
+        )
+    ).eval()
 
 
 def stacks_of(model, ops="all"):
@@ -45,8 +52,11 @@ def test_bert_stack_is_the_papers(ops, count):
     W = bert_stack(model, ops)
     assert W.shape == (2 * count, 16, 16)
     layer1 = model.encoder.layer[1]
-    expected = {"all": layer1.attention.self.query.weight.T, "san": layer1.attention.self.query.weight.T,
-                "ffn": layer1.intermediate.dense.weight[:16]}[ops]
+    expected = {
+        "all": layer1.attention.self.query.weight.T,
+        "san": layer1.attention.self.query.weight.T,
+        "ffn": layer1.intermediate.dense.weight[:16],
+    }[ops]
     torch.testing.assert_close(W[count], expected)
 
 
@@ -62,7 +72,7 @@ def test_bert_slices_act_like_the_dense_layers():
     ffn_in = torch.cat([x @ W[4 + j].T for j in range(4)], dim=-1)
     torch.testing.assert_close(ffn_in, x @ layer.intermediate.dense.weight.T)
     z = torch.randn(5, 64)
-    ffn_out = sum(z[:, 16 * j:16 * (j + 1)] @ W[8 + j] for j in range(4))
+    ffn_out = sum(z[:, 16 * j : 16 * (j + 1)] @ W[8 + j] for j in range(4))
     torch.testing.assert_close(ffn_out, z @ layer.output.dense.weight.T)
 
 
@@ -73,7 +83,10 @@ def test_decoder_groups_by_shape_with_the_ffn_side_first():
     model = tiny_model("llama")
     groups, stacks, layouts = stacks_of(model)
     assert {n: (g.rows, g.cols, g.num_slices) for n, g in groups.items()} == {
-        "32x32": (32, 32, 4), "32x16": (32, 16, 4), "80x32": (80, 32, 6)}
+        "32x32": (32, 32, 4),
+        "32x16": (32, 16, 4),
+        "80x32": (80, 32, 6),
+    }
     layer = model.layers[1]
     torch.testing.assert_close(stacks["32x32"][2], layer.self_attn.q_proj.weight.T)
     torch.testing.assert_close(stacks["32x32"][3], layer.self_attn.o_proj.weight.T)
@@ -92,7 +105,7 @@ def test_gpt2_fused_attention_splits_into_q_k_v_slices():
     assert list(groups) == ["32x32"] and groups["32x32"].num_slices == 2 * (3 + 1 + 4 + 4)
     c_attn = model.h[0].attn.c_attn.weight  # Conv1D: [in, out] = [32, 96]
     for j in range(3):
-        torch.testing.assert_close(stacks["32x32"][j], c_attn[:, 32 * j:32 * (j + 1)])
+        torch.testing.assert_close(stacks["32x32"][j], c_attn[:, 32 * j : 32 * (j + 1)])
     c_fc = model.h[0].mlp.c_fc.weight  # [32, 128]: FFN input, sliced [out, in]
     torch.testing.assert_close(stacks["32x32"][4], c_fc[:, :32].T)
 
@@ -129,8 +142,11 @@ def test_ranks_scale_with_a_groups_smaller_side():
 @pytest.mark.parametrize("name,rank,layer_rank", [("lowrank", 6, None), ("shared", 6, None), ("tucker", 6, 10)])
 def test_parameter_counts_match_the_paper_formulas(name, rank, layer_rank):
     n, D, d, l = 24, 16, rank, layer_rank
-    expected = {"lowrank": n * (2 * D * d + d * d), "shared": 2 * D * d + n * d * d,
-                "tucker": 2 * D * d + n * (l or 0) + (l or 0) * d * d}[name]
+    expected = {
+        "lowrank": n * (2 * D * d + d * d),
+        "shared": 2 * D * d + n * d * d,
+        "tucker": 2 * D * d + n * (l or 0) + (l or 0) * d * d,
+    }[name]
     method = get_method(name, rank=rank, layer_rank=layer_rank)
     group = Group("16x16", D, D, n)
     ranks = method.group_ranks(group, D)
@@ -249,7 +265,9 @@ def test_ranks_for_budget():
     fixed = get_method("tucker", rank=384).for_budget(groups, D, 11_217_024)
     assert (fixed.rank, fixed.layer_rank) == (384, 72)
     shared = get_method("shared").for_budget(groups, D, 1_000_000)
-    assert shared.total_params(groups, D) <= 1_000_000 < shared.with_values(rank=shared.rank + 1).total_params(groups, D)
+    assert (
+        shared.total_params(groups, D) <= 1_000_000 < shared.with_values(rank=shared.rank + 1).total_params(groups, D)
+    )
     with pytest.raises(TensorslimError, match="no lowrank rank setting fits in 100"):
         get_method("lowrank").for_budget(groups, D, 100)
 
@@ -267,7 +285,9 @@ def test_tucker_property(n, D, data):
     torch.manual_seed(n * 100 + D)
     W = torch.randn(n, D, D)
     l, d = data.draw(st.integers(1, n)), data.draw(st.integers(1, D))
-    core, factors, info = tucker_hooi(W, (l, d, d), max_iter=5, precision=data.draw(st.sampled_from(["float32", "bfloat16"])))
+    core, factors, info = tucker_hooi(
+        W, (l, d, d), max_iter=5, precision=data.draw(st.sampled_from(["float32", "bfloat16"]))
+    )
     err = ((W - tucker_to_tensor(core, factors)).norm() / W.norm()).item()
     assert info.errors[-1] == pytest.approx(err, abs=1e-4)
     core, factors, _ = tucker_hooi(W, (n, D, D))

@@ -21,10 +21,27 @@ def demo_run(tiny_bert_dir, tmp_path_factory):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"the {package} data package is not installed (make setup installs it)")
     out = tmp_path_factory.mktemp("demo") / "run"
-    plan = TrainingPlan(max_seq_length=32, general_steps=4, stage1_epochs=1, stage2_epochs=1, batch_size=16,
-                        max_train_samples=160, task_lr=1e-3)
-    settings = DemoSettings(out=out, teacher=tiny_bert_dir, compressions=[4.0, 12.0], plan=plan, max_eval_samples=96,
-                            finetune_epochs=1, finetune_lr=1e-3, corpus_documents=40, aug_n=1, throughput_seconds=0.1)
+    plan = TrainingPlan(
+        max_seq_length=32,
+        general_steps=4,
+        stage1_epochs=1,
+        stage2_epochs=1,
+        batch_size=16,
+        max_train_samples=160,
+        task_lr=1e-3,
+    )
+    settings = DemoSettings(
+        out=out,
+        teacher=tiny_bert_dir,
+        compressions=[4.0, 12.0],
+        plan=plan,
+        max_eval_samples=96,
+        finetune_epochs=1,
+        finetune_lr=1e-3,
+        corpus_documents=40,
+        aug_n=1,
+        throughput_seconds=0.1,
+    )
     return out, settings, run_demo(settings)
 
 
@@ -53,7 +70,9 @@ def test_every_stage_output_is_an_ordinary_directory(demo_run):
     stages = {s["name"] for s in run["stages"]}
     assert {"data", "corpus", "pregenerate", "finetune", "augment", "evaluate"} <= stages
     assert {"decompose tucker 4x", "general distillation tucker 4x", "task distillation tucker 4x"} <= stages
-    for model in [out / "teacher"] + [out / "students" / f"tucker-{r}x" / sub for r in (4, 12) for sub in ("init", "general", "task")]:
+    for model in [out / "teacher"] + [
+        out / "students" / f"tucker-{r}x" / sub for r in (4, 12) for sub in ("init", "general", "task")
+    ]:
         assert (model / "config.json").is_file() and (model / "model.safetensors").is_file(), model
     assert (out / "data" / "glue" / "BBC-News" / "train_aug.tsv").is_file()
     assert (out / "pregenerated" / "pregenerate.json").is_file()
@@ -116,19 +135,45 @@ def test_sweep_draws_the_curve_and_resumes(demo_run, tmp_path):
     out, settings, _ = demo_run
     assert parse_setting("36x128") == RankSetting(rank=128, layer_rank=36)
     assert parse_setting("2M") == RankSetting(budget=2_000_000)
-    plan = TrainingPlan(max_seq_length=32, stage1_steps=2, stage2_steps=2, batch_size=16, aug=False,
-                        max_train_samples=64, task_lr=1e-3)
+    plan = TrainingPlan(
+        max_seq_length=32, stage1_steps=2, stage2_steps=2, batch_size=16, aug=False, max_train_samples=64, task_lr=1e-3
+    )
     grid = [parse_setting("6x4"), parse_setting("12x8")]
     sweep = tmp_path / "sweep"
-    first = run_sweep(out / "teacher", "BBC-News", out / "data" / "glue", sweep, grid, plan, throughput_seconds=0.1,
-                      max_eval_samples=32)
+    first = run_sweep(
+        out / "teacher",
+        "BBC-News",
+        out / "data" / "glue",
+        sweep,
+        grid,
+        plan,
+        throughput_seconds=0.1,
+        max_eval_samples=32,
+    )
     sizes = [s["report"]["parameters"]["encoder"] for s in first["students"]]
     assert sizes[0] < sizes[1] and (sweep / "report" / "plots" / "score_vs_size.png").is_file()
-    again = run_sweep(out / "teacher", "BBC-News", out / "data" / "glue", sweep, grid, plan, throughput_seconds=0.1,
-                      max_eval_samples=32)
+    again = run_sweep(
+        out / "teacher",
+        "BBC-News",
+        out / "data" / "glue",
+        sweep,
+        grid,
+        plan,
+        throughput_seconds=0.1,
+        max_eval_samples=32,
+    )
     assert {"decompose tucker l=6 d=4", "task distillation tucker l=12 d=8"} <= {
-        s["name"] for s in again["stages"] if s.get("reused")}
-    changed = run_sweep(out / "teacher", "BBC-News", out / "data" / "glue", sweep, grid[:1],
-                        TrainingPlan(**{**plan.__dict__, "stage2_steps": 3}), throughput_seconds=0.1, max_eval_samples=32)
+        s["name"] for s in again["stages"] if s.get("reused")
+    }
+    changed = run_sweep(
+        out / "teacher",
+        "BBC-News",
+        out / "data" / "glue",
+        sweep,
+        grid[:1],
+        TrainingPlan(**{**plan.__dict__, "stage2_steps": 3}),
+        throughput_seconds=0.1,
+        max_eval_samples=32,
+    )
     reused = {s["name"] for s in changed["stages"] if s.get("reused")}
     assert "decompose tucker l=6 d=4" in reused and "task distillation tucker l=6 d=4" not in reused

@@ -24,9 +24,30 @@ def test_task_distillation_is_reproducible_on_cpu(tmp_path, tokenizer, shared_da
     glue = make_glue_subset(shared_data, tmp_path / "glue")
     teacher = make_tiny_bert(tmp_path / "teacher", tokenizer, head="cls", seed=0)
     student = make_tiny_bert(tmp_path / "student", tokenizer, seed=1)
-    command = ["distill", "task", "--teacher", str(teacher), "--student", str(student), "--task", "SST-2",
-               "--glue-dir", str(glue), "--max_steps", "6", "--logging_steps", "1", "--save_steps", "100",
-               "--per_device_train_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true"]
+    command = [
+        "distill",
+        "task",
+        "--teacher",
+        str(teacher),
+        "--student",
+        str(student),
+        "--task",
+        "SST-2",
+        "--glue-dir",
+        str(glue),
+        "--max_steps",
+        "6",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "100",
+        "--per_device_train_batch_size",
+        "4",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
     runs = {name: tmp_path / name for name in ("a", "b", "other_seed")}
     assert main([*command, "--out", str(runs["a"])]) == 0
     assert main([*command, "--out", str(runs["b"])]) == 0

@@ -13,9 +13,9 @@ from transformers import AutoModel, AutoModelForMaskedLM, TrainerCallback, Train
 
 from conftest import make_tiny_bert
 from tensorslim.cli import main
+from tensorslim.compress.api import decompose_to_dir
 from tensorslim.distill.config import DistillationConfig
 from tensorslim.distill.trainer import DistillationTrainer, NonFiniteLossError
-from tensorslim.compress.api import decompose_to_dir
 from tensorslim.train.pretraining_data import PretrainingCollator, load_inputs
 
 TEXT = [
@@ -40,16 +40,23 @@ def pregenerated(tmp_path_factory, tiny_bert_dir) -> Path:
     root = tmp_path_factory.mktemp("pregen")
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(TEXT * 4) + "\n")
-    return pregenerate([corpus], tiny_bert_dir, root / "data",
-                       PregenerateConfig(epochs=1, max_seq_len=32, docs_per_shard=4))
+    return pregenerate(
+        [corpus], tiny_bert_dir, root / "data", PregenerateConfig(epochs=1, max_seq_len=32, docs_per_shard=4)
+    )
 
 
 def test_collator_builds_the_attention_mask():
-    batch = PretrainingCollator(0)([{"input_ids": [101, 7, 102], "token_type_ids": [0, 0, 0]},
-                                    {"input_ids": [101, 102, 0, 0], "token_type_ids": [0, 0, 0, 0]}])
+    batch = PretrainingCollator(0)(
+        [
+            {"input_ids": [101, 7, 102], "token_type_ids": [0, 0, 0]},
+            {"input_ids": [101, 102, 0, 0], "token_type_ids": [0, 0, 0, 0]},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[101, 7, 102], [101, 102, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    assert PretrainingCollator(0, pad_to=5)([{"input_ids": [101, 102], "token_type_ids": [0, 1]}])["input_ids"].shape == (1, 5)
+    assert PretrainingCollator(0, pad_to=5)([{"input_ids": [101, 102], "token_type_ids": [0, 1]}])[
+        "input_ids"
+    ].shape == (1, 5)
 
 
 def read_weights(path: Path) -> dict:
@@ -59,10 +66,32 @@ def read_weights(path: Path) -> dict:
 def test_cli_general_distillation_trains_the_student(tmp_path, tiny_bert_dir, tokenizer, pregenerated):
     student = make_tiny_bert(tmp_path / "student", tokenizer, seed=3)
     out = tmp_path / "out"
-    code = main(["distill", "general", "--teacher", str(tiny_bert_dir), "--student", str(student),
-                 "--data", str(pregenerated), "--out", str(out), "--max_steps", "4", "--save_steps", "2",
-                 "--per_device_train_batch_size", "4", "--logging_steps", "1", "--disable_tqdm", "true",
-                 "--report_to", "none"])
+    code = main(
+        [
+            "distill",
+            "general",
+            "--teacher",
+            str(tiny_bert_dir),
+            "--student",
+            str(student),
+            "--data",
+            str(pregenerated),
+            "--out",
+            str(out),
+            "--max_steps",
+            "4",
+            "--save_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--logging_steps",
+            "1",
+            "--disable_tqdm",
+            "true",
+            "--report_to",
+            "none",
+        ]
+    )
     assert code == 0
     info = json.loads((out / "tensorslim_training.json").read_text())
     assert info["distillation"]["losses"] == ["attention", "hidden"] and info["global_step"] == 4
@@ -73,20 +102,48 @@ def test_cli_general_distillation_trains_the_student(tmp_path, tiny_bert_dir, to
     assert moved, "the last layer was not trained"
     assert model.config.num_hidden_layers == 2
     # a second run into the same directory is refused with a clear message and exit code 2
-    assert main(["distill", "general", "--teacher", str(tiny_bert_dir), "--student", str(student),
-                 "--data", str(pregenerated), "--out", str(out), "--max_steps", "1"]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "general",
+                "--teacher",
+                str(tiny_bert_dir),
+                "--student",
+                str(student),
+                "--data",
+                str(pregenerated),
+                "--out",
+                str(out),
+                "--max_steps",
+                "1",
+            ]
+        )
+        == 2
+    )
 
 
 def make_trainer(tmp_path, teacher_dir, student_dir, data, config=None, **overrides):
-    settings = dict(output_dir=str(tmp_path / "ckpt"), max_steps=3, per_device_train_batch_size=4, logging_steps=1,
-                    report_to="none", save_strategy="no", remove_unused_columns=False, disable_tqdm=True,
-                    dataloader_pin_memory=False)
+    settings = dict(
+        output_dir=str(tmp_path / "ckpt"),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
     args = TrainingArguments(**{**settings, **overrides})
-    return DistillationTrainer(model=AutoModelForMaskedLM.from_pretrained(student_dir), args=args,
-                               train_dataset=load_inputs(data), data_collator=PretrainingCollator(0),
-                               teacher=AutoModel.from_pretrained(teacher_dir),
-                               distill_config=config or DistillationConfig(losses=["attention", "hidden", "embedding"],
-                                                                           layer_map="uniform"))
+    return DistillationTrainer(
+        model=AutoModelForMaskedLM.from_pretrained(student_dir),
+        args=args,
+        train_dataset=load_inputs(data),
+        data_collator=PretrainingCollator(0),
+        teacher=AutoModel.from_pretrained(teacher_dir),
+        distill_config=config or DistillationConfig(losses=["attention", "hidden", "embedding"], layer_map="uniform"),
+    )
 
 
 def test_teacher_is_frozen_and_never_wrapped(tmp_path, tiny_bert_dir, tokenizer, pregenerated):
@@ -127,10 +184,34 @@ def test_non_finite_loss_stops_with_the_step_and_cause(tmp_path, tiny_bert_dir, 
 def test_decomposed_student_general_distillation(tmp_path, tiny_bert_dir, pregenerated):
     decompose_to_dir(tiny_bert_dir, tmp_path / "student", method="tucker", rank=16, layer_rank=8)
     out = tmp_path / "out"
-    assert main(["distill", "general", "--teacher", str(tiny_bert_dir), "--student", str(tmp_path / "student"),
-                 "--data", str(pregenerated), "--out", str(out), "--max_steps", "3", "--report_to", "none",
-                 "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--layer-map", "uniform",
-                 "--embedding-loss"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "general",
+                "--teacher",
+                str(tiny_bert_dir),
+                "--student",
+                str(tmp_path / "student"),
+                "--data",
+                str(pregenerated),
+                "--out",
+                str(out),
+                "--max_steps",
+                "3",
+                "--report_to",
+                "none",
+                "--per_device_train_batch_size",
+                "4",
+                "--disable_tqdm",
+                "true",
+                "--layer-map",
+                "uniform",
+                "--embedding-loss",
+            ]
+        )
+        == 0
+    )
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert model.config.model_type == "bert" and model.config.quantization_config.method == "tucker"
     before = AutoModelForMaskedLM.from_pretrained(tmp_path / "student")

@@ -16,8 +16,18 @@ from tensorslim.data.glue import get_task
 from tensorslim.train import recipes
 from tensorslim.train.task import stage_checkpoints, stage_defaults, stage_training_args
 
-FAST = ["--max_steps", "3", "--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true",
-        "--save_steps", "3"]
+FAST = [
+    "--max_steps",
+    "3",
+    "--per_device_train_batch_size",
+    "8",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--save_steps",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +51,56 @@ def info(path):
 
 def test_both_stages(tmp_path, models, glue):
     out = tmp_path / "out"
-    assert main(["distill", "task", "--teacher", str(models.teacher), "--student", str(models.student),
-                 "--task", "SST-2", "--glue-dir", str(glue), "--out", str(out), *FAST]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "task",
+                "--teacher",
+                str(models.teacher),
+                "--student",
+                str(models.student),
+                "--task",
+                "SST-2",
+                "--glue-dir",
+                str(glue),
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     stage1, stage2 = info(out / "stage1"), info(out)
-    assert stage1["distillation"]["losses"] == ["attention", "hidden"] and stage1["distillation"]["layer_map"] == "uniform"
+    assert (
+        stage1["distillation"]["losses"] == ["attention", "hidden"] and stage1["distillation"]["layer_map"] == "uniform"
+    )
     assert stage2["distillation"]["losses"] == ["logits"] and stage2["max_seq_length"] == 64
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.num_hidden_layers == 1 and model.config.id2label == {0: "0", 1: "1"}
     assert "eval_accuracy" in stage2["metrics"] and stage2["train_split"] == "train"
     # --resume on a finished run: stage 1 is not repeated, stage 2 continues from its last checkpoint
-    assert main(["distill", "task", "--teacher", str(models.teacher), "--student", str(models.student),
-                 "--task", "SST-2", "--glue-dir", str(glue), "--out", str(out), "--resume", *FAST]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "task",
+                "--teacher",
+                str(models.teacher),
+                "--student",
+                str(models.student),
+                "--task",
+                "SST-2",
+                "--glue-dir",
+                str(glue),
+                "--out",
+                str(out),
+                "--resume",
+                *FAST,
+            ]
+        )
+        == 0
+    )
 
 
 def test_stage_2_only_with_aug_and_config_file(tmp_path, models, glue):
@@ -64,9 +113,31 @@ def test_stage_2_only_with_aug_and_config_file(tmp_path, models, glue):
     config = tmp_path / "kd.yaml"
     config.write_text("stage2:\n  temperature: 2.0\n")
     out = tmp_path / "out"
-    assert main(["distill", "task", "--teacher", str(models.teacher), "--student", str(models.teacher),
-                 "--task", "SST-2", "--glue-dir", str(aug_glue), "--out", str(out), "--aug", "--stage", "2",
-                 "--distill-config", str(config), *FAST]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "task",
+                "--teacher",
+                str(models.teacher),
+                "--student",
+                str(models.teacher),
+                "--task",
+                "SST-2",
+                "--glue-dir",
+                str(aug_glue),
+                "--out",
+                str(out),
+                "--aug",
+                "--stage",
+                "2",
+                "--distill-config",
+                str(config),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     record = info(out)
     assert (record["train_split"], record["train_examples"]) == ("train_aug", 10)
     assert record["distillation"]["temperature"] == 2.0 and not (out / "stage1").exists()
@@ -74,8 +145,28 @@ def test_stage_2_only_with_aug_and_config_file(tmp_path, models, glue):
 
 def test_regression_task_uses_gold_scores(tmp_path, models, glue):
     out = tmp_path / "out"
-    assert main(["distill", "task", "--teacher", str(models.teacher_reg), "--student", str(models.student),
-                 "--task", "STS-B", "--glue-dir", str(glue), "--out", str(out), "--stage", "2", *FAST]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "task",
+                "--teacher",
+                str(models.teacher_reg),
+                "--student",
+                str(models.student),
+                "--task",
+                "STS-B",
+                "--glue-dir",
+                str(glue),
+                "--out",
+                str(out),
+                "--stage",
+                "2",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     record = info(out)
     assert record["distillation"]["losses"] == ["regression"] and record["max_seq_length"] == 128
     assert AutoModelForSequenceClassification.from_pretrained(out).config.num_labels == 1
@@ -83,8 +174,26 @@ def test_regression_task_uses_gold_scores(tmp_path, models, glue):
 
 
 def test_teacher_for_another_task_is_refused(tmp_path, models, glue, caplog):
-    assert main(["distill", "task", "--teacher", str(models.teacher), "--student", str(models.student),
-                 "--task", "MNLI", "--glue-dir", str(glue), "--out", str(tmp_path / "o"), *FAST]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "task",
+                "--teacher",
+                str(models.teacher),
+                "--student",
+                str(models.student),
+                "--task",
+                "MNLI",
+                "--glue-dir",
+                str(glue),
+                "--out",
+                str(tmp_path / "o"),
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "num_labels=2 but MNLI needs num_labels=3" in caplog.text
 
 
@@ -92,7 +201,11 @@ def test_paper_recipe_defaults_and_flag_overrides(tmp_path):
     a1 = stage_training_args(tmp_path, "CoLA", 1)
     a2 = stage_training_args(tmp_path, "CoLA", 2)
     assert (a1.num_train_epochs, a2.num_train_epochs) == (20, 30)
-    assert (a1.learning_rate, a1.per_device_train_batch_size, str(a1.lr_scheduler_type)) == (5e-5, 32, "SchedulerType.CONSTANT")
+    assert (a1.learning_rate, a1.per_device_train_batch_size, str(a1.lr_scheduler_type)) == (
+        5e-5,
+        32,
+        "SchedulerType.CONSTANT",
+    )
     assert a2.warmup_steps == 0.1 and a2.metric_for_best_model == "score"
     assert a1.output_dir == str(tmp_path / "stage1" / "checkpoints")
     assert stage_training_args(tmp_path, "STS-B", 1, epochs=2.5).num_train_epochs == 2.5

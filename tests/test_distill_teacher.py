@@ -8,16 +8,28 @@ import math
 
 import pytest
 import torch
-from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel, RobertaConfig,
-                          RobertaForSequenceClassification)
+from transformers import (
+    BertConfig,
+    BertModel,
+    DistilBertConfig,
+    DistilBertModel,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
+from tensorslim.compress.api import from_teacher
 from tensorslim.distill.attention import capture_scores
 from tensorslim.distill.teacher import forward_features, num_layers
 from tensorslim.errors import TensorslimError
-from tensorslim.compress.api import from_teacher
 
-SMALL = dict(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=4, intermediate_size=32,
-             max_position_embeddings=40)
+SMALL = dict(
+    vocab_size=50,
+    hidden_size=16,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=32,
+    max_position_embeddings=40,
+)
 
 
 def inputs():
@@ -34,8 +46,8 @@ def manual_scores(hidden: torch.Tensor, q: torch.nn.Linear, k: torch.nn.Linear, 
     dh = d // heads
     out = torch.empty(b, heads, t, t)
     for h in range(heads):
-        wq, bq = q.weight[h * dh:(h + 1) * dh], q.bias[h * dh:(h + 1) * dh]
-        wk, bk = k.weight[h * dh:(h + 1) * dh], k.bias[h * dh:(h + 1) * dh]
+        wq, bq = q.weight[h * dh : (h + 1) * dh], q.bias[h * dh : (h + 1) * dh]
+        wk, bk = k.weight[h * dh : (h + 1) * dh], k.bias[h * dh : (h + 1) * dh]
         out[:, h] = (hidden @ wq.T + bq) @ (hidden @ wk.T + bk).transpose(1, 2) / math.sqrt(dh)
     return out
 
@@ -48,8 +60,9 @@ def test_recorded_scores_equal_manual_computation(family):
     elif family == "roberta":
         model = RobertaForSequenceClassification(RobertaConfig(**{**SMALL, "max_position_embeddings": 40}))
     else:
-        model = DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=3, n_heads=4, hidden_dim=32,
-                                                 max_position_embeddings=40))
+        model = DistilBertModel(
+            DistilBertConfig(vocab_size=50, dim=16, n_layers=3, n_heads=4, hidden_dim=32, max_position_embeddings=40)
+        )
     model.eval()
     batch = inputs()
     if family == "distilbert":

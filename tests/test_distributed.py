@@ -28,16 +28,41 @@ from test_distill_general import TEXT
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 
-COMMON = ["--max_steps", "4", "--report_to", "none", "--disable_tqdm", "true", "--save_steps", "4", "--logging_steps", "1",
-          "--train_sampling_strategy", "sequential", "--pad-to-max-length", "--learning_rate", "1e-3",
-          "--dataloader_num_workers", "0", "--seed", "7"]
+COMMON = [
+    "--max_steps",
+    "4",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--save_steps",
+    "4",
+    "--logging_steps",
+    "1",
+    "--train_sampling_strategy",
+    "sequential",
+    "--pad-to-max-length",
+    "--learning_rate",
+    "1e-3",
+    "--dataloader_num_workers",
+    "0",
+    "--seed",
+    "7",
+]
 
 
 def tiny(path: Path, tokenizer, head: str, seed: int, layers: int = 2) -> Path:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     model = BertForMaskedLM(config) if head == "mlm" else BertForSequenceClassification(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -49,10 +74,21 @@ def run(args: list[str], nproc: int, tmp: Path) -> None:
     if nproc == 1:
         command = [sys.executable, "-m", "tensorslim.cli", *args]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                   "-m", "tensorslim.cli", *args, "--ddp_backend", "gloo"]  # --use_cpu is the default without GPUs
-    process = subprocess.Popen(command, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "tensorslim.cli",
+            *args,
+            "--ddp_backend",
+            "gloo",
+        ]  # --use_cpu is the default without GPUs
+    process = subprocess.Popen(
+        command, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         _, stderr = process.communicate(timeout=240)
     except subprocess.TimeoutExpired:
@@ -69,8 +105,10 @@ def compare(single: Path, double: Path) -> None:
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=2e-5)
     # per-step losses as logged (the Trainer averages them over workers); `train_loss` is worker 0's own
-    logs = [json.loads((p / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
-            for p in (single, double)]
+    logs = [
+        json.loads((p / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+        for p in (single, double)
+    ]
     losses = [[entry["loss"] for entry in log if "loss" in entry] for log in logs]
     assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-4)
 
@@ -79,8 +117,21 @@ def test_task_distillation_two_workers_match_one(tmp_path, tokenizer, shared_dat
     glue = make_glue_subset(shared_data, tmp_path / "glue")
     teacher = tiny(tmp_path / "teacher", tokenizer, "cls", 0)
     student = tiny(tmp_path / "student", tokenizer, "cls", 1, layers=1)
-    base = ["distill", "task", "--teacher", str(teacher), "--student", str(student), "--task", "SST-2",
-            "--glue-dir", str(glue), "--stage", "1", *COMMON]
+    base = [
+        "distill",
+        "task",
+        "--teacher",
+        str(teacher),
+        "--student",
+        str(student),
+        "--task",
+        "SST-2",
+        "--glue-dir",
+        str(glue),
+        "--stage",
+        "1",
+        *COMMON,
+    ]
     run([*base, "--out", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], 1, tmp_path)
     run([*base, "--out", str(tmp_path / "two"), "--per_device_train_batch_size", "4"], 2, tmp_path)
     compare(tmp_path / "one" / "stage1", tmp_path / "two" / "stage1")
@@ -92,13 +143,28 @@ def test_general_distillation_two_workers_match_one(tmp_path, tokenizer):
     teacher = tiny(tmp_path / "teacher", tokenizer, "mlm", 0)
     student = tiny(tmp_path / "student", tokenizer, "mlm", 1)
     (tmp_path / "corpus.txt").write_text("\n".join(TEXT * 16) + "\n")
-    data = pregenerate([tmp_path / "corpus.txt"], teacher, tmp_path / "data",
-                       PregenerateConfig(epochs=1, max_seq_len=32, docs_per_shard=4))
+    data = pregenerate(
+        [tmp_path / "corpus.txt"],
+        teacher,
+        tmp_path / "data",
+        PregenerateConfig(epochs=1, max_seq_len=32, docs_per_shard=4),
+    )
     # 32 sequences = exactly the 4 global batches of 8: no partial batch at an epoch end, where one
     # process and two (which pad the last batch evenly) legitimately differ
     assert len(load_inputs(data)) >= 32
-    base = ["distill", "general", "--teacher", str(teacher), "--student", str(student), "--data", str(data),
-            "--max-train-samples", "32", *COMMON]
+    base = [
+        "distill",
+        "general",
+        "--teacher",
+        str(teacher),
+        "--student",
+        str(student),
+        "--data",
+        str(data),
+        "--max-train-samples",
+        "32",
+        *COMMON,
+    ]
     run([*base, "--out", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], 1, tmp_path)
     run([*base, "--out", str(tmp_path / "two"), "--per_device_train_batch_size", "4"], 2, tmp_path)
     compare(tmp_path / "one", tmp_path / "two")

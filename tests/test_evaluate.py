@@ -33,8 +33,9 @@ def manual_logits(model_dir, texts_a, texts_b=None, max_length=64):
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     outs = []
     for i, a in enumerate(texts_a):  # one at a time: no padding involved at all
-        enc = tokenizer(a, None if texts_b is None else texts_b[i], truncation=True, max_length=max_length,
-                        return_tensors="pt")
+        enc = tokenizer(
+            a, None if texts_b is None else texts_b[i], truncation=True, max_length=max_length, return_tensors="pt"
+        )
         with torch.no_grad():
             outs.append(model(**enc).logits[0].numpy())
     return np.stack(outs)
@@ -43,8 +44,25 @@ def manual_logits(model_dir, texts_a, texts_b=None, max_length=64):
 def test_sst2_accuracy_matches_manual_computation_and_predictions(tmp_path, tokenizer, glue, capsys):
     model = make_tiny_bert(tmp_path / "m", tokenizer, head="cls", seed=7)
     out = tmp_path / "eval"
-    assert main(["evaluate", "--model", str(model), "--task", "SST-2", "--glue-dir", str(glue), "--out", str(out),
-                 "--predict", "--batch-size", "5"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--task",
+                "SST-2",
+                "--glue-dir",
+                str(glue),
+                "--out",
+                str(out),
+                "--predict",
+                "--batch-size",
+                "5",
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "eval_results.json").read_text())
     dev = rows(glue / "SST-2" / "dev.tsv")
     logits = manual_logits(model, [r["sentence"] for r in dev])
@@ -83,8 +101,22 @@ def test_stsb_regression_correlations(tmp_path, tokenizer, glue):
 
 
 def test_model_without_head_or_wrong_labels_is_refused(tmp_path, tiny_bert_dir, tokenizer, glue, caplog):
-    assert main(["evaluate", "--model", str(tiny_bert_dir), "--task", "SST-2", "--glue-dir", str(glue),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_bert_dir),
+                "--task",
+                "SST-2",
+                "--glue-dir",
+                str(glue),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "has no classification head" in caplog.text
     model = make_tiny_bert(tmp_path / "m", tokenizer, head="cls", num_labels=3)
     assert main(["evaluate", "--model", str(model), "--task", "SST-2", "--glue-dir", str(glue)]) == 2
@@ -137,17 +169,69 @@ def test_margin_kept_against_the_teachers_results(tmp_path, tokenizer, glue, cap
     teacher = make_tiny_bert(tmp_path / "t", tokenizer, head="cls", seed=7)
     student = make_tiny_bert(tmp_path / "s", tokenizer, head="cls", seed=3)
     t = evaluate(teacher, "SST-2", glue, max_eval_samples=12)
-    assert main(["evaluate", "--model", str(student), "--task", "SST-2", "--glue-dir", str(glue),
-                 "--max-eval-samples", "12", "--teacher", str(teacher), "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(student),
+                "--task",
+                "SST-2",
+                "--glue-dir",
+                str(glue),
+                "--max-eval-samples",
+                "12",
+                "--teacher",
+                str(teacher),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     s = json.loads((tmp_path / "o" / "eval_results.json").read_text())
     assert s["examples"] == {"dev": 12} and s["teacher"] == {"model": str(teacher), "score": t["score"]}
     base = s["baseline"]["score"]
     expected = (s["score"] - base) / (t["score"] - base) if t["score"] > base else None
     assert s["margin_kept"] == (pytest.approx(expected) if expected is not None else None)
     assert "margin over the baseline kept" in capsys.readouterr().out
-    assert main(["evaluate", "--model", str(student), "--task", "SST-2", "--glue-dir", str(glue),
-                 "--max-eval-samples", "10", "--teacher", str(teacher), "--out", str(tmp_path / "o2")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(student),
+                "--task",
+                "SST-2",
+                "--glue-dir",
+                str(glue),
+                "--max-eval-samples",
+                "10",
+                "--teacher",
+                str(teacher),
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 2
+    )
     assert "same --max-eval-samples" in caplog.text and not (tmp_path / "o2" / "eval_results.json").exists()
-    assert main(["evaluate", "--model", str(student), "--task", "STS-B", "--glue-dir", str(glue),
-                 "--teacher", str(teacher), "--out", str(tmp_path / "o3")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(student),
+                "--task",
+                "STS-B",
+                "--glue-dir",
+                str(glue),
+                "--teacher",
+                str(teacher),
+                "--out",
+                str(tmp_path / "o3"),
+            ]
+        )
+        == 2
+    )
     assert "holds 'SST-2' results, not a STS-B score" in caplog.text

@@ -8,7 +8,6 @@ import copy
 
 import pytest
 import torch
-from tiny_models import DECODERS, ENCODERS, TINY, tiny_config, tiny_inputs, tiny_model, tiny_tokenizer
 
 from tensorslim.compress.api import decompose, export_dense
 from tensorslim.compress.factored import FactoredProjection
@@ -17,9 +16,11 @@ from tensorslim.compress.loading import HEADS, load_model
 from tensorslim.distill.config import DistillationConfig
 from tensorslim.distill.teacher import forward_features
 from tensorslim.families import FAMILIES, SUPPORTED_MODEL_TYPES, get_family
+from tiny_models import DECODERS, ENCODERS, TINY, tiny_config, tiny_inputs, tiny_model, tiny_tokenizer
 
-HEADS_OF = {t: (("base", "causal_lm") if t in DECODERS else ("base", "sequence_classification", "masked_lm"))
-            for t in TINY}
+HEADS_OF = {
+    t: (("base", "causal_lm") if t in DECODERS else ("base", "sequence_classification", "masked_lm")) for t in TINY
+}
 CASES = [(t, h) for t in TINY for h in HEADS_OF[t]]
 
 
@@ -117,12 +118,21 @@ def test_one_distillation_step_trains_the_factors(model_type, tmp_path):
     inputs = tiny_inputs(batch=4)
     data = Dataset.from_dict({k: v.tolist() for k, v in inputs.items()})
     before = {n: p.detach().clone() for n, p in student.base_model.tensorslim_factors.named_parameters()}
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
-                             learning_rate=1e-2, save_strategy="no", use_cpu=True, disable_tqdm=True,
-                             remove_unused_columns=False)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        report_to=[],
+        learning_rate=1e-2,
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+    )
     config = DistillationConfig(losses=["attention", "hidden"], layer_map="uniform")
-    trainer = DistillationTrainer(model=student.train(), args=args, train_dataset=data, teacher=teacher,
-                                  distill_config=config)
+    trainer = DistillationTrainer(
+        model=student.train(), args=args, train_dataset=data, teacher=teacher, distill_config=config
+    )
     metrics = trainer.train().metrics
     assert metrics["train_loss"] > 0 and torch.isfinite(torch.tensor(metrics["train_loss"]))
     after = dict(student.base_model.tensorslim_factors.named_parameters())

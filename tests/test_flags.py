@@ -55,5 +55,7 @@ def test_no_command_shows_a_retired_spelling_and_shared_flags_are_spelled_alike(
     assert not {flag for flags in shown.values() for flag in flags} & retired
     for words, flags in shown.items():  # the sequence length has one spelling wherever it is a flag
         assert not {f for f in flags if re.fullmatch(r"--(max-)?seq-len", f)}, words
-    assert all("--max-seq-length" in shown[w] for w in [("pregenerate",), ("finetune",), ("distill", "task"),
-                                                          ("evaluate",), ("demo",), ("sweep",)])
+    assert all(
+        "--max-seq-length" in shown[w]
+        for w in [("pregenerate",), ("finetune",), ("distill", "task"), ("evaluate",), ("demo",), ("sweep",)]
+    )

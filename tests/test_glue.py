@@ -62,7 +62,12 @@ def test_registry_matches_glue_conventions():
     assert TASKS["STS-B"].labels is None and TASKS["STS-B"].is_regression and TASKS["STS-B"].num_labels == 1
     assert {n for n, t in TASKS.items() if t.labels == ("0", "1")} == {"CoLA", "SST-2", "MRPC", "QQP", "WNLI"}
     assert {n: t.metric for n, t in TASKS.items() if t.metric != "accuracy"} == {
-        "CoLA": "mcc", "MRPC": "f1_accuracy", "QQP": "f1_accuracy", "STS-B": "pearson_spearman", "AX": "mcc"}
+        "CoLA": "mcc",
+        "MRPC": "f1_accuracy",
+        "QQP": "f1_accuracy",
+        "STS-B": "pearson_spearman",
+        "AX": "mcc",
+    }
     assert {n for n, t in TASKS.items() if t.max_seq_length == 64} == {"CoLA", "SST-2"}
     assert all(t.max_seq_length == 128 for n, t in TASKS.items() if n not in ("CoLA", "SST-2"))
     assert TASKS["MNLI"].dev_splits == ("dev_matched", "dev_mismatched")
@@ -71,15 +76,29 @@ def test_registry_matches_glue_conventions():
     assert TASKS["MNLI"].num_labels == 3 and not TASKS["MNLI"].is_regression
 
 
-@pytest.mark.parametrize(("task", "split", "fields"), [
-    ("CoLA", "train", (3, None)), ("CoLA", "train_aug", (3, None)), ("CoLA", "test", (1, None)),
-    ("SST-2", "dev", (0, None)), ("SST-2", "test", (1, None)),
-    ("MRPC", "train", (3, 4)), ("MRPC", "test", (3, 4)),
-    ("STS-B", "dev", (7, 8)), ("STS-B", "test", (7, 8)),
-    ("QQP", "train", (3, 4)), ("QQP", "test", (1, 2)),
-    ("MNLI", "train", (8, 9)), ("MNLI", "dev_mismatched", (8, 9)), ("MNLI", "test_matched", (8, 9)),
-    ("QNLI", "dev", (1, 2)), ("RTE", "train", (1, 2)), ("WNLI", "test", (1, 2)), ("AX", "test", (1, 2)),
-])
+@pytest.mark.parametrize(
+    ("task", "split", "fields"),
+    [
+        ("CoLA", "train", (3, None)),
+        ("CoLA", "train_aug", (3, None)),
+        ("CoLA", "test", (1, None)),
+        ("SST-2", "dev", (0, None)),
+        ("SST-2", "test", (1, None)),
+        ("MRPC", "train", (3, 4)),
+        ("MRPC", "test", (3, 4)),
+        ("STS-B", "dev", (7, 8)),
+        ("STS-B", "test", (7, 8)),
+        ("QQP", "train", (3, 4)),
+        ("QQP", "test", (1, 2)),
+        ("MNLI", "train", (8, 9)),
+        ("MNLI", "dev_mismatched", (8, 9)),
+        ("MNLI", "test_matched", (8, 9)),
+        ("QNLI", "dev", (1, 2)),
+        ("RTE", "train", (1, 2)),
+        ("WNLI", "test", (1, 2)),
+        ("AX", "test", (1, 2)),
+    ],
+)
 def test_text_fields_in_official_layout(task, split, fields):
     assert TASKS[task].text_fields(split) == fields
 
@@ -95,27 +114,54 @@ def test_text_fields_rejects_unknown_split():
 
 # (task, split): rows (SOURCES.md), label counts (published class balances), first row's texts and label.
 REAL = {
-    ("CoLA", "train"): (8551, {1: 6023, 0: 2528},
-                        ("Our friends won't buy this analysis, let alone the next one we propose.", None, 1)),
+    ("CoLA", "train"): (
+        8551,
+        {1: 6023, 0: 2528},
+        ("Our friends won't buy this analysis, let alone the next one we propose.", None, 1),
+    ),
     ("CoLA", "dev"): (1043, {1: 721, 0: 322}, ("The sailors rode the breeze clear of the rocks.", None, 1)),
     ("SST-2", "train"): (67349, {1: 37569, 0: 29780}, ("hide new secretions from the parental units ", None, 0)),
     ("SST-2", "dev"): (872, {1: 444, 0: 428}, ("it 's a charming and often affecting journey . ", None, 1)),
-    ("MRPC", "train"): (3668, {1: 2474, 0: 1194}, (
-        'Amrozi accused his brother , whom he called " the witness " , of deliberately distorting his evidence .',
-        'Referring to him as only " the witness " , Amrozi accused his brother of deliberately distorting his '
-        "evidence .", 1)),
-    ("MRPC", "dev"): (408, {1: 279, 0: 129}, (
-        "He said the foodservice pie business doesn 't fit the company 's long-term growth strategy .",
-        '" The foodservice pie business does not fit our long-term growth strategy .', 1)),
+    ("MRPC", "train"): (
+        3668,
+        {1: 2474, 0: 1194},
+        (
+            'Amrozi accused his brother , whom he called " the witness " , of deliberately distorting his evidence .',
+            'Referring to him as only " the witness " , Amrozi accused his brother of deliberately distorting his '
+            "evidence .",
+            1,
+        ),
+    ),
+    ("MRPC", "dev"): (
+        408,
+        {1: 279, 0: 129},
+        (
+            "He said the foodservice pie business doesn 't fit the company 's long-term growth strategy .",
+            '" The foodservice pie business does not fit our long-term growth strategy .',
+            1,
+        ),
+    ),
     ("STS-B", "train"): (5749, None, ("A plane is taking off.", "An air plane is taking off.", 5.0)),
     ("STS-B", "dev"): (1500, None, ("A man with a hard hat is dancing.", "A man wearing a hard hat is dancing.", 5.0)),
-    ("WNLI", "train"): (635, {0: 323, 1: 312}, (
-        "I stuck a pin through a carrot. When I pulled the pin out, it had a hole.", "The carrot had a hole.", 1)),
-    ("WNLI", "dev"): (71, {0: 40, 1: 31}, (
-        "The drain is clogged with hair. It has to be cleaned.", "The hair has to be cleaned.", 0)),
-    ("QNLI", "dev"): (5463, {1: 2761, 0: 2702}, (
-        "What came into force after the new constitution was herald?",
-        "As of that day, the new constitution heralding the Second Republic came into force.", 0)),
+    ("WNLI", "train"): (
+        635,
+        {0: 323, 1: 312},
+        ("I stuck a pin through a carrot. When I pulled the pin out, it had a hole.", "The carrot had a hole.", 1),
+    ),
+    ("WNLI", "dev"): (
+        71,
+        {0: 40, 1: 31},
+        ("The drain is clogged with hair. It has to be cleaned.", "The hair has to be cleaned.", 0),
+    ),
+    ("QNLI", "dev"): (
+        5463,
+        {1: 2761, 0: 2702},
+        (
+            "What came into force after the new constitution was herald?",
+            "As of that day, the new constitution heralding the Second Republic came into force.",
+            0,
+        ),
+    ),
     ("AX", "test"): (1104, {None: 1104}, ("The cat sat on the mat.", "The cat did not sit on the mat.", None)),
     ("QNLI", "test"): (5463, {None: 5463}, ("What organization is devoted to Jihad against Israel?", None, None)),
     ("CoLA", "test"): (1063, {None: 1063}, ("Bill whistled past the house.", None, None)),
@@ -196,8 +242,9 @@ def test_mnli_sample_first_row_by_file_path(samples):
 
 def test_qqp_sample_first_row(samples):
     (example, *_) = load_examples(samples / "QQP" / "16-13", "QQP", "dev")
-    assert example == Example("dev-333602", "What, according to you, is the best Disney film?",
-                              "What is the best Disney movie?", 1)
+    assert example == Example(
+        "dev-333602", "What, according to you, is the best Disney film?", "What is the best Disney movie?", 1
+    )
 
 
 def test_missing_split_names_where_it_looked(samples):
@@ -303,8 +350,9 @@ def test_write_read_round_trip(tmp_path, glue):
     header, rows = read_tsv(glue / "MRPC" / "dev.tsv")
     write_tsv(tmp_path / "MRPC" / "train_aug.tsv", header, rows)
     assert read_tsv(tmp_path / "MRPC" / "train_aug.tsv") == (header, rows)
-    assert [e.label for e in load_examples(tmp_path, "MRPC", "train_aug")] == \
-           [e.label for e in load_examples(glue, "MRPC", "dev")]
+    assert [e.label for e in load_examples(tmp_path, "MRPC", "train_aug")] == [
+        e.label for e in load_examples(glue, "MRPC", "dev")
+    ]
     cola = [["gj04", "1", "", 'He said "hi" \\ there'], ["gj04", "0", "*", "trailing space "]]
     write_tsv(tmp_path / "CoLA" / "train_aug.tsv", None, cola)
     assert read_tsv(tmp_path / "CoLA" / "train_aug.tsv") == (None, cola)
@@ -314,9 +362,19 @@ def test_write_read_round_trip(tmp_path, glue):
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.integers(1, 4).flatmap(lambda width: st.lists(
-    st.lists(st.text(st.characters(blacklist_characters="\t\n\r", blacklist_categories=["Cs"]), min_size=1),
-             min_size=width, max_size=width), min_size=1, max_size=5)))
+@given(
+    rows=st.integers(1, 4).flatmap(
+        lambda width: st.lists(
+            st.lists(
+                st.text(st.characters(blacklist_characters="\t\n\r", blacklist_categories=["Cs"]), min_size=1),
+                min_size=width,
+                max_size=width,
+            ),
+            min_size=1,
+            max_size=5,
+        )
+    )
+)
 def test_round_trip_property(tmp_path, rows):
     header = [f"c{i}" for i in range(len(rows[0]))]
     write_tsv(tmp_path / "p.tsv", header, rows)
@@ -411,8 +469,10 @@ def test_prediction_files(tmp_path):
     path = write_predictions("rte", [0, 1, 1], tmp_path)
     assert path == tmp_path / "RTE.tsv"
     assert path.read_text() == "index\tprediction\n0\tentailment\n1\tnot_entailment\n2\tnot_entailment\n"
-    assert write_predictions("CoLA", np.array([[0.2, 0.9], [3.0, 1.0]]), tmp_path).read_text() == \
-        "index\tprediction\n0\t1\n1\t0\n"
+    assert (
+        write_predictions("CoLA", np.array([[0.2, 0.9], [3.0, 1.0]]), tmp_path).read_text()
+        == "index\tprediction\n0\t1\n1\t0\n"
+    )
     stsb = write_predictions("sts-b", [-0.4, 2.34567, 5.2], tmp_path)
     assert stsb.read_text() == "index\tprediction\n0\t0.000\n1\t2.346\n2\t5.000\n"
     m = write_predictions("MNLI", [0, 1, 2], tmp_path, split="test_matched")
@@ -423,7 +483,8 @@ def test_prediction_files(tmp_path):
     names = {write_predictions(t, [0], tmp_path).name for t in ("SST-2", "MRPC", "QQP", "QNLI", "WNLI")}
     assert names == {"SST-2.tsv", "MRPC.tsv", "QQP.tsv", "QNLI.tsv", "WNLI.tsv"}
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ["RTE.tsv", "CoLA.tsv", "STS-B.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv", *names])
+        ["RTE.tsv", "CoLA.tsv", "STS-B.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv", *names]
+    )
 
 
 def test_prediction_file_for_the_real_test_set(glue, tmp_path, caplog):
@@ -478,4 +539,3 @@ def test_label_mapping_order():
     check_label_mapping("QNLI", {"label2id": {"entailment": 0, "not-entailment": 1}})
     with pytest.raises(TensorslimError, match="are not the RTE labels"):
         check_label_mapping("RTE", BertConfig(id2label={0: "positive", 1: "negative"}))
-

@@ -43,8 +43,20 @@ GRACEFUL = (signal.SIGTERM, signal.SIGINT)
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 #: Tiny training runs (~30 ms a step): a checkpoint every 2 steps, the last 2 kept (the default).
 STEPS = 16
-TRAIN_FLAGS = ["--max_steps", str(STEPS), "--save_steps", "2", "--per_device_train_batch_size", "4",
-               "--learning_rate", "1e-3", "--report_to", "none", "--disable_tqdm", "true"]
+TRAIN_FLAGS = [
+    "--max_steps",
+    str(STEPS),
+    "--save_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "4",
+    "--learning_rate",
+    "1e-3",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+]
 #: Checkpoints a training kill point may wait for: the first half, so that most steps remain.
 EARLY_CHECKPOINTS = range(2, STEPS // 2 + 1, 2)
 LAST, PREVIOUS = f"checkpoint-{STEPS}", f"checkpoint-{STEPS - 2}"
@@ -73,6 +85,7 @@ def kill_points(plan: list[tuple[str, signal.Signals]], afters, max_delay: float
 
 # ------------------------------------------------------------------------------ the kill helper
 
+
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group `pgid` (Linux /proc)."""
     found = []
@@ -95,8 +108,14 @@ def interrupt(args: list[str], reached: Callable[[], bool], point: KillPoint, ti
     """
     missed, left = None, []
     with tempfile.TemporaryFile("w+", encoding="utf-8") as err:  # a full pipe would block the process
-        proc = subprocess.Popen([sys.executable, "-m", "tensorslim.cli", *args], env={**os.environ, **ENV},
-                                stdout=subprocess.DEVNULL, stderr=err, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorslim.cli", *args],
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + timeout
             while proc.poll() is None and not reached() and time.monotonic() < deadline:
@@ -144,8 +163,10 @@ def one_thread():
 
 def write_corpus(path: Path, docs: int, seed: int = 0) -> Path:
     """Random sentences, one a line, a blank line between documents."""
-    words = ("the river house green small old city water light people music north king song paper stone "
-             "crustaceans exoskeleton planktonic conspicuous asymmetrical centimetres").split()
+    words = (
+        "the river house green small old city water light people music north king song paper stone "
+        "crustaceans exoskeleton planktonic conspicuous asymmetrical centimetres"
+    ).split()
     rng = random.Random(seed)
     with open(path, "w", encoding="utf-8") as handle:
         for _ in range(docs):
@@ -157,8 +178,11 @@ def write_corpus(path: Path, docs: int, seed: int = 0) -> Path:
 
 def digest(directory: Path) -> dict[str, str]:
     """SHA-256 of every file under `directory`, hidden ones included."""
-    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_same_model(out: Path, reference: Path) -> None:
@@ -166,15 +190,17 @@ def assert_same_model(out: Path, reference: Path) -> None:
     a, b = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-7, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-7, msg=lambda m, key=key: f"{key}: {m}")
     step = [json.loads((d / run_dir.INFO_FILE).read_text())["global_step"] for d in (reference, out)]
     assert step[0] == step[1] == STEPS
 
 
 def assert_same_files(out: Path, reference: Path) -> None:
     """The same file names as the uninterrupted run: no torn checkpoint, staged or temporary file left."""
+
     def names(d: Path) -> set[str]:
         return {p.relative_to(d).as_posix() for p in d.rglob("*")}
+
     assert names(out) == names(reference)
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
 
@@ -185,15 +211,28 @@ def checkpoint_ready(checkpoints: Path, step: int) -> Callable[[], bool]:
 
 # ------------------------------------------------------------------------------ pregenerate
 
+
 @pytest.fixture(scope="module")
 def pregenerate_case(tmp_path_factory, real_teacher_dir) -> tuple[list[str], dict]:
     """The command (without --out) on 100 two-document shards, and its uninterrupted output's digest."""
     root = tmp_path_factory.mktemp("pregenerate")
     corpus = write_corpus(root / "corpus.txt", 200)
-    args = ["pregenerate", "--corpus", str(corpus), "--tokenizer", str(real_teacher_dir), "--epochs", "2",
-            "--docs-per-shard", "2", "--format", "both"]
-    reference = pregenerate([corpus], real_teacher_dir, root / "reference",
-                            PregenerateConfig(epochs=2, docs_per_shard=2, format="both"))
+    args = [
+        "pregenerate",
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        str(real_teacher_dir),
+        "--epochs",
+        "2",
+        "--docs-per-shard",
+        "2",
+        "--format",
+        "both",
+    ]
+    reference = pregenerate(
+        [corpus], real_teacher_dir, root / "reference", PregenerateConfig(epochs=2, docs_per_shard=2, format="both")
+    )
     return args, digest(reference)
 
 
@@ -206,8 +245,12 @@ def lines(path: Path) -> int:
 
 PREGENERATE_POINTS = [
     pytest.param(param.values[0], workers, id=f"{param.id}-workers{workers}")
-    for param, workers in zip(kill_points([("", signal.SIGKILL), ("", signal.SIGTERM), ("", signal.SIGINT),
-                                           ("", signal.SIGKILL)], range(2, 30), 0.05), (2, 2, 1, 1))
+    for param, workers in zip(
+        kill_points(
+            [("", signal.SIGKILL), ("", signal.SIGTERM), ("", signal.SIGINT), ("", signal.SIGKILL)], range(2, 30), 0.05
+        ),
+        (2, 2, 1, 1),
+    )
 ]
 
 
@@ -227,6 +270,7 @@ def test_pregenerate_resumes_to_identical_output(tmp_path, pregenerate_case, poi
 
 # ------------------------------------------------------------------------------ augment
 
+
 @pytest.fixture(scope="module")
 def augment_case(tmp_path_factory, shared_data, tiny_bert_dir) -> tuple[list[str], bytes, bytes]:
     """The command (without --glue-dir), 120 SST-2 examples (24 chunks) and the uninterrupted train_aug.tsv."""
@@ -235,8 +279,19 @@ def augment_case(tmp_path_factory, shared_data, tiny_bert_dir) -> tuple[list[str
         train = b"".join(src.readline() for _ in range(121))
     (root / "SST-2").mkdir()
     (root / "SST-2" / "train.tsv").write_bytes(train)
-    args = ["augment", "--task", "SST-2", "--mlm", str(tiny_bert_dir), "--chunk-size", "5", "--batch-size", "16",
-            "--glove", str(shared_data / "vectors" / "glove.6B.50d.top9163.txt")]
+    args = [
+        "augment",
+        "--task",
+        "SST-2",
+        "--mlm",
+        str(tiny_bert_dir),
+        "--chunk-size",
+        "5",
+        "--batch-size",
+        "16",
+        "--glove",
+        str(shared_data / "vectors" / "glove.6B.50d.top9163.txt"),
+    ]
     assert cli_main([*args, "--glue-dir", str(root)]) == 0
     return args, train, (root / "SST-2" / "train_aug.tsv").read_bytes()
 
@@ -249,8 +304,9 @@ def chunks_done(state: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", kill_points([("", signal.SIGTERM), ("", signal.SIGKILL), ("", signal.SIGINT)],
-                                              range(1, 14), 0.1))
+@pytest.mark.parametrize(
+    "point", kill_points([("", signal.SIGTERM), ("", signal.SIGKILL), ("", signal.SIGINT)], range(1, 14), 0.1)
+)
 def test_augment_resumes_to_identical_output(tmp_path, augment_case, point):
     args, train, expected = augment_case
     task_dir = tmp_path / "SST-2"
@@ -267,26 +323,42 @@ def test_augment_resumes_to_identical_output(tmp_path, augment_case, point):
 
 # ------------------------------------------------------------------------------ distill general
 
+
 @pytest.fixture(scope="module")
 def general_case(tmp_path_factory, tiny_bert_dir, tokenizer) -> tuple[list[str], Path]:
     """The command (without --out) on pregenerated text, and the uninterrupted run's directory."""
     root = tmp_path_factory.mktemp("general")
-    data = pregenerate([write_corpus(root / "corpus.txt", 24, seed=1)], tiny_bert_dir, root / "data",
-                       PregenerateConfig(epochs=1, max_seq_len=32, docs_per_shard=4))
+    data = pregenerate(
+        [write_corpus(root / "corpus.txt", 24, seed=1)],
+        tiny_bert_dir,
+        root / "data",
+        PregenerateConfig(epochs=1, max_seq_len=32, docs_per_shard=4),
+    )
     student = make_tiny_bert(root / "student", tokenizer, seed=3)
-    args = ["distill", "general", "--teacher", str(tiny_bert_dir), "--student", str(student), "--data", str(data),
-            *TRAIN_FLAGS]
+    args = [
+        "distill",
+        "general",
+        "--teacher",
+        str(tiny_bert_dir),
+        "--student",
+        str(student),
+        "--data",
+        str(data),
+        *TRAIN_FLAGS,
+    ]
     reference = root / "reference"
     assert cli_main([*args, "--out", str(reference)]) == 0
     key = "bert.encoder.layer.1.output.dense.weight"
-    assert not torch.equal(load_file(reference / "model.safetensors")[key],
-                           load_file(student / "model.safetensors")[key])  # training moved the weights
+    assert not torch.equal(
+        load_file(reference / "model.safetensors")[key], load_file(student / "model.safetensors")[key]
+    )  # training moved the weights
     return args, reference
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", kill_points([("", signal.SIGKILL), ("", signal.SIGTERM), ("", signal.SIGINT)],
-                                              EARLY_CHECKPOINTS, 0.05))
+@pytest.mark.parametrize(
+    "point", kill_points([("", signal.SIGKILL), ("", signal.SIGTERM), ("", signal.SIGINT)], EARLY_CHECKPOINTS, 0.05)
+)
 def test_distill_general_resumes_to_identical_weights(tmp_path, general_case, point):
     args, reference = general_case
     out = tmp_path / "out"
@@ -303,22 +375,39 @@ def test_distill_general_resumes_to_identical_weights(tmp_path, general_case, po
 
 # ------------------------------------------------------------------------------ distill task
 
+
 @pytest.fixture(scope="module")
 def task_case(tmp_path_factory, tokenizer, shared_data) -> tuple[list[str], Path]:
     """The command (without --out): SST-2, both stages of STEPS steps; and the uninterrupted run's directory."""
     root = tmp_path_factory.mktemp("task")
     teacher = make_tiny_bert(root / "teacher", tokenizer, head="cls", seed=0)
     student = make_tiny_bert(root / "student", tokenizer, seed=1)
-    args = ["distill", "task", "--teacher", str(teacher), "--student", str(student), "--task", "SST-2",
-            "--glue-dir", str(make_glue_subset(shared_data, root / "glue")), "--stage", "both", *TRAIN_FLAGS]
+    args = [
+        "distill",
+        "task",
+        "--teacher",
+        str(teacher),
+        "--student",
+        str(student),
+        "--task",
+        "SST-2",
+        "--glue-dir",
+        str(make_glue_subset(shared_data, root / "glue")),
+        "--stage",
+        "both",
+        *TRAIN_FLAGS,
+    ]
     reference = root / "reference"
     assert cli_main([*args, "--out", str(reference)]) == 0
     return args, reference
 
 
 TASK_POINTS = [
-    *kill_points([("stage1", signal.SIGKILL), ("stage1", signal.SIGINT), ("stage2", signal.SIGTERM),
-                  ("stage2", signal.SIGKILL)], EARLY_CHECKPOINTS, 0.05),
+    *kill_points(
+        [("stage1", signal.SIGKILL), ("stage1", signal.SIGINT), ("stage2", signal.SIGTERM), ("stage2", signal.SIGKILL)],
+        EARLY_CHECKPOINTS,
+        0.05,
+    ),
     *kill_points([("between", signal.SIGTERM)], (0,), 0.3),  # after stage 1 is saved: during stage 2's setup
 ]
 
@@ -330,9 +419,11 @@ def test_distill_task_resumes_to_identical_weights(tmp_path, task_case, point):
     args, reference = task_case
     out = tmp_path / "out"
     command = [*args, "--out", str(out)]
-    reached = {"stage1": checkpoint_ready(out / "stage1" / run_dir.CHECKPOINTS, point.after),
-               "between": lambda: (out / "stage1" / "config.json").exists(),
-               "stage2": checkpoint_ready(out / run_dir.CHECKPOINTS, point.after)}[point.stage]
+    reached = {
+        "stage1": checkpoint_ready(out / "stage1" / run_dir.CHECKPOINTS, point.after),
+        "between": lambda: (out / "stage1" / "config.json").exists(),
+        "stage2": checkpoint_ready(out / run_dir.CHECKPOINTS, point.after),
+    }[point.stage]
     code, stderr = interrupt(command, reached, point)
     check_stopped(point, code, stderr, out / "config.json")
     assert run_dir.is_finished(out / "stage1") == (point.stage != "stage1")
@@ -344,6 +435,7 @@ def test_distill_task_resumes_to_identical_weights(tmp_path, task_case, point):
 
 # ------------------------------------------------------------------------------ torn checkpoints and final saves
 
+
 def unfinished_run(reference: Path, out: Path, checkpoints: tuple[str, ...]) -> Path:
     """`out` as an interrupted run left it: the reference run's `checkpoints`, no final model."""
     (out / run_dir.CHECKPOINTS).mkdir(parents=True)
@@ -354,7 +446,7 @@ def unfinished_run(reference: Path, out: Path, checkpoints: tuple[str, ...]) -> 
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:
-    path.write_bytes(path.read_bytes()[:int(path.stat().st_size * keep)])
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
 
 
 #: How a kill (or a bad disk) can leave a checkpoint, and what `checkpoint_problem` then says.
@@ -362,8 +454,10 @@ CORRUPTIONS = {
     "truncated-weights": (lambda c: truncate(c / "model.safetensors"), "model.safetensors holds"),
     "no-optimizer": (lambda c: (c / "optimizer.pt").unlink(), "optimizer.pt is missing"),
     "truncated-optimizer": (lambda c: truncate(c / "optimizer.pt", 0.9), "optimizer.pt is truncated"),
-    "garbage-state": (lambda c: (c / "trainer_state.json").write_text('{"global_step": 1'),
-                      "trainer_state.json is unreadable"),
+    "garbage-state": (
+        lambda c: (c / "trainer_state.json").write_text('{"global_step": 1'),
+        "trainer_state.json is unreadable",
+    ),
     "no-state": (lambda c: (c / "trainer_state.json").unlink(), "no trainer_state.json"),
 }
 

@@ -108,9 +108,11 @@ def test_every_unit_has_a_layer():
 
 def test_no_module_imports_from_a_higher_layer():
     level = layer_of()
-    upward = [f"{a} -> {b}: {where[0]}" + (f" (+{len(where) - 1} more)" if len(where) > 1 else "")
-              for (a, b), where in sorted(import_edges().items())
-              if level[b] >= level[a] and (a, b) not in KNOWN_UPWARD]
+    upward = [
+        f"{a} -> {b}: {where[0]}" + (f" (+{len(where) - 1} more)" if len(where) > 1 else "")
+        for (a, b), where in sorted(import_edges().items())
+        if level[b] >= level[a] and (a, b) not in KNOWN_UPWARD
+    ]
     assert not upward, "imports from the same or a higher layer:\n" + "\n".join(upward)
 
 
@@ -144,8 +146,10 @@ def test_the_checker_sees_function_level_relative_and_absolute_imports(tmp_path)
     edges = import_edges(tmp_path)
     assert set(edges) == {("tensorslim", "errors"), ("data", "errors"), ("data", "train"), ("train", "data")}
     assert edges[("data", "train")] == ["tensorslim/data/pregen/pool.py:5 imports tensorslim.train.run"]
-    assert sorted(edges[("train", "data")]) == ["tensorslim/train/run.py:1 imports tensorslim.data.pregen.pool",
-                                                 "tensorslim/train/run.py:2 imports tensorslim.data.pregen"]
+    assert sorted(edges[("train", "data")]) == [
+        "tensorslim/train/run.py:1 imports tensorslim.data.pregen.pool",
+        "tensorslim/train/run.py:2 imports tensorslim.data.pregen",
+    ]
 
 
 if __name__ == "__main__":

@@ -10,8 +10,17 @@ import pytest
 import torch
 
 from tensorslim.distill.config import DistillationConfig, make_config, read_config_file
-from tensorslim.distill.losses import (LossBatch, attention_loss, embedding_loss, get_loss, hidden_loss, logits_loss,
-                                       masked_score_mse, regression_loss, soft_cross_entropy)
+from tensorslim.distill.losses import (
+    LossBatch,
+    attention_loss,
+    embedding_loss,
+    get_loss,
+    hidden_loss,
+    logits_loss,
+    masked_score_mse,
+    regression_loss,
+    soft_cross_entropy,
+)
 from tensorslim.errors import TensorslimError
 from tensorslim.train import recipes
 
@@ -72,8 +81,9 @@ def test_soft_cross_entropy_by_hand():
         got = soft_cross_entropy(torch.tensor([s]), torch.tensor([t]), temperature)
         assert got.item() == pytest.approx(expected, rel=1e-6)
     batch = LossBatch(attention_mask=torch.ones(1, 1), layer_map=[], temperature=2.0)
-    assert logits_loss(feats(logits=torch.tensor([s])), feats(logits=torch.tensor([t])), batch).item() == \
-        pytest.approx(soft_cross_entropy(torch.tensor([s]), torch.tensor([t]), 2.0).item())
+    assert logits_loss(feats(logits=torch.tensor([s])), feats(logits=torch.tensor([t])), batch).item() == pytest.approx(
+        soft_cross_entropy(torch.tensor([s]), torch.tensor([t]), 2.0).item()
+    )
 
 
 def test_regression_uses_the_gold_score():
@@ -106,11 +116,18 @@ def test_config_validation_and_needs():
 
 
 def test_config_files(tmp_path):
-    (tmp_path / "c.json").write_text(json.dumps({"losses": ["hidden"], "weights": {"hidden": 2}, "layer_map": "uniform"}))
+    (tmp_path / "c.json").write_text(
+        json.dumps({"losses": ["hidden"], "weights": {"hidden": 2}, "layer_map": "uniform"})
+    )
     (tmp_path / "c.yaml").write_text("losses: [attention, hidden, embedding]\ntemperature: 2.0\n")
     (tmp_path / "bad.json").write_text(json.dumps({"loss": ["hidden"]}))
     config = make_config(read_config_file(tmp_path / "c.json"))
-    assert (config.losses, config.weight("hidden"), config.weight("x"), config.layer_map) == (["hidden"], 2.0, 1.0, "uniform")
+    assert (config.losses, config.weight("hidden"), config.weight("x"), config.layer_map) == (
+        ["hidden"],
+        2.0,
+        1.0,
+        "uniform",
+    )
     config = make_config(read_config_file(tmp_path / "c.yaml"))
     assert config.losses == ["attention", "hidden", "embedding"] and config.temperature == 2.0
     with pytest.raises(TensorslimError, match="unknown key"):
@@ -144,9 +161,13 @@ def test_token_kl_is_the_masked_mean_of_the_per_position_kl():
     for temperature in (1.0, 2.0):
         batch = LossBatch(attention_mask=mask, layer_map=[], temperature=temperature)
         got = token_kl_loss(Features(logits=s_logits), Features(logits=t_logits), batch)
-        per = torch.nn.functional.kl_div(torch.log_softmax(s_logits / temperature, -1),
-                                         torch.log_softmax(t_logits / temperature, -1), log_target=True,
-                                         reduction="none").sum(-1)
+        per = torch.nn.functional.kl_div(
+            torch.log_softmax(s_logits / temperature, -1),
+            torch.log_softmax(t_logits / temperature, -1),
+            log_target=True,
+            reduction="none",
+        ).sum(-1)
         torch.testing.assert_close(got, temperature**2 * per[mask.bool()].mean())
-    assert token_kl_loss(Features(logits=t_logits), Features(logits=t_logits),
-                         LossBatch(attention_mask=mask, layer_map=[])).item() == pytest.approx(0.0, abs=1e-6)
+    assert token_kl_loss(
+        Features(logits=t_logits), Features(logits=t_logits), LossBatch(attention_mask=mask, layer_map=[])
+    ).item() == pytest.approx(0.0, abs=1e-6)

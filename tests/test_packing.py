@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import tiny_tokenizer
 
 from tensorslim.data.packing import packed_dataset, packed_sequences
 from tensorslim.errors import TensorslimError
+from tiny_models import tiny_tokenizer
 
 
 def test_documents_are_concatenated_in_order_and_cut_into_full_sequences(tmp_path):
@@ -18,7 +18,7 @@ def test_documents_are_concatenated_in_order_and_cut_into_full_sequences(tmp_pat
     rows = list(packed_sequences([corpus], tokenizer, 4))
     flat = [i for row in rows for i in row]
     assert all(len(row) == 4 for row in rows)
-    assert flat[:len(ids)] == ids and flat[len(ids)] == 2  # first document, then its end token
+    assert flat[: len(ids)] == ids and flat[len(ids)] == 2  # first document, then its end token
     data = packed_dataset([corpus], tokenizer, 4, max_sequences=1)
     assert len(data) == 1 and data[0]["attention_mask"] == [1, 1, 1, 1]
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from tiny_models import tiny_model, tiny_tokenizer
 
 from tensorslim.compress.api import decompose
 from tensorslim.errors import TensorslimError
 from tensorslim.evaluate.perplexity import perplexity, read_text
+from tiny_models import tiny_model, tiny_tokenizer
 
 
 def words(n: int, seed: int = 0) -> str:
@@ -27,13 +27,17 @@ def test_perplexity_is_the_exp_of_the_mean_window_loss():
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert result["windows"] == 6 and result["tokens_scored"] == 6 * 15  # 100 // 16 windows, 4 tokens dropped
     with torch.no_grad():
-        losses = [model(input_ids=torch.tensor([ids[i * 16:(i + 1) * 16]]), labels=torch.tensor([ids[i * 16:(i + 1) * 16]])).loss
-                  for i in range(6)]
+        losses = [
+            model(
+                input_ids=torch.tensor([ids[i * 16 : (i + 1) * 16]]), labels=torch.tensor([ids[i * 16 : (i + 1) * 16]])
+            ).loss
+            for i in range(6)
+        ]
     expected = torch.stack(losses).mean().item()
     assert result["nll"] == pytest.approx(expected, rel=1e-5)
     assert result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
     # bits per byte: the same total in bits over the bytes of the scored words (each "wN" plus its space)
-    scored_text = [" ".join(text.split()[i * 16 + 1:(i + 1) * 16]) for i in range(6)]
+    scored_text = [" ".join(text.split()[i * 16 + 1 : (i + 1) * 16]) for i in range(6)]
     total_bytes = sum(len(t.encode()) for t in scored_text)
     assert result["bits_per_byte"] == pytest.approx(expected * 90 / math.log(2) / total_bytes, rel=1e-5)
 
@@ -50,12 +54,15 @@ def test_max_tokens_scores_a_prefix_and_a_student_scores_like_its_export():
     assert prefix["perplexity"] == pytest.approx(dense["perplexity"], rel=1e-5)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(seq_length=65), "beyond the model's context of 64 tokens"),
-    (dict(seq_length=1), "too short"),
-    (dict(seq_length=16, max_tokens=8), "shorter than one window"),
-    (dict(seq_length=64), "fewer than one window of 64"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(seq_length=65), "beyond the model's context of 64 tokens"),
+        (dict(seq_length=1), "too short"),
+        (dict(seq_length=16, max_tokens=8), "shorter than one window"),
+        (dict(seq_length=64), "fewer than one window of 64"),
+    ],
+)
 def test_bad_lengths_are_refused(kwargs, message):
     with pytest.raises(TensorslimError, match=message):
         perplexity(tiny_model("llama", "causal_lm"), tiny_tokenizer(), words(40), **kwargs)

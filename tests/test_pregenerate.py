@@ -21,10 +21,27 @@ from tensorslim.data.pregenerate import PregenerateConfig, load_pregenerated, pr
 from tensorslim.errors import TensorslimError
 
 # Words the bert-base-uncased vocabulary splits into several pieces, mixed with whole words.
-MULTI = ["unaffable", "crustaceans", "exoskeleton", "planktonic", "ecdysis", "moulting", "gammarus", "lobsters",
-         "conspicuous", "nodules", "asymmetrical", "pereiopods", "homarus", "centimetres", "larvae"]
-PLAIN = ("the a of and to in is was for on that with by as at from his her it an were are which this be "
-         "river house green small old city water light people year music north king song paper stone").split()
+MULTI = [
+    "unaffable",
+    "crustaceans",
+    "exoskeleton",
+    "planktonic",
+    "ecdysis",
+    "moulting",
+    "gammarus",
+    "lobsters",
+    "conspicuous",
+    "nodules",
+    "asymmetrical",
+    "pereiopods",
+    "homarus",
+    "centimetres",
+    "larvae",
+]
+PLAIN = (
+    "the a of and to in is was for on that with by as at from his her it an were are which this be "
+    "river house green small old city water light people year music north king song paper stone"
+).split()
 
 
 def write_corpus(path: Path, n_docs: int, sentences: tuple[int, int] = (8, 20), seed: int = 0) -> Path:
@@ -33,16 +50,20 @@ def write_corpus(path: Path, n_docs: int, sentences: tuple[int, int] = (8, 20), 
     with open(path, "w", encoding="utf-8") as handle:
         for _ in range(n_docs):
             for _ in range(rng.randint(*sentences)):
-                words = [rng.choice(MULTI) if rng.random() < 0.25 else rng.choice(PLAIN)
-                         for _ in range(rng.randint(5, 18))]
+                words = [
+                    rng.choice(MULTI) if rng.random() < 0.25 else rng.choice(PLAIN) for _ in range(rng.randint(5, 18))
+                ]
                 handle.write(" ".join(words).capitalize() + ".\n")
             handle.write("\n")
     return path
 
 
 def digest(directory: Path) -> dict[str, str]:
-    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def rows(directory: Path, epoch: int | None = None) -> list[dict]:
@@ -140,7 +161,7 @@ def test_labels_are_original_tokens_and_pairs_come_from_documents(base, tokenize
     for row in data:
         ids = original(row)
         cut = ids.index(sep)
-        a, b = ids[1:cut], ids[cut + 1:-1]
+        a, b = ids[1:cut], ids[cut + 1 : -1]
         docs_a = {i for i, s in enumerate(doc_streams) if "," + ",".join(map(str, a)) + "," in s}
         docs_b = {i for i, s in enumerate(doc_streams) if "," + ",".join(map(str, b)) + "," in s}
         assert docs_a and docs_b
@@ -163,7 +184,9 @@ def test_json_format_round_trips(base, tokenizer):
         arrow = rows(base, epoch)
         assert len(lines) == len(arrow)
         assert json.loads((base / f"epoch_{epoch}_metrics.json").read_text()) == {
-            "num_training_examples": len(arrow), "max_seq_len": 128}
+            "num_training_examples": len(arrow),
+            "max_seq_len": 128,
+        }
         for line, row in zip(lines, arrow):
             item = json.loads(line)
             assert list(item) == ["tokens", "segment_ids", "is_random_next", "masked_lm_positions", "masked_lm_labels"]
@@ -176,8 +199,13 @@ def test_json_format_round_trips(base, tokenizer):
 
 
 def test_whole_word_masking_masks_all_pieces_together(tmp_path, corpus, real_teacher_dir, tokenizer):
-    out = pregenerate([corpus], real_teacher_dir, tmp_path / "wwm",
-                      PregenerateConfig(epochs=1, docs_per_shard=8, whole_word_mask=True), workers=1)
+    out = pregenerate(
+        [corpus],
+        real_teacher_dir,
+        tmp_path / "wwm",
+        PregenerateConfig(epochs=1, docs_per_shard=8, whole_word_mask=True),
+        workers=1,
+    )
     tokens_of = tokenizer.convert_ids_to_tokens
     mask = tokenizer.mask_token_id
     multi_piece = 0
@@ -205,8 +233,13 @@ def test_whole_word_masking_masks_all_pieces_together(tmp_path, corpus, real_tea
 
 
 def test_single_sequences_without_nsp(tmp_path, corpus, real_teacher_dir, tokenizer):
-    out = pregenerate([corpus], real_teacher_dir, tmp_path / "nonsp",
-                      PregenerateConfig(epochs=1, docs_per_shard=8, nsp=False, max_seq_len=64), workers=1)
+    out = pregenerate(
+        [corpus],
+        real_teacher_dir,
+        tmp_path / "nonsp",
+        PregenerateConfig(epochs=1, docs_per_shard=8, nsp=False, max_seq_len=64),
+        workers=1,
+    )
     data = rows(out)
     assert data
     for row in data:
@@ -220,8 +253,14 @@ def test_short_seq_prob_and_prediction_cap(tmp_path, real_teacher_dir):
     corpus = write_corpus(tmp_path / "c.txt", 40, sentences=(20, 30))
     lengths = {}
     for prob in (0.0, 1.0):
-        config = PregenerateConfig(epochs=1, docs_per_shard=10, max_seq_len=64, short_seq_prob=prob,
-                                   masked_lm_prob=0.5, max_predictions_per_seq=5)
+        config = PregenerateConfig(
+            epochs=1,
+            docs_per_shard=10,
+            max_seq_len=64,
+            short_seq_prob=prob,
+            masked_lm_prob=0.5,
+            max_predictions_per_seq=5,
+        )
         data = rows(pregenerate([corpus], real_teacher_dir, tmp_path / f"p{prob}", config))
         assert all(len(r["input_ids"]) <= 64 for r in data)
         assert all(len(r["masked_lm_positions"]) == min(5, round(len(r["input_ids"]) * 0.5)) for r in data)
@@ -242,8 +281,9 @@ def resumable(tmp_path_factory, real_teacher_dir) -> tuple[Path, dict]:
     """A corpus of 50 two-document shards and the digest of its uninterrupted output."""
     tmp = tmp_path_factory.mktemp("resume")
     corpus = write_corpus(tmp / "big.txt", 100, sentences=(20, 30), seed=1)
-    out = pregenerate([corpus], real_teacher_dir, tmp / "reference",
-                      PregenerateConfig(epochs=2, docs_per_shard=2, format="both"))
+    out = pregenerate(
+        [corpus], real_teacher_dir, tmp / "reference", PregenerateConfig(epochs=2, docs_per_shard=2, format="both")
+    )
     return corpus, digest(out)
 
 
@@ -251,12 +291,30 @@ def resumable(tmp_path_factory, real_teacher_dir) -> tuple[Path, dict]:
 @pytest.mark.parametrize("sig, workers", [(signal.SIGTERM, 2), (signal.SIGINT, 1)])
 def test_resume_after_signal_gives_identical_output(tmp_path, real_teacher_dir, resumable, sig, workers):
     corpus, reference = resumable
-    args = ["pregenerate", "--corpus", str(corpus), "--tokenizer", str(real_teacher_dir), "--epochs", "2",
-            "--docs-per-shard", "2", "--format", "both", "--workers", str(workers)]
+    args = [
+        "pregenerate",
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        str(real_teacher_dir),
+        "--epochs",
+        "2",
+        "--docs-per-shard",
+        "2",
+        "--format",
+        "both",
+        "--workers",
+        str(workers),
+    ]
     out = tmp_path / "interrupted"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "tensorslim.cli", *args, "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorslim.cli", *args, "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     progress = out / ".pregenerate-progress.jsonl"
     deadline = time.time() + 600  # generous: CI machines can be loaded
     while time.time() < deadline and proc.poll() is None:
@@ -281,8 +339,17 @@ def test_resume_after_signal_gives_identical_output(tmp_path, real_teacher_dir, 
 
 
 def test_cli_output_dir_rules_and_resume_checks(tmp_path, corpus, real_teacher_dir, capsys):
-    args = ["pregenerate", "--corpus", str(corpus), "--tokenizer", str(real_teacher_dir), "--epochs", "1",
-            "--docs-per-shard", "40"]
+    args = [
+        "pregenerate",
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        str(real_teacher_dir),
+        "--epochs",
+        "1",
+        "--docs-per-shard",
+        "40",
+    ]
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
@@ -314,8 +381,15 @@ def test_load_pregenerated_refuses_incomplete_directories(tmp_path, base):
 
 
 def test_config_validation():
-    for bad in ({"epochs": 0}, {"max_seq_len": 4}, {"masked_lm_prob": 0.0}, {"short_seq_prob": 1.5},
-                {"docs_per_shard": 1}, {"format": "parquet"}, {"max_predictions_per_seq": 0}):
+    for bad in (
+        {"epochs": 0},
+        {"max_seq_len": 4},
+        {"masked_lm_prob": 0.0},
+        {"short_seq_prob": 1.5},
+        {"docs_per_shard": 1},
+        {"format": "parquet"},
+        {"max_predictions_per_seq": 0},
+    ):
         with pytest.raises(TensorslimError):
             PregenerateConfig(**bad)
     assert PregenerateConfig(docs_per_shard=1, nsp=False).docs_per_shard == 1
@@ -330,7 +404,9 @@ def test_pool_workers_start_without_torch():
     from tensorslim.data.pregenerate.pool import pool_context
 
     with ProcessPoolExecutor(1, mp_context=pool_context()) as pool:
-        loaded = pool.submit(eval, "[m in __import__('sys').modules for m in ('torch', 'transformers', "
-                                   "'tensorslim.data.pregenerate.shard')]").result()
+        loaded = pool.submit(
+            eval,
+            "[m in __import__('sys').modules for m in ('torch', 'transformers', 'tensorslim.data.pregenerate.shard')]",
+        ).result()
     assert loaded == [False, False, True]
     assert DATA_WORKER_ENV not in os.environ

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tensorslim.errors import TensorslimError
 from tensorslim.compress.api import decompose_to_dir
+from tensorslim.errors import TensorslimError
 from tensorslim.report.formats import fmt_int, fmt_percent, fmt_ratio, fmt_seconds, fmt_si
 from tensorslim.report.plots import loss_points, retained_energy
 from tensorslim.report.render import render_report

@@ -37,10 +37,34 @@ def signal_at_step(monkeypatch, step: int, signum=signal.SIGTERM):
 def test_interrupt_and_resume_gives_identical_weights(tmp_path, tokenizer, glue, monkeypatch, caplog):
     teacher = make_tiny_bert(tmp_path / "teacher", tokenizer, head="cls", seed=0)
     student = make_tiny_bert(tmp_path / "student", tokenizer, seed=1)
-    command = ["distill", "task", "--teacher", str(teacher), "--student", str(student), "--task", "SST-2",
-               "--glue-dir", str(glue), "--stage", "2", "--max_steps", "8", "--save_steps", "100",
-               "--per_device_train_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true",
-               "--learning_rate", "1e-3", "--warmup_steps", "2"]
+    command = [
+        "distill",
+        "task",
+        "--teacher",
+        str(teacher),
+        "--student",
+        str(student),
+        "--task",
+        "SST-2",
+        "--glue-dir",
+        str(glue),
+        "--stage",
+        "2",
+        "--max_steps",
+        "8",
+        "--save_steps",
+        "100",
+        "--per_device_train_batch_size",
+        "4",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--learning_rate",
+        "1e-3",
+        "--warmup_steps",
+        "2",
+    ]
 
     assert main([*command, "--out", str(tmp_path / "straight")]) == 0
 
@@ -49,8 +73,9 @@ def test_interrupt_and_resume_gives_identical_weights(tmp_path, tokenizer, glue,
         signal_at_step(patch, 3)
         assert main([*command, "--out", str(interrupted)]) == 130
     assert "--resume" in caplog.text
-    assert sorted(p.name for p in (interrupted / "checkpoints").iterdir() if p.name.startswith("checkpoint")) == \
-        ["checkpoint-3"]
+    assert sorted(p.name for p in (interrupted / "checkpoints").iterdir() if p.name.startswith("checkpoint")) == [
+        "checkpoint-3"
+    ]
     assert not (interrupted / "config.json").exists()  # no final model from an unfinished run
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
@@ -60,5 +85,7 @@ def test_interrupt_and_resume_gives_identical_weights(tmp_path, tokenizer, glue,
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-7)
-    assert not torch.equal(a["bert.encoder.layer.0.attention.self.query.weight"],
-                           load_file(student / "model.safetensors")["bert.encoder.layer.0.attention.self.query.weight"])
+    assert not torch.equal(
+        a["bert.encoder.layer.0.attention.self.query.weight"],
+        load_file(student / "model.safetensors")["bert.encoder.layer.0.attention.self.query.weight"],
+    )

@@ -11,27 +11,53 @@ VOCAB = 96
 #: and FFN sizes that do not tile where the family has them
 TINY = {
     "bert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
-    "roberta": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                    pad_token_id=1),
-    "xlm-roberta": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                        pad_token_id=1),
-    "camembert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                      pad_token_id=1),
-    "electra": dict(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=128),
+    "roberta": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, pad_token_id=1),
+    "xlm-roberta": dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, pad_token_id=1
+    ),
+    "camembert": dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, pad_token_id=1
+    ),
+    "electra": dict(
+        embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
+    ),
     "distilbert": dict(dim=32, n_layers=2, n_heads=4, hidden_dim=128),
-    "modernbert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                       pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
-                       global_attn_every_n_layers=2, local_attention=8),
+    "modernbert": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        cls_token_id=1,
+        sep_token_id=2,
+        global_attn_every_n_layers=2,
+        local_attention=8,
+    ),
     "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=64),
-    "llama": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=80, tie_word_embeddings=True),
-    "qwen2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=80),
-    "qwen3": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=80, head_dim=8),
-    "mistral": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                    intermediate_size=80),
+    "llama": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=80,
+        tie_word_embeddings=True,
+    ),
+    "qwen2": dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=80
+    ),
+    "qwen3": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=80,
+        head_dim=8,
+    ),
+    "mistral": dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=80
+    ),
 }
 DECODERS = ("gpt2", "llama", "qwen2", "qwen3", "mistral")
 ENCODERS = tuple(t for t in TINY if t not in DECODERS)
@@ -60,7 +86,7 @@ def tiny_inputs(batch: int = 3, length: int = 12, seed: int = 1, pad: bool = Tru
     ids = torch.randint(3, VOCAB, (batch, length), generator=g)
     mask = torch.ones_like(ids)
     if pad:
-        mask[0, length - 4:] = 0
+        mask[0, length - 4 :] = 0
     return {"input_ids": ids, "attention_mask": mask}
 
 

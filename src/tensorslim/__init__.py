@@ -15,8 +15,11 @@ from .env import DATA_WORKER_ENV
 from .errors import TensorslimError
 
 _EXPORTS = {
-    "decompose": "compress.api", "decompose_to_dir": "compress.api", "export_dense": "compress.api",
-    "from_teacher": "compress.api", "load_model": "compress.loading",
+    "decompose": "compress.api",
+    "decompose_to_dir": "compress.api",
+    "export_dense": "compress.api",
+    "from_teacher": "compress.api",
+    "load_model": "compress.loading",
 }
 
 

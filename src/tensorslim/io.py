@@ -74,6 +74,7 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 # ----------------------------------------------------------------------------- the marker
 
+
 def read_marker(directory: str | os.PathLike) -> dict | None:
     """The marker of `directory` ({"command": name or None, "entries": [...] or None}), None without one.
 
@@ -100,6 +101,7 @@ def write_marker(directory: str | os.PathLike, command: str, finished: bool = Fa
 
 # ----------------------------------------------------------------------------- the policy
 
+
 def overlap(a: str | os.PathLike, b: str | os.PathLike) -> str | None:
     """How path `a` relates to path `b`: "is", "lies inside", "contains", or None (resolved paths)."""
     a, b = Path(a).resolve(), Path(b).resolve()
@@ -119,8 +121,10 @@ def check_not_input(out: str | os.PathLike, inputs: Iterable, flag: str = "--out
             continue
         how = overlap(out, source)
         if how:
-            raise TensorslimError(f"{flag} {out} {how} the input {source}; writing it would destroy the input",
-                                  f"choose an {flag} outside every input")
+            raise TensorslimError(
+                f"{flag} {out} {how} the input {source}; writing it would destroy the input",
+                f"choose an {flag} outside every input",
+            )
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -134,8 +138,9 @@ def check_writable(path: str | os.PathLike) -> None:
         raise TensorslimError(f"cannot write to {parent} (read-only)", "choose a writable output path")
 
 
-def check_output_dir(path: str | os.PathLike, command: str, *, inputs: Iterable = (), overwrite: bool = False,
-                     flag: str = "--out") -> Path:
+def check_output_dir(
+    path: str | os.PathLike, command: str, *, inputs: Iterable = (), overwrite: bool = False, flag: str = "--out"
+) -> Path:
     """Check that `command` may write directory `path`, before any work starts.
 
     Refused: a file; a path that is, contains or lies inside an input (even with --overwrite); an
@@ -165,8 +170,13 @@ def check_output_dir(path: str | os.PathLike, command: str, *, inputs: Iterable 
         fix = "move them out of it, choose another " + flag + ", or pass --overwrite to replace it with them"
     if not overwrite:
         raise TensorslimError(problem, fix)
-    log.warning("--overwrite: %s will be replaced once the new output is complete (%d entries: %s%s)", path,
-                len(entries), ", ".join(entries[:5]), " ..." if len(entries) > 5 else "")
+    log.warning(
+        "--overwrite: %s will be replaced once the new output is complete (%d entries: %s%s)",
+        path,
+        len(entries),
+        ", ".join(entries[:5]),
+        " ..." if len(entries) > 5 else "",
+    )
     return path
 
 
@@ -209,8 +219,9 @@ def remove_empty(directories: Iterable[Path]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, command: str, *, inputs: Iterable = (), overwrite: bool = False,
-               flag: str = "--out") -> Iterator[Path]:
+def atomic_dir(
+    path: str | os.PathLike, command: str, *, inputs: Iterable = (), overwrite: bool = False, flag: str = "--out"
+) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `path` (see `swap_dir`).
 
     `path` is checked first (`check_output_dir`). The finished directory carries the MARKER. On

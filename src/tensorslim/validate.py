@@ -33,7 +33,9 @@ def check_fraction(flag: str, value: float | None, *, open_low: bool = False, op
     """`value` (None: unset) must lie in [0, 1] (ends excluded as asked)."""
     if value is None:
         return
-    if not (math.isfinite(value) and (0 < value if open_low else 0 <= value) and (value < 1 if open_high else value <= 1)):
+    if not (
+        math.isfinite(value) and (0 < value if open_low else 0 <= value) and (value < 1 if open_high else value <= 1)
+    ):
         raise TensorslimError(f"{flag} {value} is out of range", f"pass {flag} between 0 and 1")
 
 
@@ -49,11 +51,14 @@ def check_device(device: str | None, flag: str = "--device") -> str | None:
         raise TensorslimError(f"unknown device {flag} {device!r}", "use cpu, cuda, cuda:N or auto") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise TensorslimError(f"{flag} {device} requested but no CUDA GPU is available on this machine",
-                                  f"use {flag} cpu (or auto)")
+            raise TensorslimError(
+                f"{flag} {device} requested but no CUDA GPU is available on this machine", f"use {flag} cpu (or auto)"
+            )
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise TensorslimError(f"{flag} {device}: this machine has {torch.cuda.device_count()} GPU(s)",
-                                  f"use {flag} cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+            raise TensorslimError(
+                f"{flag} {device}: this machine has {torch.cuda.device_count()} GPU(s)",
+                f"use {flag} cuda:0 to cuda:{torch.cuda.device_count() - 1}",
+            )
     elif parsed.type == "mps" and not (torch.backends.mps.is_available()):
         raise TensorslimError(f"{flag} {device} requested but MPS is not available", f"use {flag} cpu")
     elif parsed.type not in ("cpu", "cuda", "mps"):
@@ -63,18 +68,21 @@ def check_device(device: str | None, flag: str = "--device") -> str | None:
 
 def check_existing_dir(path: str | os.PathLike | None, flag: str) -> None:
     if path is not None and not Path(path).is_dir():
-        raise TensorslimError(f"{flag} {path} is not a directory" if Path(path).exists() else
-                              f"{flag} {path} does not exist", f"pass the directory for {flag}")
+        raise TensorslimError(
+            f"{flag} {path} is not a directory" if Path(path).exists() else f"{flag} {path} does not exist",
+            f"pass the directory for {flag}",
+        )
 
 
 def check_existing_file(path: str | os.PathLike | None, flag: str) -> None:
     if path is not None and not Path(path).is_file():
-        raise TensorslimError(f"{flag} {path} is a directory" if Path(path).is_dir() else f"{flag} {path} does not exist",
-                              f"pass an existing file for {flag}")
+        raise TensorslimError(
+            f"{flag} {path} is a directory" if Path(path).is_dir() else f"{flag} {path} does not exist",
+            f"pass an existing file for {flag}",
+        )
 
 
-def check_output_file(path: str | os.PathLike, flag: str, *, inputs: Iterable = (),
-                      ours: Iterable[str] = ()) -> Path:
+def check_output_file(path: str | os.PathLike, flag: str, *, inputs: Iterable = (), ours: Iterable[str] = ()) -> Path:
     """An output file that may be (re)written: not a directory, not an input, and, when it exists,
     a JSON object with the keys `ours` (a file an earlier run of the same command wrote)."""
     path = Path(path)
@@ -89,8 +97,10 @@ def check_output_file(path: str | os.PathLike, flag: str, *, inputs: Iterable = 
         except (OSError, ValueError):
             mine = False
         if not mine:
-            raise TensorslimError(f"{flag} {path} exists and was not written by this command",
-                                  f"choose another {flag}, or move {path} away")
+            raise TensorslimError(
+                f"{flag} {path} exists and was not written by this command",
+                f"choose another {flag}, or move {path} away",
+            )
     return path
 
 
@@ -108,7 +118,10 @@ def check_finite_weights(model_dir: str | os.PathLike) -> None:
                         bad = int((~torch.isfinite(tensor)).sum())
                         raise TensorslimError(
                             f"{file} holds {bad} NaN or infinite value(s) in {name}",
-                            "the model is damaged (or diverged in training): use an earlier checkpoint or re-save it")
+                            "the model is damaged (or diverged in training): use an earlier checkpoint or re-save it",
+                        )
         except SafetensorError as exc:
-            raise TensorslimError(f"cannot load the weights in {file}: {exc}",
-                                  "the weights file is truncated or corrupt; re-save the model") from None
+            raise TensorslimError(
+                f"cannot load the weights in {file}: {exc}",
+                "the weights file is truncated or corrupt; re-save the model",
+            ) from None

@@ -20,13 +20,24 @@ from ..errors import TensorslimError
 COMMANDS = ["pregenerate", "decompose", "distill", "finetune", "augment", "evaluate", "report", "demo", "sweep"]
 
 #: errno values meaning the output cannot be written where it was asked to go.
-DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
-               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied", errno.EFBIG: "the file is larger than allowed"}
+DISK_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EFBIG: "the file is larger than allowed",
+}
 #: How libraries that do their own I/O (safetensors, torch.save) report the same failures.
-DISK_MESSAGES = {"No space left on device": errno.ENOSPC, "os error 28": errno.ENOSPC,
-                 "Read-only file system": errno.EROFS, "os error 30": errno.EROFS, "file write failed": errno.ENOSPC,
-                 "Disk quota exceeded": errno.EDQUOT, "Permission denied": errno.EACCES}
+DISK_MESSAGES = {
+    "No space left on device": errno.ENOSPC,
+    "os error 28": errno.ENOSPC,
+    "Read-only file system": errno.EROFS,
+    "os error 30": errno.EROFS,
+    "file write failed": errno.ENOSPC,
+    "Disk quota exceeded": errno.EDQUOT,
+    "Permission denied": errno.EACCES,
+}
 
 log = logging.getLogger("tensorslim")
 
@@ -99,19 +110,30 @@ def main(argv: list[str] | None = None) -> int:
         log.error("interrupted: %s%s", detail, hint, exc_info=args is not None and args.debug)
         return 130
     except MemoryError:
-        log.error("out of memory\n  fix: lower --batch-size (or the sequence length), or use a larger machine",
-                  exc_info=args is not None and args.debug)
+        log.error(
+            "out of memory\n  fix: lower --batch-size (or the sequence length), or use a larger machine",
+            exc_info=args is not None and args.debug,
+        )
         return 2
     except Exception as exc:
         problem = disk_error(exc)
         if problem is None:
             raise  # not a user error: the traceback is for a bug report
         what, where = problem
-        fix = ("check the permissions of that path, or choose a writable output path" if "permission" in what
-               else "free disk space or choose a writable output path")
+        fix = (
+            "check the permissions of that path, or choose a writable output path"
+            if "permission" in what
+            else "free disk space or choose a writable output path"
+        )
         verb = "access" if "permission" in what else "write"
-        log.error("cannot %s %s: %s\n  fix: %s; nothing half-written was kept", verb, where, what, fix,
-                  exc_info=args is not None and args.debug)
+        log.error(
+            "cannot %s %s: %s\n  fix: %s; nothing half-written was kept",
+            verb,
+            where,
+            what,
+            fix,
+            exc_info=args is not None and args.debug,
+        )
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)

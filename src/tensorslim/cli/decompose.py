@@ -14,7 +14,9 @@ def parse_count(text: str) -> int:
     try:
         return int(float(text[:-1] if scale > 1 else text) * scale)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"cannot read the budget {text!r}: write it as e.g. 2000000, 2M or 750k") from None
+        raise argparse.ArgumentTypeError(
+            f"cannot read the budget {text!r}: write it as e.g. 2000000, 2M or 750k"
+        ) from None
 
 
 def parse_share(text: str) -> float:
@@ -32,31 +34,55 @@ def register(sub) -> None:
     from ..families import SUPPORTED_MODEL_TYPES
 
     p = sub.add_parser(
-        "decompose", help="teacher -> compressed student initialised from the teacher's weights",
+        "decompose",
+        help="teacher -> compressed student initialised from the teacher's weights",
         description="Stack the teacher's projection matrices into groups of equal-shape slices, decompose each "
-                    "group (tucker: HOSVD + HOOI) and write a student directory: the teacher's own class with "
-                    "factored projections, plus decomposition.json. Ranks default to the paper's 72-384 shape scaled "
-                    "to the teacher (d = D/2, l = n/2).",
+        "group (tucker: HOSVD + HOOI) and write a student directory: the teacher's own class with "
+        "factored projections, plus decomposition.json. Ranks default to the paper's 72-384 shape scaled "
+        "to the teacher (d = D/2, l = n/2).",
     )
     p.add_argument("--teacher", required=True, help=f"teacher model directory ({', '.join(SUPPORTED_MODEL_TYPES)})")
     p.add_argument("--out", required=True, help="student directory to write")
-    p.add_argument("--method", default="tucker", choices=list(METHODS),
-                   help="; ".join(f"{name}: paper's {cls.paper}, options {', '.join(o.name for o in cls.options)}"
-                                  for name, cls in METHODS.items()) + " (default: tucker)")
+    p.add_argument(
+        "--method",
+        default="tucker",
+        choices=list(METHODS),
+        help="; ".join(
+            f"{name}: paper's {cls.paper}, options {', '.join(o.name for o in cls.options)}"
+            for name, cls in METHODS.items()
+        )
+        + " (default: tucker)",
+    )
     for option in all_options().values():
-        p.add_argument("--" + option.name.replace("_", "-"), type=option.type, default=None, choices=option.choices,
-                       help=option.help + (f" (default: {option.default})" if option.default is not None else ""))
-    p.add_argument("--budget", type=parse_count,
-                   help="choose ranks so the factors hold at most this many weights, e.g. 2M")
-    p.add_argument("--compression", type=parse_share,
-                   help="choose ranks so that this share of the decomposed matrices' weights is removed, e.g. 20%% "
-                        "(or 0.2), as the LLM compression papers state it")
+        p.add_argument(
+            "--" + option.name.replace("_", "-"),
+            type=option.type,
+            default=None,
+            choices=option.choices,
+            help=option.help + (f" (default: {option.default})" if option.default is not None else ""),
+        )
+    p.add_argument(
+        "--budget", type=parse_count, help="choose ranks so the factors hold at most this many weights, e.g. 2M"
+    )
+    p.add_argument(
+        "--compression",
+        type=parse_share,
+        help="choose ranks so that this share of the decomposed matrices' weights is removed, e.g. 20%% "
+        "(or 0.2), as the LLM compression papers state it",
+    )
     p.add_argument("--ops", default="all", choices=list(OPS), help="matrices to decompose: all, san (attention), ffn")
-    p.add_argument("--head", default="auto", choices=["auto", *HEADS],
-                   help="which head to keep (default: the one the teacher was saved with)")
+    p.add_argument(
+        "--head",
+        default="auto",
+        choices=["auto", *HEADS],
+        help="which head to keep (default: the one the teacher was saved with)",
+    )
     p.add_argument("--num-labels", type=int, help="labels of a new classification head (default: the teacher's)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --out even if decompose did not write it (the old one stays until the student is saved)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if decompose did not write it (the old one stays until the student is saved)",
+    )
     p.set_defaults(func=run)
 
 
@@ -73,14 +99,35 @@ def run(args) -> None:
 
     accepted = {o.name for o in METHODS[args.method].options}
     given = {name: getattr(args, name) for name in all_options() if getattr(args, name) is not None}
+    flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in sorted(names))  # noqa: E731
     if set(given) - accepted:
-        raise TensorslimError(f"--method {args.method} takes no {', '.join('--' + n.replace('_', '-') for n in sorted(set(given) - accepted))}",
-                              f"{args.method} accepts {', '.join('--' + n.replace('_', '-') for n in sorted(accepted))}")
+        raise TensorslimError(
+            f"--method {args.method} takes no {flags(set(given) - accepted)}",
+            f"{args.method} accepts {flags(accepted)}",
+        )
     options = given
-    record = decompose_to_dir(args.teacher, args.out, args.method, ops=args.ops, budget=args.budget,
-                              compression=args.compression, head=args.head,
-                              num_labels=args.num_labels, overwrite=args.overwrite, **options)
+    record = decompose_to_dir(
+        args.teacher,
+        args.out,
+        args.method,
+        ops=args.ops,
+        budget=args.budget,
+        compression=args.compression,
+        head=args.head,
+        num_labels=args.num_labels,
+        overwrite=args.overwrite,
+        **options,
+    )
     w = record["decomposed_weights"]
-    log.info("wrote %s: %s rank=%s layer_rank=%s ops=%s, %s -> %s decomposed weights (%.1fx), relative error %.4f",
-             args.out, record["method"], record["rank"], record["layer_rank"], record["ops"], f"{w['teacher']:,}",
-             f"{w['student']:,}", w["ratio"], record["relative_error"])
+    log.info(
+        "wrote %s: %s rank=%s layer_rank=%s ops=%s, %s -> %s decomposed weights (%.1fx), relative error %.4f",
+        args.out,
+        record["method"],
+        record["rank"],
+        record["layer_rank"],
+        record["ops"],
+        f"{w['teacher']:,}",
+        f"{w['student']:,}",
+        w["ratio"],
+        record["relative_error"],
+    )

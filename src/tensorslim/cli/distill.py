@@ -12,41 +12,58 @@ def _common(p) -> None:
     p.add_argument("--teacher", required=True, type=Path, help="teacher model directory (frozen)")
     p.add_argument("--student", required=True, type=Path, help="student model directory (e.g. from decompose)")
     p.add_argument("--out", required=True, type=Path, help="output directory: final student + checkpoints/")
-    p.add_argument("--distill-config", type=Path, default=None,
-                   help="JSON/YAML file with DistillationConfig fields (losses, weights, layer_map, temperature)")
+    p.add_argument(
+        "--distill-config",
+        type=Path,
+        default=None,
+        help="JSON/YAML file with DistillationConfig fields (losses, weights, layer_map, temperature)",
+    )
     add_run_flags(p)
 
 
 def register(subparsers) -> None:
     from ..train.recipes import GENERAL_TRAINING, TASK_EPOCHS, TASK_TRAINING
 
-    parser = subparsers.add_parser("distill", help="distill a teacher into a student (general or task)",
-                                   description="Knowledge distillation with a frozen teacher.")
+    parser = subparsers.add_parser(
+        "distill",
+        help="distill a teacher into a student (general or task)",
+        description="Knowledge distillation with a frozen teacher.",
+    )
     sub = parser.add_subparsers(dest="stage_kind", metavar="KIND", required=True)
 
     g = sub.add_parser(
-        "general", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "general",
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="general distillation on pregenerated unlabeled text",
         description="General distillation (the paper's): MSE on the last layer's pre-softmax attention scores "
-                    "(padded keys zeroed) + MSE on the last layer's hidden states, no MLM loss. Defaults: "
-                    + ", ".join(f"{k}={v}" for k, v in GENERAL_TRAINING.items()) + ", max length 128.",
+        "(padded keys zeroed) + MSE on the last layer's hidden states, no MLM loss. Defaults: "
+        + ", ".join(f"{k}={v}" for k, v in GENERAL_TRAINING.items())
+        + ", max length 128.",
     )
     _common(g)
     g.add_argument("--data", required=True, type=Path, help="pregenerated data directory (tensorslim pregenerate)")
     g.add_argument("--eval-data", type=Path, default=None, help="held-out pregenerated data for evaluation")
-    g.add_argument("--layer-map", choices=["last", "uniform"], default=None,
-                   help="last: last layer only (paper); uniform: TinyBERT's per-layer map (default: last)")
+    g.add_argument(
+        "--layer-map",
+        choices=["last", "uniform"],
+        default=None,
+        help="last: last layer only (paper); uniform: TinyBERT's per-layer map (default: last)",
+    )
     g.add_argument("--embedding-loss", action="store_true", help="add TinyBERT's embedding-layer MSE term")
     g.set_defaults(func=run_general)
 
     epochs = ", ".join(f"{k} {a}/{b}" for k, (a, b) in TASK_EPOCHS.items())
     t = sub.add_parser(
-        "task", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "task",
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="task distillation on a GLUE task (stage 1 layers, stage 2 logits)",
         description="Task distillation: stage 1 matches attention scores and hidden states of every layer at a "
-                    "constant learning rate, stage 2 matches logits (soft cross-entropy at --temperature; MSE to "
-                    f"the gold score for STS-B). Epochs per task (stage 1/2): {epochs}. Other defaults: "
-                    + ", ".join(f"{k}={v}" for k, v in TASK_TRAINING.items()) + ", max length 64 CoLA/SST-2 else 128.",
+        "constant learning rate, stage 2 matches logits (soft cross-entropy at --temperature; MSE to "
+        f"the gold score for STS-B). Epochs per task (stage 1/2): {epochs}. Other defaults: "
+        + ", ".join(f"{k}={v}" for k, v in TASK_TRAINING.items())
+        + ", max length 64 CoLA/SST-2 else 128.",
     )
     _common(t)
     t.add_argument("--task", required=True, help="GLUE task name")
@@ -55,7 +72,9 @@ def register(subparsers) -> None:
     t.add_argument("--stage", choices=["1", "2", "both"], default="both", help="which stages to run")
     t.add_argument("--stage1-epochs", type=float, default=None, help="stage 1 epochs; unset: the task's recipe")
     t.add_argument("--stage2-epochs", type=float, default=None, help="stage 2 epochs; unset: the task's recipe")
-    t.add_argument("--temperature", type=float, default=None, help="stage 2 softmax temperature; unset: 1.0 or --distill-config")
+    t.add_argument(
+        "--temperature", type=float, default=None, help="stage 2 softmax temperature; unset: 1.0 or --distill-config"
+    )
     t.add_argument("--max-seq-length", type=int, default=None, help="token limit; unset: 64 for CoLA/SST-2, else 128")
     t.set_defaults(func=run_task)
 
@@ -76,9 +95,19 @@ def run_general(args) -> None:
         overrides["losses"] = [*config.losses, "embedding"]
     config = make_config(overrides, config, "flags")
     training = parse_training_args(args.extra, args.out / CHECKPOINTS, recipes.GENERAL_TRAINING)
-    distill_general(args.teacher, args.student, args.data, args.out, training, config, eval_data=args.eval_data,
-                    max_train_samples=args.max_train_samples, pad_to_max_length=args.pad_to_max_length,
-                 resume=args.resume, overwrite=args.overwrite)
+    distill_general(
+        args.teacher,
+        args.student,
+        args.data,
+        args.out,
+        training,
+        config,
+        eval_data=args.eval_data,
+        max_train_samples=args.max_train_samples,
+        pad_to_max_length=args.pad_to_max_length,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
 
 
 def run_task(args) -> None:
@@ -102,10 +131,25 @@ def run_task(args) -> None:
         objectives[2] = make_config({"temperature": args.temperature}, objectives[2], "flags")
     explicit = "num_train_epochs" in passed_flags(args.extra)
     epochs = {1: args.stage1_epochs, 2: args.stage2_epochs}
-    training = {s: parse_training_args(args.extra, stage_checkpoints(args.out, s),
-                                       stage_defaults(task.name, s, None if explicit else epochs[s]))
-                for s in STAGES[args.stage]}
-    distill_task(args.teacher, args.student, task.name, args.glue_dir, args.out, training, objectives,
-                 stage=args.stage, aug=args.aug, max_seq_length=args.max_seq_length,
-                 max_train_samples=args.max_train_samples, pad_to_max_length=args.pad_to_max_length,
-                 resume=args.resume, overwrite=args.overwrite)
+    training = {
+        s: parse_training_args(
+            args.extra, stage_checkpoints(args.out, s), stage_defaults(task.name, s, None if explicit else epochs[s])
+        )
+        for s in STAGES[args.stage]
+    }
+    distill_task(
+        args.teacher,
+        args.student,
+        task.name,
+        args.glue_dir,
+        args.out,
+        training,
+        objectives,
+        stage=args.stage,
+        aug=args.aug,
+        max_seq_length=args.max_seq_length,
+        max_train_samples=args.max_train_samples,
+        pad_to_max_length=args.pad_to_max_length,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )

@@ -11,12 +11,14 @@ def register(subparsers) -> None:
     from .flags import add_hidden_alias, add_run_flags
 
     p = subparsers.add_parser(
-        "finetune", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "finetune",
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="fine-tune a model on a GLUE task (makes the task-distillation teacher)",
         description="Fine-tune a BERT-family model or a decomposed student on one GLUE task and save the "
-                    "classifier (with tokenizer and the task's label names) to --out. Defaults: "
-                    + ", ".join(f"{k}={v}" for k, v in FINETUNE_TRAINING.items())
-                    + "; max length 64 for CoLA/SST-2, else 128.",
+        "classifier (with tokenizer and the task's label names) to --out. Defaults: "
+        + ", ".join(f"{k}={v}" for k, v in FINETUNE_TRAINING.items())
+        + "; max length 64 for CoLA/SST-2, else 128.",
     )
     p.add_argument("--model", required=True, type=Path, help="model directory (pre-trained encoder or classifier)")
     p.add_argument("--task", required=True, help="GLUE task: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI")
@@ -35,9 +37,20 @@ def run(args) -> None:
     from ..train.run_dir import CHECKPOINTS
     from .flags import parse_training_args
 
-    training = parse_training_args(args.extra, args.out / CHECKPOINTS,
-                                   {**FINETUNE_TRAINING, "metric_for_best_model": "score"})
+    training = parse_training_args(
+        args.extra, args.out / CHECKPOINTS, {**FINETUNE_TRAINING, "metric_for_best_model": "score"}
+    )
     split = "train_aug" if args.aug else getattr(args, "train_split", "train")  # --train-split: the old spelling
-    finetune(args.model, args.task, args.glue_dir, args.out, training, max_seq_length=args.max_seq_length,
-             train_split=split, max_train_samples=args.max_train_samples, pad_to_max_length=args.pad_to_max_length,
-             resume=args.resume, overwrite=args.overwrite)
+    finetune(
+        args.model,
+        args.task,
+        args.glue_dir,
+        args.out,
+        training,
+        max_seq_length=args.max_seq_length,
+        train_split=split,
+        max_train_samples=args.max_train_samples,
+        pad_to_max_length=args.pad_to_max_length,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )

@@ -51,13 +51,17 @@ def parse_training_args(argv: list[str], output_dir: str | Path, defaults: dict)
     try:
         (args, remaining) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except SystemExit:
-        raise TensorslimError(f"invalid training flags {' '.join(argv)}",
-                              "see `tensorslim <command> --help-training` for the TrainingArguments flags") from None
+        raise TensorslimError(
+            f"invalid training flags {' '.join(argv)}",
+            "see `tensorslim <command> --help-training` for the TrainingArguments flags",
+        ) from None
     except ValueError as exc:
         raise TensorslimError(f"invalid training arguments: {exc}", "fix the flag values") from None
     if remaining:
-        raise TensorslimError(f"unknown flag(s): {' '.join(remaining)}",
-                              "see --help for tensorslim's flags and --help-training for TrainingArguments flags")
+        raise TensorslimError(
+            f"unknown flag(s): {' '.join(remaining)}",
+            "see --help for tensorslim's flags and --help-training for TrainingArguments flags",
+        )
     check_distributed(args)
     return args
 
@@ -70,21 +74,32 @@ class _TrainingHelp(argparse.Action):
 
 def add_training_flags_help(parser) -> None:
     """Give a subcommand parser --help-training and an epilog pointing at it."""
-    parser.add_argument("--help-training", action=_TrainingHelp, nargs=0,
-                        help="list the transformers TrainingArguments flags this command also accepts, and exit")
-    parser.epilog = ((parser.epilog or "") + " Any transformers TrainingArguments flag is accepted under its usual "
-                     "name (e.g. --max_steps 1000 --per_device_train_batch_size 16 --bf16 --save_steps 200 "
-                     "--eval_strategy steps); they override the paper's defaults shown here.").strip()
+    parser.add_argument(
+        "--help-training",
+        action=_TrainingHelp,
+        nargs=0,
+        help="list the transformers TrainingArguments flags this command also accepts, and exit",
+    )
+    parser.epilog = (
+        (parser.epilog or "") + " Any transformers TrainingArguments flag is accepted under its usual "
+        "name (e.g. --max_steps 1000 --per_device_train_batch_size 16 --bf16 --save_steps 200 "
+        "--eval_strategy steps); they override the paper's defaults shown here."
+    ).strip()
     parser.set_defaults(accepts_extra=True)
 
 
 def add_run_flags(parser) -> None:
     """The flags every training command shares, and --help-training (see add_training_flags_help)."""
     parser.add_argument("--max-train-samples", type=int, default=None, help="train on the first N examples only")
-    parser.add_argument("--pad-to-max-length", action="store_true",
-                        help="pad every batch to the maximum length (equal shapes on all workers) instead of its "
-                             "longest sequence")
+    parser.add_argument(
+        "--pad-to-max-length",
+        action="store_true",
+        help="pad every batch to the maximum length (equal shapes on all workers) instead of its longest sequence",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --out (the old one stays until the new run is complete)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (the old one stays until the new run is complete)",
+    )
     add_training_flags_help(parser)

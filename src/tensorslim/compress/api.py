@@ -22,9 +22,17 @@ from .section import section_of
 log = logging.getLogger(__name__)
 
 
-def decompose(teacher: str | Path | PreTrainedModel, method: str | Method = "tucker", *, ops: str = "all",
-              head: str = "auto", num_labels: int | None = None, budget: int | None = None,
-              compression: float | None = None, **options) -> tuple[PreTrainedModel, dict]:
+def decompose(
+    teacher: str | Path | PreTrainedModel,
+    method: str | Method = "tucker",
+    *,
+    ops: str = "all",
+    head: str = "auto",
+    num_labels: int | None = None,
+    budget: int | None = None,
+    compression: float | None = None,
+    **options,
+) -> tuple[PreTrainedModel, dict]:
     """Decompose `teacher` (a directory, or a model changed in place); return it with a record.
 
     `method` is a registered name with its `options` (rank, layer_rank, tol, ...; see
@@ -62,16 +70,24 @@ def decompose(teacher: str | Path | PreTrainedModel, method: str | Method = "tuc
     record["parameters"] = {"teacher": teacher_parameters, "student": count_parameters(teacher)}
     record["seconds"]["total"] = time.perf_counter() - start
     w = record["decomposed_weights"]
-    log.info("%s %s ops=%s: relative error %.4f, %.1fx fewer decomposed weights, %.1fs", method.name,
-             {k: v for k, v in method.values.items() if k in ("rank", "layer_rank")}, ops, record["relative_error"],
-             w["ratio"], record["seconds"]["total"])
+    log.info(
+        "%s %s ops=%s: relative error %.4f, %.1fx fewer decomposed weights, %.1fs",
+        method.name,
+        {k: v for k, v in method.values.items() if k in ("rank", "layer_rank")},
+        ops,
+        record["relative_error"],
+        w["ratio"],
+        record["seconds"]["total"],
+    )
     return teacher, record
 
 
 def check_compression(compression: float) -> float:
     if not 0 < compression < 1:
-        raise TensorslimError(f"compression {compression:g} is not between 0 and 1 (exclusive)",
-                              "pass the share of the decomposed matrices' weights to remove, e.g. --compression 20%")
+        raise TensorslimError(
+            f"compression {compression:g} is not between 0 and 1 (exclusive)",
+            "pass the share of the decomposed matrices' weights to remove, e.g. --compression 20%",
+        )
     return compression
 
 
@@ -95,12 +111,15 @@ def make_record(model, method: Method, ops: str, head: str, result: dict, fit_se
             err = torch.linalg.matrix_norm(W - recon[name].to(W.device)).double().pow(2)
             norm = torch.linalg.matrix_norm(W).double().pow(2)
             sq_err[name], sq_norm[name] = err, norm
-            group_records[name] = {"rows": groups[name].rows, "cols": groups[name].cols,
-                                   "num_slices": groups[name].num_slices, "ranks": ranks[name],
-                                   "relative_error": (err.sum() / norm.sum().clamp_min(1e-30)).sqrt().item(),
-                                   "weights": {"teacher": W.numel(),
-                                               "student": method.num_params(groups[name], ranks[name])},
-                                   "solver": fit_record}
+            group_records[name] = {
+                "rows": groups[name].rows,
+                "cols": groups[name].cols,
+                "num_slices": groups[name].num_slices,
+                "ranks": ranks[name],
+                "relative_error": (err.sum() / norm.sum().clamp_min(1e-30)).sqrt().item(),
+                "weights": {"teacher": W.numel(), "student": method.num_params(groups[name], ranks[name])},
+                "solver": fit_record,
+            }
     per_layer: dict[int, dict[str, float]] = {}
     slot_err: dict[str, list[float]] = {}
     for lay, (key, _, proj) in zip(layouts, found):
@@ -124,18 +143,35 @@ def make_record(model, method: Method, ops: str, head: str, result: dict, fit_se
     largest = max(groups, key=lambda n: groups[n].num_slices * groups[n].rows * groups[n].cols)
     first = ranks[largest]
     return {
-        "method": method.name, "rank": first["rank"], "layer_rank": first.get("layer_rank"), "ops": ops, "head": head,
+        "method": method.name,
+        "rank": first["rank"],
+        "layer_rank": first.get("layer_rank"),
+        "ops": ops,
+        "head": head,
         "options": {k: v for k, v in method.values.items() if v is not None},
-        "family": model.config.model_type, "num_layers": num_layers, "hidden_size": model.config.hidden_size,
-        "num_slices": sum(g.num_slices for g in groups.values()), "slots": slots,
+        "family": model.config.model_type,
+        "num_layers": num_layers,
+        "hidden_size": model.config.hidden_size,
+        "num_slices": sum(g.num_slices for g in groups.values()),
+        "slots": slots,
         "decomposed_weights": {"teacher": teacher_w, "student": student_w, "ratio": teacher_w / student_w},
         "relative_error": (total_e / total_n) ** 0.5 if total_n else 0.0,
         "relative_error_per_slot": {s: (e / n) ** 0.5 if n else 0.0 for s, (e, n) in slot_err.items()},
         "relative_error_per_layer_slot": [[per_layer[i][s] for s in slots] for i in sorted(per_layer)],
         "groups": group_records,
-        "hooi": next((g["solver"] and {"tol": method.values.get("tol"), "max_iter": method.values.get("max_iter"),
-                                       "sweep_dtype": g["solver"].get("sweep_dtype")}
-                      for g in group_records.values() if g["solver"]), None),
+        "hooi": next(
+            (
+                g["solver"]
+                and {
+                    "tol": method.values.get("tol"),
+                    "max_iter": method.values.get("max_iter"),
+                    "sweep_dtype": g["solver"].get("sweep_dtype"),
+                }
+                for g in group_records.values()
+                if g["solver"]
+            ),
+            None,
+        ),
         "spectra": spectra(result["fits"][largest][1]),
         "seconds": {"fit": fit_seconds},
     }
@@ -145,9 +181,11 @@ def spectra(W: torch.Tensor) -> dict[str, list[float]]:
     """Singular values of the three unfoldings of W (slices, rows, columns), descending."""
     n, D1, D2 = W.shape
     W = W.float()
-    grams = {"slices": W.reshape(n, -1) @ W.reshape(n, -1).T,
-             "rows": (lambda f: f @ f.T)(W.transpose(0, 1).reshape(D1, -1)),
-             "columns": (lambda f: f.T @ f)(W.reshape(-1, D2))}
+    grams = {
+        "slices": W.reshape(n, -1) @ W.reshape(n, -1).T,
+        "rows": (lambda f: f @ f.T)(W.transpose(0, 1).reshape(D1, -1)),
+        "columns": (lambda f: f.T @ f)(W.reshape(-1, D2)),
+    }
     return {mode: torch.linalg.eigvalsh(g.double()).flip(0).clamp_min(0).sqrt().tolist() for mode, g in grams.items()}
 
 
@@ -164,8 +202,9 @@ def skeleton(config, head: str = "base") -> PreTrainedModel:
         return HEADS[check_head(head)].from_config(config)
 
 
-def check_settings(config, method: str, *, ops: str = "all", budget: int | None = None,
-                   compression: float | None = None, **options) -> Method:
+def check_settings(
+    config, method: str, *, ops: str = "all", budget: int | None = None, compression: float | None = None, **options
+) -> Method:
     """The method with the ranks a decomposition of a `config` model would use; refuses settings that
     fit no such model (ranks out of range, an unmeetable budget) without loading any weight."""
     from .inplace import layout
@@ -185,9 +224,19 @@ def check_settings(config, method: str, *, ops: str = "all", budget: int | None 
     return found
 
 
-def decompose_to_dir(teacher: str | Path, out: str | Path, method: str = "tucker", *, ops: str = "all",
-                     budget: int | None = None, compression: float | None = None, head: str = "auto",
-                     num_labels: int | None = None, overwrite: bool = False, **options) -> dict:
+def decompose_to_dir(
+    teacher: str | Path,
+    out: str | Path,
+    method: str = "tucker",
+    *,
+    ops: str = "all",
+    budget: int | None = None,
+    compression: float | None = None,
+    head: str = "auto",
+    num_labels: int | None = None,
+    overwrite: bool = False,
+    **options,
+) -> dict:
     """Decompose the teacher in directory `teacher` and write a loadable student directory `out`
     (config, safetensors, tokenizer, decomposition.json). Returns the decomposition record."""
     config = load_config(teacher)
@@ -195,8 +244,9 @@ def decompose_to_dir(teacher: str | Path, out: str | Path, method: str = "tucker
     check_settings(config, method, ops=ops, budget=budget, compression=compression, **options)  # before loading
     check_output_dir(out, "decompose", inputs=[teacher], overwrite=overwrite)
     check_finite_weights(teacher)  # NaN or inf would break HOOI's eigendecompositions
-    student, record = decompose(teacher, method, ops=ops, head=head, num_labels=num_labels, budget=budget,
-                                compression=compression, **options)
+    student, record = decompose(
+        teacher, method, ops=ops, head=head, num_labels=num_labels, budget=budget, compression=compression, **options
+    )
     record["teacher"] = str(Path(teacher).resolve())
     with atomic_dir(out, "decompose", inputs=[teacher], overwrite=overwrite) as tmp:
         student.save_pretrained(tmp)

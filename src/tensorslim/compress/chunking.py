@@ -59,15 +59,22 @@ def _chunked_forward(self: nn.Module, *args, **kwargs):
     if ids is None:
         ids = kwargs.get("inputs_embeds")
     forward = type(self).forward
-    if (ids is None or ids.dim() < 2 or ids.device.type != "cpu" or torch.is_grad_enabled() or self.training
-            or _off.get()):
+    if (
+        ids is None
+        or ids.dim() < 2
+        or ids.device.type != "cpu"
+        or torch.is_grad_enabled()
+        or self.training
+        or _off.get()
+    ):
         return forward(self, *args, **kwargs)
     batch, length = ids.shape[:2]
     per = max(1, getattr(self, ATTR) // length)
     if per >= batch:
         return forward(self, *args, **kwargs)
-    parts = [forward(self, *_take(args, i, i + per, batch), **_take(kwargs, i, i + per, batch))
-             for i in range(0, batch, per)]
+    parts = [
+        forward(self, *_take(args, i, i + per, batch), **_take(kwargs, i, i + per, batch)) for i in range(0, batch, per)
+    ]
     return _join(parts, batch)
 
 

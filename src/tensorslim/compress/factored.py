@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..decomposition.methods import Method
-from ..decomposition.slices import Group, ModuleLayout
+from ..decomposition.slices import Group, ModuleLayout, assemble
 
 
 def affine(h: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -71,8 +71,9 @@ class FactorBank(nn.Module):
         products and x A within a forward unless gradient checkpointing will recompute the layers."""
         self._inputs = {}
         # layers recomputed in the backward pass must recompute everything they computed the first time
-        self.reuse = not (torch.is_grad_enabled() and any(
-            getattr(m, "gradient_checkpointing", False) for m in module.modules()))
+        self.reuse = not (
+            torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) for m in module.modules())
+        )
         if torch.is_grad_enabled():
             self._memo, self._memo_key = {}, None
             return
@@ -135,15 +136,18 @@ class FactoredProjection(nn.Module):
             raise ValueError(f"{layout.key}: blocks tile both the input and the output")
         order = sorted(blocks, key=lambda b: (b.in_start, b.out_start))
         if [b.in_start if self.fan_in else b.out_start for b in order] != [
-                i * (b.in_size if self.fan_in else b.out_size) for i, b in enumerate(order)]:
+            i * (b.in_size if self.fan_in else b.out_size) for i, b in enumerate(order)
+        ]:
             raise ValueError(f"{layout.key}: blocks are not equal consecutive tiles")
         self.g, self.block_in, self.block_out = len(order), order[0].in_size, order[0].out_size
         self.slice_ids = tuple(b.index for b in order)  # not a buffer: from_pretrained builds on "meta"
         self._index: dict[torch.device, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, group={self.layout.group}, "
-                f"slices={list(self.slice_ids)}, transposed={self.layout.transposed}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, group={self.layout.group}, "
+            f"slices={list(self.slice_ids)}, transposed={self.layout.transposed}"
+        )
 
     def __getstate__(self):
         return {**self.__dict__, "_index": {}}
@@ -202,6 +206,4 @@ class FactoredProjection(nn.Module):
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:
         """The module's [in, out] matrix from the current factors."""
-        from ..decomposition.slices import assemble
-
         return assemble({self.layout.group: self.bank.reconstruct(self.layout.group)}, self.layout)

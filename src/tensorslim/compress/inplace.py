@@ -16,12 +16,12 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from ..decomposition.methods import Method, get_method
-from ..decomposition.slices import Group, Matrix, ModuleLayout, plan
+from ..decomposition.slices import Group, Matrix, ModuleLayout, assemble, plan, stack
 from ..errors import TensorslimError
 from ..families import Family, Projection, get_family, get_path, layers_of, set_path
 from . import chunking
 from .factored import FactorBank, FactoredProjection
-from .section import DecompositionConfig, DecompositionLoader, section_of
+from .section import DecompositionConfig, DecompositionLoader
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,16 @@ def layout(model: PreTrainedModel, ops: str = "all") -> tuple[dict[str, Group], 
     matrices = []
     for key, module, proj in found:
         if not isinstance(module, (nn.Linear, Conv1D, FactoredProjection)):
-            raise TensorslimError(f"{key} is a {type(module).__name__}, not a linear projection",
-                                  "this checkpoint's modules differ from its family's table entry")
+            raise TensorslimError(
+                f"{key} is a {type(module).__name__}, not a linear projection",
+                "this checkpoint's modules differ from its family's table entry",
+            )
         fan_in, fan_out = in_out(module)
         if fan_out % len(proj.parts):
-            raise TensorslimError(f"{key} has {fan_out} outputs, not divisible into {proj.parts}",
-                                  "this checkpoint's modules differ from its family's table entry")
+            raise TensorslimError(
+                f"{key} has {fan_out} outputs, not divisible into {proj.parts}",
+                "this checkpoint's modules differ from its family's table entry",
+            )
         matrices.append(Matrix(key, fan_in, (fan_out // len(proj.parts),) * len(proj.parts), proj.transposed))
     groups, layouts = plan(matrices, model.config.hidden_size)
     return groups, layouts, found
@@ -88,8 +92,15 @@ def bank_of(model: nn.Module) -> FactorBank:
     return getattr(model.base_model, BANK)
 
 
-def _install(model: PreTrainedModel, method: Method, groups: dict[str, Group], ranks: dict[str, dict],
-             layouts: list[ModuleLayout], found: list, chunk_tokens: int) -> FactorBank:
+def _install(
+    model: PreTrainedModel,
+    method: Method,
+    groups: dict[str, Group],
+    ranks: dict[str, dict],
+    layouts: list[ModuleLayout],
+    found: list,
+    chunk_tokens: int,
+) -> FactorBank:
     """Register the bank on the base model and swap the target modules for factored ones (biases
     copied; factors left for the caller to fill)."""
     base = model.base_model
@@ -102,8 +113,10 @@ def _install(model: PreTrainedModel, method: Method, groups: dict[str, Group], r
         if bias is not None and bias.device.type != "meta":
             with torch.no_grad():
                 new.bias.copy_(bias)
-        new.to(device=bias.device if bias is not None else module.weight.device,
-               dtype=bias.dtype if bias is not None else module.weight.dtype)
+        new.to(
+            device=bias.device if bias is not None else module.weight.device,
+            dtype=bias.dtype if bias is not None else module.weight.dtype,
+        )
         index, _, path = key.partition(".")
         set_path(layers[int(index)], path, new)
         # transformers' _init_weights of some families reaches into a projection's `.weight` from its
@@ -120,11 +133,19 @@ def _install(model: PreTrainedModel, method: Method, groups: dict[str, Group], r
     return bank
 
 
-def section_for(method: Method, groups: dict[str, Group], ranks: dict, ops: str, chunk_tokens: int) -> DecompositionConfig:
-    return DecompositionConfig(method=method.name, options={k: v for k, v in method.values.items() if v is not None},
-                               ops=ops, groups={n: {"rows": g.rows, "cols": g.cols, "num_slices": g.num_slices,
-                                                    "ranks": ranks[n]} for n, g in groups.items()},
-                               inference_chunk_tokens=chunk_tokens)
+def section_for(
+    method: Method, groups: dict[str, Group], ranks: dict, ops: str, chunk_tokens: int
+) -> DecompositionConfig:
+    return DecompositionConfig(
+        method=method.name,
+        options={k: v for k, v in method.values.items() if v is not None},
+        ops=ops,
+        groups={
+            n: {"rows": g.rows, "cols": g.cols, "num_slices": g.num_slices, "ranks": ranks[n]}
+            for n, g in groups.items()
+        },
+        inference_chunk_tokens=chunk_tokens,
+    )
 
 
 def attach_section(model: PreTrainedModel, section: DecompositionConfig) -> None:
@@ -139,8 +160,10 @@ def apply_structure(model: PreTrainedModel, section: DecompositionConfig) -> Fac
     groups, layouts, found = layout(model, section.ops)
     expected = {n: (g["rows"], g["cols"], g["num_slices"]) for n, g in section.groups.items()}
     if expected != {n: (g.rows, g.cols, g.num_slices) for n, g in groups.items()}:
-        raise TensorslimError("the decomposition section of config.json does not match the model's shapes",
-                              "the config was edited or comes from another model; re-run tensorslim decompose")
+        raise TensorslimError(
+            "the decomposition section of config.json does not match the model's shapes",
+            "the config was edited or comes from another model; re-run tensorslim decompose",
+        )
     ranks = {n: dict(g["ranks"]) for n, g in section.groups.items()}
     return _install(model, method, groups, ranks, layouts, found, section.inference_chunk_tokens)
 
@@ -152,9 +175,9 @@ def factorize(model: PreTrainedModel, method: Method, ops: str = "all", chunk_to
     `decomposition.slices` for the orientation.
     """
     if is_decomposed(model):
-        raise TensorslimError("the model is already decomposed", "merge it first (model.dequantize()) or pass the teacher")
-    from ..decomposition.slices import stack
-
+        raise TensorslimError(
+            "the model is already decomposed", "merge it first (model.dequantize()) or pass the teacher"
+        )
     groups, layouts, found = layout(model, ops)
     hidden = model.config.hidden_size
     method.validate(groups, hidden)
@@ -163,8 +186,10 @@ def factorize(model: PreTrainedModel, method: Method, ops: str = "all", chunk_to
         stacks = stack({key: matrix_of(module) for key, module, _ in found}, groups, layouts)
     for name, W in stacks.items():
         if not torch.isfinite(W).all():
-            raise TensorslimError(f"the teacher's weights hold NaN or infinite values (slice group {name})",
-                                  "the checkpoint is corrupt or training diverged; use a finite teacher")
+            raise TensorslimError(
+                f"the teacher's weights hold NaN or infinite values (slice group {name})",
+                "the checkpoint is corrupt or training diverged; use a finite teacher",
+            )
     fits = {}
     for name, W in stacks.items():
         factors, record = method.fit(W.to(next(model.parameters()).device), groups[name], ranks[name])
@@ -175,8 +200,13 @@ def factorize(model: PreTrainedModel, method: Method, ops: str = "all", chunk_to
             for fname, param in bank.groups[name].named_parameters():
                 param.copy_(factors[fname])
     attach_section(model, section_for(method, groups, ranks, ops, chunk_tokens))
-    return {"groups": groups, "ranks": ranks, "layouts": layouts, "found": found,
-            "fits": {n: (rec, W) for n, (_, rec, W) in fits.items()}}
+    return {
+        "groups": groups,
+        "ranks": ranks,
+        "layouts": layouts,
+        "found": found,
+        "fits": {n: (rec, W) for n, (_, rec, W) in fits.items()},
+    }
 
 
 @torch.no_grad()
@@ -190,9 +220,7 @@ def merge(model: PreTrainedModel) -> PreTrainedModel:
     family: Family = get_family(model.config)
     stacks = {name: bank.reconstruct(name) for name in bank.groups}
     layers = layers_of(base, family)
-    from ..decomposition.slices import assemble
-
-    for i, layer in enumerate(layers):
+    for layer in layers:
         for proj in family.projections:
             module = get_path(layer, proj.path)
             if not isinstance(module, FactoredProjection):

@@ -34,11 +34,15 @@ def load_config(path: str | Path):
     """The model's config, with clear errors for a missing directory, config or unsupported family."""
     path = Path(path)
     if not path.is_dir():
-        raise TensorslimError(f"model directory {path} {'is a file' if path.exists() else 'does not exist'}",
-                              "pass the directory written by save_pretrained")
+        raise TensorslimError(
+            f"model directory {path} {'is a file' if path.exists() else 'does not exist'}",
+            "pass the directory written by save_pretrained",
+        )
     if not (path / "config.json").is_file():
-        raise TensorslimError(f"{path} has no config.json, so it is not a transformers model directory",
-                              "pass the directory written by save_pretrained (config.json + model.safetensors)")
+        raise TensorslimError(
+            f"{path} has no config.json, so it is not a transformers model directory",
+            "pass the directory written by save_pretrained (config.json + model.safetensors)",
+        )
     try:
         config = AutoConfig.from_pretrained(path)
     except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
@@ -73,17 +77,19 @@ def load_model(path: str | Path, head: str = "auto", **kwargs) -> PreTrainedMode
     try:
         model, info = HEADS[head].from_pretrained(path, config=config, output_loading_info=True, **kwargs)
     except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
-        raise TensorslimError(f"cannot load the weights in {path}: {exc}",
-                              "the weights file is missing, truncated or does not match config.json; "
-                              "re-save the model") from exc
+        raise TensorslimError(
+            f"cannot load the weights in {path}: {exc}",
+            "the weights file is missing, truncated or does not match config.json; re-save the model",
+        ) from exc
     prefix = model.base_model_prefix
     own = model.base_model is model
-    missing = sorted(k for k in info["missing_keys"]
-                     if (own or k.startswith(prefix + ".")) and "pooler." not in k)
+    missing = sorted(k for k in info["missing_keys"] if (own or k.startswith(prefix + ".")) and "pooler." not in k)
     if missing:
-        raise TensorslimError(f"{path} does not hold the weights its config.json describes "
-                              f"(missing: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})",
-                              "the weights file and config.json come from different models; re-save the model")
+        raise TensorslimError(
+            f"{path} does not hold the weights its config.json describes "
+            f"(missing: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})",
+            "the weights file and config.json come from different models; re-save the model",
+        )
     return model
 
 

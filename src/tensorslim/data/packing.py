@@ -15,8 +15,9 @@ from ..errors import TensorslimError
 from .corpus import read_documents
 
 
-def packed_sequences(paths, tokenizer, seq_length: int, max_sequences: int | None = None,
-                     layout: str = "auto") -> Iterator[list[int]]:
+def packed_sequences(
+    paths, tokenizer, seq_length: int, max_sequences: int | None = None, layout: str = "auto"
+) -> Iterator[list[int]]:
     """Yield lists of `seq_length` token ids (see the module docstring)."""
     if seq_length < 2:
         raise TensorslimError(f"sequence length {seq_length} is too short", "pack sequences of at least 2 tokens")
@@ -39,6 +40,8 @@ def packed_dataset(paths, tokenizer, seq_length: int, max_sequences: int | None 
 
     rows = list(packed_sequences(paths, tokenizer, seq_length, max_sequences, layout))
     if not rows:
-        raise TensorslimError(f"the corpus holds fewer than {seq_length} tokens: not one packed sequence",
-                              "pass more text or a smaller sequence length")
+        raise TensorslimError(
+            f"the corpus holds fewer than {seq_length} tokens: not one packed sequence",
+            "pass more text or a smaller sequence length",
+        )
     return Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * seq_length for _ in rows]})

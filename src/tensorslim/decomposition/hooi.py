@@ -117,8 +117,9 @@ def _right(X: torch.Tensor, A, out=None) -> torch.Tensor:
     return _mm(X.reshape(-1, X.shape[-1]), A, flat).reshape(*X.shape[:-1], A.shape[1])
 
 
-def tucker_hooi(W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e-4, max_iter: int = 100,
-                precision: str = "auto"):
+def tucker_hooi(
+    W: torch.Tensor, ranks: tuple[int, int, int], *, tol: float = 1e-4, max_iter: int = 100, precision: str = "auto"
+):
     """Tucker of W (n, D1, D2) with `ranks`; returns (core, [A0, A1, A2], HooiInfo), all float32.
 
     Starts from the leading Gram eigenvectors of each unfolding (HOSVD), then sweeps until the

@@ -94,7 +94,9 @@ def plan(matrices: list[Matrix], hidden_size: int) -> tuple[dict[str, Group], li
                     index = counts.get((tr, tc), 0)
                     counts[(tr, tc)] = index + 1
                     # rows/cols of the oriented part -> in/out ranges of the module's [in, out] matrix
-                    (i0, isz), (o0, osz) = ((b * tc, tc), (a * tr, tr)) if m.transposed else ((a * tr, tr), (b * tc, tc))
+                    (i0, isz), (o0, osz) = (
+                        ((b * tc, tc), (a * tr, tr)) if m.transposed else ((a * tr, tr), (b * tc, tc))
+                    )
                     blocks.append(Block(group_name(tr, tc), index, i0, out_start + o0, isz, osz, m.transposed))
             out_start += width
         layouts.append(ModuleLayout(m.key, m.in_features, out_start, tuple(blocks)))
@@ -106,11 +108,13 @@ def plan(matrices: list[Matrix], hidden_size: int) -> tuple[dict[str, Group], li
 
 def slice_of(matrix: torch.Tensor, block: Block) -> torch.Tensor:
     """The oriented slice of `block` from a module's [in, out] matrix."""
-    piece = matrix[block.in_start:block.in_start + block.in_size, block.out_start:block.out_start + block.out_size]
+    piece = matrix[block.in_start : block.in_start + block.in_size, block.out_start : block.out_start + block.out_size]
     return piece.T if block.transposed else piece
 
 
-def stack(matrices: dict[str, torch.Tensor], groups: dict[str, Group], layouts: list[ModuleLayout]) -> dict[str, torch.Tensor]:
+def stack(
+    matrices: dict[str, torch.Tensor], groups: dict[str, Group], layouts: list[ModuleLayout]
+) -> dict[str, torch.Tensor]:
     """{group: (n, R, C) float32 stack} from the modules' [in, out] matrices keyed like `layouts`."""
     out = {name: [None] * g.num_slices for name, g in groups.items()}
     for layout in layouts:
@@ -125,6 +129,7 @@ def assemble(stacks: dict[str, torch.Tensor], layout: ModuleLayout) -> torch.Ten
     matrix = first.new_zeros(layout.in_features, layout.out_features)
     for block in layout.blocks:
         s = stacks[block.group][block.index]
-        matrix[block.in_start:block.in_start + block.in_size,
-               block.out_start:block.out_start + block.out_size] = s.T if block.transposed else s
+        matrix[block.in_start : block.in_start + block.in_size, block.out_start : block.out_start + block.out_size] = (
+            s.T if block.transposed else s
+        )
     return matrix

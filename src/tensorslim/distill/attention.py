@@ -39,8 +39,10 @@ def _recording(delegate: str):
             k = key if key.shape[1] == query.shape[1] else key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
             scores.append((query @ k.transpose(-1, -2)) * scale)  # (B, H, T, S)
-        return _delegate(delegate, module)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                           **kwargs)
+        return _delegate(delegate, module)(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+
     return attention
 
 

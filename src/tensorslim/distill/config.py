@@ -41,8 +41,10 @@ class DistillationConfig:
         if self.temperature <= 0:
             raise TensorslimError(f"temperature must be positive, got {self.temperature}", "use e.g. 1.0")
         if isinstance(self.layer_map, str) and self.layer_map not in ("last", "uniform"):
-            raise TensorslimError(f"unknown layer_map {self.layer_map!r}",
-                                  "use 'last', 'uniform' or a list of [student_layer, teacher_layer] pairs")
+            raise TensorslimError(
+                f"unknown layer_map {self.layer_map!r}",
+                "use 'last', 'uniform' or a list of [student_layer, teacher_layer] pairs",
+            )
 
     @property
     def needs(self) -> frozenset[str]:
@@ -60,7 +62,9 @@ class DistillationConfig:
             if teacher_layers % student_layers:
                 raise TensorslimError(
                     f"layer_map 'uniform' needs the teacher depth ({teacher_layers}) to be a multiple of the "
-                    f"student depth ({student_layers})", "give explicit layer_map pairs in --distill-config")
+                    f"student depth ({student_layers})",
+                    "give explicit layer_map pairs in --distill-config",
+                )
             step = teacher_layers // student_layers
             pairs = [(i, (i + 1) * step - 1) for i in range(student_layers)]
         else:
@@ -69,7 +73,9 @@ class DistillationConfig:
             if not (0 <= s < student_layers and 0 <= t < teacher_layers):
                 raise TensorslimError(
                     f"layer pair ({s}, {t}) is out of range for a {student_layers}-layer student and "
-                    f"{teacher_layers}-layer teacher", "use 0-based layer indices in layer_map")
+                    f"{teacher_layers}-layer teacher",
+                    "use 0-based layer indices in layer_map",
+                )
         return pairs
 
     def to_dict(self) -> dict:

@@ -29,8 +29,9 @@ class LossBatch:
     causal: bool = False  # decoders: a query attends to no later key
 
 
-def masked_score_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor,
-                     causal: bool = False) -> torch.Tensor:
+def masked_score_mse(
+    student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False
+) -> torch.Tensor:
     """MSE between (B, H, T, T) pre-softmax scores with padded *key* positions (and, for causal
     models, keys after the query) set to 0 in both.
 
@@ -59,8 +60,9 @@ def attention_loss(student, teacher, batch: LossBatch) -> torch.Tensor:
     total = 0.0
     for s, t in batch.layer_map:
         _check_width(student.attention_scores[s], teacher.attention_scores[t], "attention scores")
-        total = total + masked_score_mse(student.attention_scores[s], teacher.attention_scores[t], batch.attention_mask,
-                                         batch.causal)
+        total = total + masked_score_mse(
+            student.attention_scores[s], teacher.attention_scores[t], batch.attention_mask, batch.causal
+        )
     return total
 
 
@@ -106,8 +108,10 @@ def token_kl_loss(student, teacher, batch: LossBatch) -> torch.Tensor:
 def regression_loss(student, teacher, batch: LossBatch) -> torch.Tensor:
     """MSE of the student's (B, 1) score to the gold score (METHOD section 5, STS-B)."""
     if batch.labels is None:
-        raise TensorslimError("the 'regression' loss needs gold labels but the batch has none",
-                              "use a labelled GLUE split for stage 2 of task distillation")
+        raise TensorslimError(
+            "the 'regression' loss needs gold labels but the batch has none",
+            "use a labelled GLUE split for stage 2 of task distillation",
+        )
     return F.mse_loss(student.logits.float().view(-1), batch.labels.float().view(-1))
 
 

@@ -50,8 +50,13 @@ class DistillationTrainer(Trainer):
             teacher_model = self.teacher if "logits" in needs else getattr(self.teacher, "base_model", self.teacher)
             teacher = forward_features(teacher_model, inputs, needs, [t for _, t in self.layer_map])
         student = forward_features(model, inputs, needs, [s for s, _ in self.layer_map])
-        batch = LossBatch(attention_mask=inputs["attention_mask"], layer_map=self.layer_map,
-                          labels=inputs.get("labels"), temperature=config.temperature, causal=self.causal)
+        batch = LossBatch(
+            attention_mask=inputs["attention_mask"],
+            layer_map=self.layer_map,
+            labels=inputs.get("labels"),
+            temperature=config.temperature,
+            causal=self.causal,
+        )
         terms = {name: get_loss(name)[0](student, teacher, batch) for name in config.losses}
         total = sum(config.weight(name) * term for name, term in terms.items())
         return total, terms, student
@@ -72,8 +77,11 @@ class DistillationTrainer(Trainer):
         if bad.item():
             values = ", ".join(f"{name}={float(term.detach()):.4g}" for name, term in terms.items())
             step = self.state.global_step + 1
-            cause = ("fp16 overflow: use --bf16 or full precision" if self.args.fp16
-                     else "learning rate too high: lower --learning_rate or raise --warmup_steps")
+            cause = (
+                "fp16 overflow: use --bf16 or full precision"
+                if self.args.fp16
+                else "learning rate too high: lower --learning_rate or raise --warmup_steps"
+            )
             raise NonFiniteLossError(
                 f"distillation loss is not finite at step {step} ({values}); no checkpoint was written for it",
                 f"likely cause: {cause}; then rerun with --resume to continue from the last good checkpoint",
@@ -97,4 +105,3 @@ class DistillationTrainer(Trainer):
         if prediction_loss_only or logits is None or logits.dim() != 2:
             return total.detach(), None, None
         return total.detach(), logits.detach(), inputs.get("labels")
-

@@ -21,5 +21,13 @@ def get_family(config) -> Family:
     return BY_MODEL_TYPE[model_type]
 
 
-__all__ = ["FAMILIES", "SUPPORTED_MODEL_TYPES", "Family", "Projection", "get_family", "get_path", "layers_of",
-           "set_path"]
+__all__ = [
+    "FAMILIES",
+    "SUPPORTED_MODEL_TYPES",
+    "Family",
+    "Projection",
+    "get_family",
+    "get_path",
+    "layers_of",
+    "set_path",
+]

@@ -31,8 +31,14 @@ class TrainingPlan:
 
     def trainer_settings(self, **values) -> dict:
         """`TrainingArguments` fields every stage sets, plus `values` (a stage's own)."""
-        return dict(per_device_train_batch_size=self.batch_size, per_device_eval_batch_size=64, logging_steps=5,
-                    save_steps=100000, seed=self.seed, **values)
+        return dict(
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=64,
+            logging_steps=5,
+            save_steps=100000,
+            seed=self.seed,
+            **values,
+        )
 
 
 @dataclass
@@ -44,11 +50,18 @@ class StudentRun:
 
     def summary(self, dev: dict, report: dict) -> dict:
         """The student entry of a report `run` (see report.render)."""
-        return {"name": self.name, "path": str(self.final),
-                "decomposition": json.loads((self.init / "decomposition.json").read_text()),
-                "dev": dev, "report": report,
-                "log_history": {"general": history(self.general) if self.general else [],
-                                "task_stage1": history(self.final / "stage1"), "task_stage2": history(self.final)}}
+        return {
+            "name": self.name,
+            "path": str(self.final),
+            "decomposition": json.loads((self.init / "decomposition.json").read_text()),
+            "dev": dev,
+            "report": report,
+            "log_history": {
+                "general": history(self.general) if self.general else [],
+                "task_stage1": history(self.final / "stage1"),
+                "task_stage2": history(self.final),
+            },
+        }
 
 
 def history(model_dir: Path) -> list[dict]:
@@ -57,8 +70,18 @@ def history(model_dir: Path) -> list[dict]:
     return json.loads(info.read_text()).get("log_history", []) if info.is_file() else []
 
 
-def student_chain(stages: StageRunner, name: str, base: Path, teacher: Path, task: str, glue_dir: Path,
-                  plan: TrainingPlan, pregenerated: Path | None, upstream: dict, **decompose_kwargs) -> StudentRun:
+def student_chain(
+    stages: StageRunner,
+    name: str,
+    base: Path,
+    teacher: Path,
+    task: str,
+    glue_dir: Path,
+    plan: TrainingPlan,
+    pregenerated: Path | None,
+    upstream: dict,
+    **decompose_kwargs,
+) -> StudentRun:
     """Stages `decompose NAME`, `general distillation NAME` (when `pregenerated`) and
     `task distillation NAME` under `base`; `decompose_kwargs` go to `decompose_to_dir`.
     `upstream` describes the teacher, data and pregenerated data (stage inputs, see StageRunner)."""
@@ -71,23 +94,64 @@ def student_chain(stages: StageRunner, name: str, base: Path, teacher: Path, tas
     init, final = base / "init", base / "task"
     general = base / "general" if pregenerated is not None else None
     inputs = {"upstream": upstream, "decompose": decompose_kwargs}
-    stages.run(f"decompose {name}", init, lambda p: (p / "decomposition.json").is_file(),
-               lambda: decompose_to_dir(teacher, init, overwrite=True, **decompose_kwargs)["decomposed_weights"],
-               inputs)
+    stages.run(
+        f"decompose {name}",
+        init,
+        lambda p: (p / "decomposition.json").is_file(),
+        lambda: decompose_to_dir(teacher, init, overwrite=True, **decompose_kwargs)["decomposed_weights"],
+        inputs,
+    )
     if general is not None:
-        stages.run(f"general distillation {name}", general, run_dir.is_finished, lambda: distill_general(
-            teacher, init, pregenerated, general,
-            training_args(general / run_dir.CHECKPOINTS, recipes.GENERAL_TRAINING,
-                          **plan.trainer_settings(max_steps=plan.general_steps)), overwrite=True),
-            inputs | {"plan": plan.basics(), "steps": plan.general_steps})
-    stage_args = {st: stage_training_args(final, task, st, epochs, **plan.trainer_settings(
-                      learning_rate=plan.task_lr, **({"max_steps": steps} if steps else {})))
-                  for st, epochs, steps in ((1, plan.stage1_epochs, plan.stage1_steps),
-                                            (2, plan.stage2_epochs, plan.stage2_steps))}
+        stages.run(
+            f"general distillation {name}",
+            general,
+            run_dir.is_finished,
+            lambda: distill_general(
+                teacher,
+                init,
+                pregenerated,
+                general,
+                training_args(
+                    general / run_dir.CHECKPOINTS,
+                    recipes.GENERAL_TRAINING,
+                    **plan.trainer_settings(max_steps=plan.general_steps),
+                ),
+                overwrite=True,
+            ),
+            inputs | {"plan": plan.basics(), "steps": plan.general_steps},
+        )
+    stage_args = {
+        st: stage_training_args(
+            final,
+            task,
+            st,
+            epochs,
+            **plan.trainer_settings(learning_rate=plan.task_lr, **({"max_steps": steps} if steps else {})),
+        )
+        for st, epochs, steps in (
+            (1, plan.stage1_epochs, plan.stage1_steps),
+            (2, plan.stage2_epochs, plan.stage2_steps),
+        )
+    }
     samples = plan.max_train_samples
-    stages.run(f"task distillation {name}", final, run_dir.is_finished, lambda: distill_task(
-        teacher, general or init, task, glue_dir, final, stage_args, aug=plan.aug, max_seq_length=plan.max_seq_length,
-        max_train_samples=samples, overwrite=True), inputs | {"plan": asdict(plan)})
+    stages.run(
+        f"task distillation {name}",
+        final,
+        run_dir.is_finished,
+        lambda: distill_task(
+            teacher,
+            general or init,
+            task,
+            glue_dir,
+            final,
+            stage_args,
+            aug=plan.aug,
+            max_seq_length=plan.max_seq_length,
+            max_train_samples=samples,
+            overwrite=True,
+        ),
+        inputs | {"plan": asdict(plan)},
+    )
     return StudentRun(name, init, general, final)
 
 

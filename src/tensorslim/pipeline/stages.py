@@ -29,8 +29,14 @@ class StageRunner:
         self.record: dict[str, dict] = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
         self.touched: list[str] = []  # stages run or reused in this job, in order
 
-    def run(self, name: str, output: Path, done: Callable[[Path], bool] | None, work: Callable[[], object],
-            inputs: dict | None = None):
+    def run(
+        self,
+        name: str,
+        output: Path,
+        done: Callable[[Path], bool] | None,
+        work: Callable[[], object],
+        inputs: dict | None = None,
+    ):
         previous = self.record.get(name)
         inputs = _jsonable(inputs or {})
         if not self.force and previous and done is not None and previous.get("inputs") == inputs and done(output):
@@ -42,8 +48,13 @@ class StageRunner:
         start = time.perf_counter()
         result = work()
         seconds = time.perf_counter() - start
-        self.record[name] = {"seconds": seconds, "path": str(output), "result": _jsonable(result), "reused": False,
-                             "inputs": inputs}
+        self.record[name] = {
+            "seconds": seconds,
+            "path": str(output),
+            "result": _jsonable(result),
+            "reused": False,
+            "inputs": inputs,
+        }
         write_json(self.record_path, self.record)
         self.touched.append(name)
         log.info("stage %s: done in %.0fs", name, seconds)
@@ -52,8 +63,10 @@ class StageRunner:
     def stages(self) -> list[dict]:
         """[{name, seconds, path, reused}] of the stages this job ran or reused, in that order
         (stages.json may also hold stages of earlier jobs with other settings)."""
-        return [{"name": n, **{k: v for k, v in self.record[n].items() if k not in ("result", "inputs")}}
-                for n in dict.fromkeys(self.touched)]
+        return [
+            {"name": n, **{k: v for k, v in self.record[n].items() if k not in ("result", "inputs")}}
+            for n in dict.fromkeys(self.touched)
+        ]
 
     def inputs(self, name: str) -> dict:
         """The inputs a finished stage was run with (to chain into the stages that read its output)."""

@@ -30,8 +30,9 @@ def describe(model_dir: str | Path, seq_len: int = 128, model=None) -> dict:
     return info
 
 
-def check_report_settings(model_dir, teacher_dir, batch_size: int, seq_len: int, seconds: float, device: str,
-                          threads: int | None) -> None:
+def check_report_settings(
+    model_dir, teacher_dir, batch_size: int, seq_len: int, seconds: float, device: str, threads: int | None
+) -> None:
     """Refuse bad settings and model directories before any model is loaded or measured."""
     check_at_least("--batch-size", batch_size, 1)
     check_at_least("--seq-len", seq_len, 1)
@@ -43,8 +44,9 @@ def check_report_settings(model_dir, teacher_dir, batch_size: int, seq_len: int,
             config = load_config(path)
             limit = getattr(config, "max_position_embeddings", None)
             if limit and seq_len > limit:
-                raise TensorslimError(f"--seq-len {seq_len} exceeds the {limit} positions of {path}",
-                                      f"pass --seq-len {limit} or less")
+                raise TensorslimError(
+                    f"--seq-len {seq_len} exceeds the {limit} positions of {path}", f"pass --seq-len {limit} or less"
+                )
 
 
 def measure_dirs(model_dirs: Mapping[str, str | Path], **measure_kwargs) -> dict:

@@ -17,8 +17,15 @@ from ..errors import TensorslimError
 
 #: Defaults of every tensorslim training run, on top of transformers' own.
 COMMON = dict(
-    report_to=["tensorboard"], logging_steps=50, save_strategy="steps", save_steps=500, save_total_limit=2,
-    seed=42, remove_unused_columns=False, disable_tqdm=False, dataloader_num_workers=0,
+    report_to=["tensorboard"],
+    logging_steps=50,
+    save_strategy="steps",
+    save_steps=500,
+    save_total_limit=2,
+    seed=42,
+    remove_unused_columns=False,
+    disable_tqdm=False,
+    dataloader_num_workers=0,
     dataloader_pin_memory=torch.cuda.is_available(),
     # accelerate runs torchrun workers as one DDP job on CPU only when told the device is the CPU
     use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),

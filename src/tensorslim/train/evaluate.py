@@ -183,8 +183,9 @@ def evaluate(
     check_at_least("--max-eval-samples", max_eval_samples, 1)
     device = check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
     check_trained_task(model_dir, task)
-    length = check_max_length(max_seq_length if max_seq_length is not None else
-                              trained_max_length(model_dir) or task.max_seq_length, config)
+    length = check_max_length(
+        max_seq_length if max_seq_length is not None else trained_max_length(model_dir) or task.max_seq_length, config
+    )
     tokenizer = load_tokenizer(model_dir)
     classifier = load_classifier(model_dir, task)
     perm = label_permutation(task, classifier.config)

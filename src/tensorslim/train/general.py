@@ -26,10 +26,20 @@ from .runner import TRAINING_SAFE_POINT, train_and_save
 log = logging.getLogger(__name__)
 
 
-def distill_general(teacher: str | Path, student: str | Path, data: str | Path, out: str | Path,
-                    args: TrainingArguments | None = None, config: DistillationConfig | None = None, *,
-                    eval_data: str | Path | None = None, max_train_samples: int | None = None,
-                    pad_to_max_length: bool = False, resume: bool = False, overwrite: bool = False) -> dict:
+def distill_general(
+    teacher: str | Path,
+    student: str | Path,
+    data: str | Path,
+    out: str | Path,
+    args: TrainingArguments | None = None,
+    config: DistillationConfig | None = None,
+    *,
+    eval_data: str | Path | None = None,
+    max_train_samples: int | None = None,
+    pad_to_max_length: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Distill `teacher` into `student` on pregenerated `data`; save the student to `out`.
 
     `args` defaults to `recipes.GENERAL_TRAINING`; `config` to the paper's objective.
@@ -59,13 +69,24 @@ def distill_general(teacher: str | Path, student: str | Path, data: str | Path, 
             work, last = run_dir.prepare(out, resume, overwrite, "distill general", inputs)
         args = for_run(args, work, {})
         trainer = DistillationTrainer(
-            model=student_model, args=args, train_dataset=train, eval_dataset=evaluation,
-            data_collator=PretrainingCollator(tokenizer.pad_token_id or 0,
-                                              max_seq_len(data) if pad_to_max_length else None),
-            teacher=teacher_model, distill_config=config,
+            model=student_model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            data_collator=PretrainingCollator(
+                tokenizer.pad_token_id or 0, max_seq_len(data) if pad_to_max_length else None
+            ),
+            teacher=teacher_model,
+            distill_config=config,
         )
-        info = {"command": "distill general", "teacher": str(teacher), "student": str(student), "data": str(data),
-                "train_examples": len(train), "distillation": config.to_dict()}
+        info = {
+            "command": "distill general",
+            "teacher": str(teacher),
+            "student": str(student),
+            "data": str(data),
+            "train_examples": len(train),
+            "distillation": config.to_dict(),
+        }
         metrics = train_and_save(trainer, work, last, tokenizer, info, stop)
         run_dir.finish(work, Path(out), "distill general")
         if stop.signal is not None:  # it came during the final evaluation or save: stop here, the model is whole

@@ -19,8 +19,9 @@ from ..errors import TensorslimError
 log = logging.getLogger(__name__)
 
 
-def encode_split(glue_dir: str | Path, task, split: str, tokenizer, max_length: int,
-                 limit: int | None = None) -> datasets.Dataset:
+def encode_split(
+    glue_dir: str | Path, task, split: str, tokenizer, max_length: int, limit: int | None = None
+) -> datasets.Dataset:
     """Tokenize one split of `task`; `limit` keeps its first examples (file order)."""
     task = get_task(task)
     examples = load_examples(glue_dir, task, split)
@@ -29,8 +30,13 @@ def encode_split(glue_dir: str | Path, task, split: str, tokenizer, max_length: 
             raise TensorslimError(f"example limit must be positive, got {limit}", "pass a positive number")
         examples = examples[:limit]
     pairs = [e.text_b for e in examples]
-    encoded = tokenizer([e.text_a for e in examples], pairs if task.text_fields(split)[1] is not None else None,
-                        truncation=True, max_length=max_length, return_token_type_ids=True)
+    encoded = tokenizer(
+        [e.text_a for e in examples],
+        pairs if task.text_fields(split)[1] is not None else None,
+        truncation=True,
+        max_length=max_length,
+        return_token_type_ids=True,
+    )
     columns = {name: encoded[name] for name in ("input_ids", "token_type_ids", "attention_mask")}
     if examples[0].label is not None:
         columns["labels"] = [float(e.label) if task.is_regression else int(e.label) for e in examples]

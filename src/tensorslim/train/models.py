@@ -11,8 +11,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from ..errors import TensorslimError
 from ..compress.loading import infer_head, load_config, load_model
+from ..errors import TensorslimError
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,10 @@ def load_classifier(path: str | Path, task, what: str = "model", new_head_ok: bo
         return load_model(path, "sequence_classification", config=config)
     if not new_head_ok:
         arch = (getattr(config, "architectures", None) or ["no architecture"])[0]
-        raise TensorslimError(f"{what} {path} ({arch}) has no classification head",
-                              f"fine-tune it on {task.name} first: tensorslim finetune --model {path} --task {task.name}")
+        raise TensorslimError(
+            f"{what} {path} ({arch}) has no classification head",
+            f"fine-tune it on {task.name} first: tensorslim finetune --model {path} --task {task.name}",
+        )
     labels = list(task.labels) if task.labels else ["score"]
     config.num_labels = task.num_labels
     config.id2label = dict(enumerate(labels))
@@ -54,8 +56,10 @@ def check_max_length(length: int, config, flag: str = "--max-seq-length") -> int
     if limit and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         limit -= 2  # RoBERTa's positions start after the padding index
     if length < 1 or (limit and length > limit):
-        raise TensorslimError(f"{flag} {length} is out of range for this model (1 to {limit} tokens)",
-                              f"pass {flag} between 1 and {limit}")
+        raise TensorslimError(
+            f"{flag} {length} is out of range for this model (1 to {limit} tokens)",
+            f"pass {flag} between 1 and {limit}",
+        )
     return length
 
 
@@ -71,15 +75,20 @@ def check_trained_task(path: str | Path, task, what: str = "model") -> None:
     except (OSError, ValueError, AttributeError):
         trained = None
     if trained and trained != task.name:
-        raise TensorslimError(f"{what} {path} was trained on {trained}, not on {task.name}",
-                              f"pass --task {trained}, or a {what} fine-tuned on {task.name}")
+        raise TensorslimError(
+            f"{what} {path} was trained on {trained}, not on {task.name}",
+            f"pass --task {trained}, or a {what} fine-tuned on {task.name}",
+        )
 
 
 def load_tokenizer(*paths: str | Path):
     """The tokenizer saved in the first of `paths` that has one."""
     for path in paths:
-        if path is not None and any((Path(path) / name).is_file()
-                                    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        if path is not None and any(
+            (Path(path) / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+        ):
             return AutoTokenizer.from_pretrained(path)
-    raise TensorslimError(f"no tokenizer files in {', '.join(str(p) for p in paths if p)}",
-                          "save the tokenizer with the model (tokenizer.save_pretrained(DIR))")
+    raise TensorslimError(
+        f"no tokenizer files in {', '.join(str(p) for p in paths if p)}",
+        "save the tokenizer with the model (tokenizer.save_pretrained(DIR))",
+    )

@@ -22,8 +22,9 @@ def load_inputs(path: str | Path, epoch: int | None = None) -> datasets.Dataset:
     dataset = load_pregenerated(path, epoch=epoch)
     missing = {"input_ids", "token_type_ids"} - set(dataset.column_names)
     if missing:
-        raise TensorslimError(f"pregenerated data {path} lacks column(s) {sorted(missing)}",
-                              "regenerate it with `tensorslim pregenerate`")
+        raise TensorslimError(
+            f"pregenerated data {path} lacks column(s) {sorted(missing)}", "regenerate it with `tensorslim pregenerate`"
+        )
     return dataset.select_columns(["input_ids", "token_type_ids"])
 
 
@@ -52,8 +53,10 @@ class PretrainingCollator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         lengths = [self._length(f["input_ids"]) for f in features]
         width = self.pad_to or max(lengths)
-        batch = {name: torch.full((len(features), width), self.pad_token_id if name == "input_ids" else 0,
-                                  dtype=torch.long) for name in ("input_ids", "token_type_ids", "attention_mask")}
+        batch = {
+            name: torch.full((len(features), width), self.pad_token_id if name == "input_ids" else 0, dtype=torch.long)
+            for name in ("input_ids", "token_type_ids", "attention_mask")
+        }
         for row, (feature, n) in enumerate(zip(features, lengths)):
             batch["input_ids"][row, :n] = torch.as_tensor(feature["input_ids"][:n])
             batch["token_type_ids"][row, :n] = torch.as_tensor(feature["token_type_ids"][:n])

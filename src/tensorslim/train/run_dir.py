@@ -130,8 +130,10 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     """
     if not checkpoints.is_dir():
         return None
-    found = sorted(((int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _CHECKPOINT.match(p.name))
-                    and p.is_dir()), reverse=True)
+    found = sorted(
+        ((int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()),
+        reverse=True,
+    )
     for _, path in found:
         problem = checkpoint_problem(path)
         if problem is None:
@@ -149,8 +151,10 @@ def check(out: str | Path, resume: bool, overwrite: bool, command: str, inputs: 
     """Refuse a bad `out` before any work (see `prepare`); creates nothing."""
     out = Path(out)
     if resume and overwrite:
-        raise TensorslimError("--resume and --overwrite contradict each other",
-                              "pass --resume to continue the earlier run, or --overwrite to replace it")
+        raise TensorslimError(
+            "--resume and --overwrite contradict each other",
+            "pass --resume to continue the earlier run, or --overwrite to replace it",
+        )
     if not is_main_process():
         return out
     check_output_dir(out, command, inputs=inputs, overwrite=overwrite or (resume and replacing(out, command)))
@@ -164,8 +168,9 @@ def check(out: str | Path, resume: bool, overwrite: bool, command: str, inputs: 
     return out
 
 
-def prepare(out: str | Path, resume: bool, overwrite: bool, command: str,
-            inputs: tuple = ()) -> tuple[Path, Path | None]:
+def prepare(
+    out: str | Path, resume: bool, overwrite: bool, command: str, inputs: tuple = ()
+) -> tuple[Path, Path | None]:
     """Check `out` (`check`) and return (work directory, checkpoint to resume from or None).
 
     Without --resume an earlier run in `out` is refused, or with --overwrite replaced: the new run

@@ -25,8 +25,12 @@ class LogProgress(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            log.info("step %d/%d: %s", state.global_step, state.max_steps,
-                     ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items()))
+            log.info(
+                "step %d/%d: %s",
+                state.global_step,
+                state.max_steps,
+                ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items()),
+            )
 
 
 class StopTraining(TrainerCallback):
@@ -60,8 +64,11 @@ class StopTraining(TrainerCallback):
 def any_worker_signalled(stop: GracefulStop, device) -> bool:
     """Whether this process, or under DDP any process, has had a signal: all workers then stop after
     the same step and save one consistent checkpoint (one tiny all-reduce per step)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()
-            and torch.distributed.get_world_size() > 1):
+    if not (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
         return stop.requested
     flag = torch.tensor([0 if stop.signal is None else int(stop.signal)], device=device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
@@ -74,8 +81,9 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint; rerun with --resume."""
 
 
-def train_and_save(trainer, out: Path, resume_from: Path | None, tokenizer, info: dict,
-                   stop: GracefulStop | None = None) -> dict:
+def train_and_save(
+    trainer, out: Path, resume_from: Path | None, tokenizer, info: dict, stop: GracefulStop | None = None
+) -> dict:
     """Train (resuming from `resume_from` if given), evaluate if there is an eval set, save to `out`.
 
     Returns the metrics also written to <out>/tensorslim_training.json. Raises TrainingInterrupted
@@ -86,8 +94,9 @@ def train_and_save(trainer, out: Path, resume_from: Path | None, tokenizer, info
     """
     stop = stop or GracefulStop(TRAINING_SAFE_POINT)
     if stop.requested:
-        raise TrainingInterrupted(f"stopped before training into {out} began; rerun the same command with "
-                                  "--resume to continue")
+        raise TrainingInterrupted(
+            f"stopped before training into {out} began; rerun the same command with --resume to continue"
+        )
     trainer.add_callback(StopTraining(stop))
     if trainer.args.disable_tqdm:
         trainer.add_callback(LogProgress())
@@ -95,20 +104,28 @@ def train_and_save(trainer, out: Path, resume_from: Path | None, tokenizer, info
     if resume and not resume_from:
         problem = run_dir.checkpoint_problem(Path(resume))
         if problem:
-            raise TensorslimError(f"--resume_from_checkpoint {resume} cannot be resumed from: {problem}",
-                                  "pass a complete checkpoint, or --resume to use the last complete one in --out")
+            raise TensorslimError(
+                f"--resume_from_checkpoint {resume} cannot be resumed from: {problem}",
+                "pass a complete checkpoint, or --resume to use the last complete one in --out",
+            )
     if resume and _is_last_step(trainer, Path(resume)):  # the final save was cut short: redo only that
         _load_last_step(trainer, Path(resume))
         metrics = {}
     else:
         metrics = dict(trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics)
     if stop.requested:
-        raise TrainingInterrupted(f"stopped at step {trainer.state.global_step} after saving a checkpoint in "
-                                  f"{trainer.args.output_dir}; rerun the same command with --resume to continue")
+        raise TrainingInterrupted(
+            f"stopped at step {trainer.state.global_step} after saving a checkpoint in "
+            f"{trainer.args.output_dir}; rerun the same command with --resume to continue"
+        )
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
-    info = {**info, "global_step": trainer.state.global_step, "metrics": metrics,
-            "log_history": trainer.state.log_history}
+    info = {
+        **info,
+        "global_step": trainer.state.global_step,
+        "metrics": metrics,
+        "log_history": trainer.state.log_history,
+    }
     staged = run_dir.staging_dir(out)
     if trainer.is_world_process_zero():
         run_dir.clear_staging(out)
@@ -140,8 +157,10 @@ def _load_last_step(trainer, checkpoint: Path) -> None:
     log.info("%s is the last training step; loading it instead of training", checkpoint)
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     best = trainer.state.best_model_checkpoint
-    load_weights(trainer.model, Path(best) if trainer.args.load_best_model_at_end and best and Path(best).is_dir()
-                 else checkpoint)
+    load_weights(
+        trainer.model,
+        Path(best) if trainer.args.load_best_model_at_end and best and Path(best).is_dir() else checkpoint,
+    )
 
 
 def load_weights(model, checkpoint: Path) -> None:
@@ -153,8 +172,11 @@ def load_weights(model, checkpoint: Path) -> None:
         safetensors.torch.load_model(model, checkpoint / "model.safetensors", device=device)
         return
     for shard in sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())):
-        unexpected = model.load_state_dict(safetensors.torch.load_file(checkpoint / shard, device=device),
-                                           strict=False).unexpected_keys
+        unexpected = model.load_state_dict(
+            safetensors.torch.load_file(checkpoint / shard, device=device), strict=False
+        ).unexpected_keys
         if unexpected:
-            raise TensorslimError(f"{checkpoint / shard} holds weights the model does not have: {unexpected[:3]}",
-                                  "resume with the model the checkpoint was trained from")
+            raise TensorslimError(
+                f"{checkpoint / shard} holds weights the model does not have: {unexpected[:3]}",
+                "resume with the model the checkpoint was trained from",
+            )

@@ -35,8 +35,11 @@ def stage_defaults(task: str, stage: int, epochs: float | None = None) -> dict:
     """The paper's `TrainingArguments` settings of one stage for `task`; `epochs` (e.g. from
     --stage1-epochs) replaces the recipe's epochs."""
     name = get_task(task).name
-    defaults = {**recipes.TASK_TRAINING, **recipes.STAGE_SCHEDULE[stage],
-                "num_train_epochs": float(epochs if epochs is not None else recipes.task_epochs(name)[stage - 1])}
+    defaults = {
+        **recipes.TASK_TRAINING,
+        **recipes.STAGE_SCHEDULE[stage],
+        "num_train_epochs": float(epochs if epochs is not None else recipes.task_epochs(name)[stage - 1]),
+    }
     if stage == 2:
         defaults["metric_for_best_model"] = "score"
     return defaults
@@ -47,18 +50,31 @@ def stage_checkpoints(out: str | Path, stage: int) -> Path:
     return (Path(out) / "stage1" if stage == 1 else Path(out)) / run_dir.CHECKPOINTS
 
 
-def stage_training_args(out: str | Path, task: str, stage: int, epochs: float | None = None,
-                        **settings) -> TrainingArguments:
+def stage_training_args(
+    out: str | Path, task: str, stage: int, epochs: float | None = None, **settings
+) -> TrainingArguments:
     """TrainingArguments of one stage: the paper's defaults for `task` (`stage_defaults`), then `settings`
     (TrainingArguments fields, e.g. max_steps=100)."""
     return training_args(stage_checkpoints(out, stage), stage_defaults(task, stage, epochs), **settings)
 
 
-def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: str | Path, out: str | Path,
-                 args: dict[int, TrainingArguments] | None = None,
-                 objectives: dict[int, DistillationConfig] | None = None, *, stage: str = "both",
-                 aug: bool = False, max_seq_length: int | None = None, max_train_samples: int | None = None,
-                 pad_to_max_length: bool = False, resume: bool = False, overwrite: bool = False) -> dict:
+def distill_task(
+    teacher: str | Path,
+    student: str | Path,
+    task: str,
+    glue_dir: str | Path,
+    out: str | Path,
+    args: dict[int, TrainingArguments] | None = None,
+    objectives: dict[int, DistillationConfig] | None = None,
+    *,
+    stage: str = "both",
+    aug: bool = False,
+    max_seq_length: int | None = None,
+    max_train_samples: int | None = None,
+    pad_to_max_length: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Run the stages named by `stage` ("1", "2", "both"); return the final dev metrics.
 
     `args[s]` / `objectives[s]` default to the paper's recipe for stage s (see `stage_training_args`
@@ -78,7 +94,9 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
             check_finite_weights(path)
         teacher_model = load_classifier(teacher, task, "teacher")
         student_config = load_config(student)  # fail early on a bad student directory
-        length = check_max_length(task.max_seq_length if max_seq_length is None else max_seq_length, student_config, "--max-seq-length")
+        length = check_max_length(
+            task.max_seq_length if max_seq_length is None else max_seq_length, student_config, "--max-seq-length"
+        )
         check_max_length(length, teacher_model.config, "--max-seq-length")
         tokenizer = load_tokenizer(student, teacher)
         args = dict(args or {})
@@ -94,8 +112,15 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
                 if resume and run_dir.is_main_process():
                     run_dir.recover(work / "stage1")
                 (work / "stage1").mkdir(exist_ok=True)
-        info = {"command": "distill task", "task": task.name, "max_seq_length": length, "train_split": split,
-                "train_examples": len(train), "teacher": str(teacher), "student": str(student)}
+        info = {
+            "command": "distill task",
+            "task": task.name,
+            "max_seq_length": length,
+            "train_split": split,
+            "train_examples": len(train),
+            "teacher": str(teacher),
+            "student": str(student),
+        }
 
         metrics: dict = {}
         stage1_dir = work / "stage1"
@@ -107,16 +132,24 @@ def distill_task(teacher: str | Path, student: str | Path, task: str, glue_dir: 
             source = stage1_dir if s == 2 and 1 in STAGES[stage] else student
             last = run_dir.last_complete_checkpoint(stage_out / run_dir.CHECKPOINTS) if resume else None
             args[s].output_dir = str(stage_out / run_dir.CHECKPOINTS)
-            log.info("task distillation stage %d: %s on %s, %s, objective %s", s, source, split,
-                     f"{args[s].num_train_epochs} epochs" if args[s].max_steps <= 0 else f"{args[s].max_steps} steps",
-                     objectives[s].losses)
+            log.info(
+                "task distillation stage %d: %s on %s, %s, objective %s",
+                s,
+                source,
+                split,
+                f"{args[s].num_train_epochs} epochs" if args[s].max_steps <= 0 else f"{args[s].max_steps} steps",
+                objectives[s].losses,
+            )
             set_seed(args[s].seed)  # a new classification head starts the same in every run (and on --resume)
             trainer = DistillationTrainer(
-                model=load_classifier(source, task, "student", new_head_ok=True), args=args[s],
-                train_dataset=train, eval_dataset=dev,
+                model=load_classifier(source, task, "student", new_head_ok=True),
+                args=args[s],
+                train_dataset=train,
+                eval_dataset=dev,
                 data_collator=collator(tokenizer, length if pad_to_max_length else None),
                 compute_metrics=metrics_fn(task) if "logits" in objectives[s].needs else None,
-                teacher=teacher_model, distill_config=objectives[s],
+                teacher=teacher_model,
+                distill_config=objectives[s],
             )
             stage_info = {**info, "stage": s, "distillation": objectives[s].to_dict()}
             metrics = train_and_save(trainer, stage_out, last, tokenizer, stage_info, stop)

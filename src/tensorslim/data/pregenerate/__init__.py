@@ -19,5 +19,16 @@ from .layout import MANIFEST, MANIFEST_FORMAT, PROGRESS, STATE
 from .manifest import load_pregenerated, read_manifest
 from .vocab import load_tokenizer, tokenizer_fingerprint
 
-__all__ = ["FORMATS", "MANIFEST", "MANIFEST_FORMAT", "PROGRESS", "STATE", "PregenerateConfig", "load_pregenerated",
-           "load_tokenizer", "pregenerate", "read_manifest", "tokenizer_fingerprint"]
+__all__ = [
+    "FORMATS",
+    "MANIFEST",
+    "MANIFEST_FORMAT",
+    "PROGRESS",
+    "STATE",
+    "PregenerateConfig",
+    "load_pregenerated",
+    "load_tokenizer",
+    "pregenerate",
+    "read_manifest",
+    "tokenizer_fingerprint",
+]

@@ -32,13 +32,22 @@ class PregenerateConfig:
             (self.max_seq_len >= 8, f"max_seq_len={self.max_seq_len}", "use --max-seq-length 8 or more (BERT: 128)"),
             (0.0 <= self.short_seq_prob <= 1.0, f"short_seq_prob={self.short_seq_prob}", "use a probability in [0, 1]"),
             (0.0 < self.masked_lm_prob < 1.0, f"masked_lm_prob={self.masked_lm_prob}", "use a probability in (0, 1)"),
-            (self.max_predictions_per_seq >= 1, f"max_predictions_per_seq={self.max_predictions_per_seq}",
-             "use --max-predictions-per-seq 1 or more"),
-            (self.docs_per_shard >= (2 if self.nsp else 1), f"docs_per_shard={self.docs_per_shard}",
-             "use --docs-per-shard 2 or more: random next sentences come from another document of the shard"),
+            (
+                self.max_predictions_per_seq >= 1,
+                f"max_predictions_per_seq={self.max_predictions_per_seq}",
+                "use --max-predictions-per-seq 1 or more",
+            ),
+            (
+                self.docs_per_shard >= (2 if self.nsp else 1),
+                f"docs_per_shard={self.docs_per_shard}",
+                "use --docs-per-shard 2 or more: random next sentences come from another document of the shard",
+            ),
             (self.format in FORMATS, f"format={self.format!r}", f"use one of {', '.join(FORMATS)}"),
-            (self.corpus_layout in LAYOUTS, f"corpus_layout={self.corpus_layout!r}",
-             f"use one of {', '.join(LAYOUTS)}"),
+            (
+                self.corpus_layout in LAYOUTS,
+                f"corpus_layout={self.corpus_layout!r}",
+                f"use one of {', '.join(LAYOUTS)}",
+            ),
         ]
         for ok, value, fix in checks:
             if not ok:

@@ -25,8 +25,15 @@ from .pool import run_shards
 from .vocab import Vocab, load_tokenizer
 
 
-def pregenerate(corpus_paths, tokenizer_dir, out_dir, config: PregenerateConfig | None = None,
-                workers: int = 1, resume: bool = False, overwrite: bool = False) -> Path:
+def pregenerate(
+    corpus_paths,
+    tokenizer_dir,
+    out_dir,
+    config: PregenerateConfig | None = None,
+    workers: int = 1,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Path:
     """Generate `config.epochs` epochs of masked-LM (+NSP) data from a corpus into `out_dir`.
 
     `config` None means `PregenerateConfig()` (BERT's settings). Output is identical for any
@@ -38,18 +45,23 @@ def pregenerate(corpus_paths, tokenizer_dir, out_dir, config: PregenerateConfig 
         raise TensorslimError(f"workers={workers}", "use --workers 1 or more")
     config = config or PregenerateConfig()
     out = Path(out_dir)
-    check_output_dir(out, COMMAND, inputs=[*corpus_paths, tokenizer_dir],
-                     overwrite=overwrite or (resume and replacing(out, COMMAND)))
+    check_output_dir(
+        out, COMMAND, inputs=[*corpus_paths, tokenizer_dir], overwrite=overwrite or (resume and replacing(out, COMMAND))
+    )
     reader = CorpusReader(corpus_paths, config.corpus_layout, config.max_sentence_chars)
     _check_paths(out, reader.files)
     tokenizer, tokenizer_info = load_tokenizer(tokenizer_dir)
     if config.max_seq_len > tokenizer.model_max_length:
-        raise TensorslimError(f"max_seq_len={config.max_seq_len} exceeds the tokenizer's model_max_length "
-                              f"{tokenizer.model_max_length}", "use a smaller --max-seq-length")
+        raise TensorslimError(
+            f"max_seq_len={config.max_seq_len} exceeds the tokenizer's model_max_length {tokenizer.model_max_length}",
+            "use a smaller --max-seq-length",
+        )
     vocab = Vocab.from_tokenizer(tokenizer)
     if config.whole_word_mask and not vocab.is_continuation.any():
-        raise TensorslimError(f"--whole-word-mask needs WordPiece '##' pieces; the tokenizer in {tokenizer_dir} "
-                              "has none", "drop --whole-word-mask or use a BERT (WordPiece) tokenizer")
+        raise TensorslimError(
+            f"--whole-word-mask needs WordPiece '##' pieces; the tokenizer in {tokenizer_dir} has none",
+            "drop --whole-word-mask or use a BERT (WordPiece) tokenizer",
+        )
     documents = iter(reader)
     first = next(documents)  # an empty corpus fails here, before the output directory is touched
     settings = state.run_settings(config, reader.files, tokenizer_info)
@@ -59,9 +71,11 @@ def pregenerate(corpus_paths, tokenizer_dir, out_dir, config: PregenerateConfig 
         return final
 
     records: dict[int, dict] = {}
-    with open(out / PROGRESS, "a", encoding="utf-8") as progress, \
-            GracefulStop("finishing the shards in progress") as stop, \
-            tqdm(desc="shards", unit="shard", disable=None) as bar:
+    with (
+        open(out / PROGRESS, "a", encoding="utf-8") as progress,
+        GracefulStop("finishing the shards in progress") as stop,
+        tqdm(desc="shards", unit="shard", disable=None) as bar,
+    ):
 
         def finish(record: dict) -> None:
             records[record["shard"]] = record
@@ -94,8 +108,9 @@ def _check_paths(out: Path, files: list[Path]) -> None:
     for path in files:
         path = path.resolve()
         if out == path or out in path.parents:
-            raise TensorslimError(f"corpus file {path} lies inside the output directory {out}",
-                                  "choose an --out outside the corpus")
+            raise TensorslimError(
+                f"corpus file {path} lies inside the output directory {out}", "choose an --out outside the corpus"
+            )
 
 
 def _prepend(first, rest):

@@ -1,14 +1,14 @@
 """The files pregenerate writes (see docs/pregenerate.md):
 
-    OUT/.tensorslim                     marker: written by pregenerate (re-runs may replace it; tensorslim.io)
-    OUT/epoch_{i}/shard_{k:05d}.arrow   Arrow IPC stream: input_ids list<int32>, token_type_ids
-                                        list<int8>, masked_lm_positions list<int32>,
-                                        masked_lm_labels list<int32>, is_random_next bool
-    OUT/epoch_{i}/metrics.json          per-epoch counts
-    OUT/epoch_{i}.json, OUT/epoch_{i}_metrics.json   the original release's format (--format json);
-                                        built from OUT/epoch_{i}/shard_{k:05d}.jsonl parts
-    OUT/pregenerate.json                settings, tokenizer fingerprint, shard list; written last
-    OUT/.pregenerate-state.json, OUT/.pregenerate-progress.jsonl   run state while unfinished
+OUT/.tensorslim                     marker: written by pregenerate (re-runs may replace it; tensorslim.io)
+OUT/epoch_{i}/shard_{k:05d}.arrow   Arrow IPC stream: input_ids list<int32>, token_type_ids
+                                    list<int8>, masked_lm_positions list<int32>,
+                                    masked_lm_labels list<int32>, is_random_next bool
+OUT/epoch_{i}/metrics.json          per-epoch counts
+OUT/epoch_{i}.json, OUT/epoch_{i}_metrics.json   the original release's format (--format json);
+                                    built from OUT/epoch_{i}/shard_{k:05d}.jsonl parts
+OUT/pregenerate.json                settings, tokenizer fingerprint, shard list; written last
+OUT/.pregenerate-state.json, OUT/.pregenerate-progress.jsonl   run state while unfinished
 """
 
 from __future__ import annotations

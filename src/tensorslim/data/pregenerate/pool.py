@@ -20,8 +20,9 @@ from .shard import init_worker, process_shard
 from .vocab import Vocab
 
 
-def run_shards(tasks: Iterable[tuple], vocab: Vocab, workers: int, stop: GracefulStop,
-               finish: Callable[[dict], None]) -> bool:
+def run_shards(
+    tasks: Iterable[tuple], vocab: Vocab, workers: int, stop: GracefulStop, finish: Callable[[dict], None]
+) -> bool:
     """`process_shard` on every task (shard, documents, config, out); `finish` gets each record as
     the shard completes. Returns True when `stop` ended the run early (the shards in flight finish
     first); any exception ends the pool's workers at once."""
@@ -33,8 +34,7 @@ def run_shards(tasks: Iterable[tuple], vocab: Vocab, workers: int, stop: Gracefu
             finish(process_shard(task))
         return False
     before = set(multiprocessing.active_children())
-    executor = ProcessPoolExecutor(workers, mp_context=pool_context(), initializer=init_worker,
-                                   initargs=(vocab, True))
+    executor = ProcessPoolExecutor(workers, mp_context=pool_context(), initializer=init_worker, initargs=(vocab, True))
     in_flight, stopped = set(), False
     try:
         for task in tasks:
@@ -52,9 +52,11 @@ def run_shards(tasks: Iterable[tuple], vocab: Vocab, workers: int, stop: Gracefu
             if process not in before:
                 process.terminate()
         if isinstance(exc, BrokenProcessPool):
-            raise TensorslimError("a worker process died (killed, or out of memory); finished shards are kept",
-                                  "rerun the same command with --resume, with fewer --workers or a smaller "
-                                  "--docs-per-shard if memory ran out") from None
+            raise TensorslimError(
+                "a worker process died (killed, or out of memory); finished shards are kept",
+                "rerun the same command with --resume, with fewer --workers or a smaller "
+                "--docs-per-shard if memory ran out",
+            ) from None
         raise
     executor.shutdown()
     return stopped

@@ -26,8 +26,9 @@ from .config import PregenerateConfig
 from .vocab import Vocab
 
 
-def epoch_rows(docs: list[list[list[int]]], shard: int, epoch: int, config: PregenerateConfig,
-               vocab: Vocab) -> list[tuple]:
+def epoch_rows(
+    docs: list[list[list[int]]], shard: int, epoch: int, config: PregenerateConfig, vocab: Vocab
+) -> list[tuple]:
     """Every sequence of one (epoch, shard), shuffled: (masked token ids, segment ids, masked positions,
     original ids at those positions, is_random_next)."""
     rng = random.Random(_shard_seed(config.seed, epoch, shard))
@@ -61,8 +62,7 @@ def _mask(tokens: list[int], config: PregenerateConfig, vocab: Vocab, rng: rando
     for i, token in enumerate(tokens):
         if token in specials:
             continue
-        if (config.whole_word_mask and candidates and candidates[-1][-1] == i - 1
-                and vocab.is_continuation[token]):
+        if config.whole_word_mask and candidates and candidates[-1][-1] == i - 1 and vocab.is_continuation[token]:
             candidates[-1].append(i)
         else:
             candidates.append([i])
@@ -93,8 +93,9 @@ def _shuffled(items: list, rng: random.Random) -> Iterator:
         yield items[j]
 
 
-def _instances(docs: list[list[list[int]]], index: int, config: PregenerateConfig, vocab: Vocab,
-               rng: random.Random) -> Iterator[tuple]:
+def _instances(
+    docs: list[list[list[int]]], index: int, config: PregenerateConfig, vocab: Vocab, rng: random.Random
+) -> Iterator[tuple]:
     """Google's createinstances_from_document for docs[index]; yields (tokens, segment ids, random_next)."""
     document = docs[index]
     max_tokens = config.max_tokens
@@ -145,12 +146,12 @@ def tokenize(documents: list[list[str]], tokenizer, max_tokens: int) -> list[lis
     flat = [s for doc in documents for s in doc]
     ids: list[list[int]] = []
     for start in range(0, len(flat), 4096):
-        ids += [e.ids for e in tokenizer.encode_batch(flat[start:start + 4096], add_special_tokens=False)]
+        ids += [e.ids for e in tokenizer.encode_batch(flat[start : start + 4096], add_special_tokens=False)]
     out, pos = [], 0
     for doc in documents:
         segments = []
-        for seg in ids[pos:pos + len(doc)]:
-            segments += [seg[k:k + max_tokens] for k in range(0, len(seg), max_tokens)]
+        for seg in ids[pos : pos + len(doc)]:
+            segments += [seg[k : k + max_tokens] for k in range(0, len(seg), max_tokens)]
         pos += len(doc)
         if segments:
             out.append(segments)

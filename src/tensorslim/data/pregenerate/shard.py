@@ -19,13 +19,15 @@ from .layout import shard_files
 from .recipe import epoch_rows, tokenize
 from .vocab import Vocab
 
-SCHEMA = pa.schema([
-    ("input_ids", pa.list_(pa.int32())),
-    ("token_type_ids", pa.list_(pa.int8())),
-    ("masked_lm_positions", pa.list_(pa.int32())),
-    ("masked_lm_labels", pa.list_(pa.int32())),
-    ("is_random_next", pa.bool_()),
-])
+SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("token_type_ids", pa.list_(pa.int8())),
+        ("masked_lm_positions", pa.list_(pa.int32())),
+        ("masked_lm_labels", pa.list_(pa.int32())),
+        ("is_random_next", pa.bool_()),
+    ]
+)
 
 _WORKER: dict = {}
 
@@ -75,25 +77,30 @@ def process_shard(task: tuple) -> dict:
                 _write_arrow(path, rows)
             else:
                 _write_jsonl(path, rows, vocab)
-        record["epochs"].append({
-            "sequences": len(rows),
-            "tokens": sum(len(r[0]) for r in rows),
-            "masked": sum(len(r[2]) for r in rows),
-            "random_next": sum(r[4] for r in rows),
-            "bytes": {p.suffix[1:]: p.stat().st_size for p in files},
-        })
+        record["epochs"].append(
+            {
+                "sequences": len(rows),
+                "tokens": sum(len(r[0]) for r in rows),
+                "masked": sum(len(r[2]) for r in rows),
+                "random_next": sum(r[4] for r in rows),
+                "bytes": {p.suffix[1:]: p.stat().st_size for p in files},
+            }
+        )
     return record
 
 
 def _write_arrow(path: Path, rows: list[tuple]) -> None:
     columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 5
-    table = pa.Table.from_arrays([
-        _column(columns[0], np.int32, pa.int32()),
-        _column(columns[1], np.int8, pa.int8()),
-        _column(columns[2], np.int32, pa.int32()),
-        _column(columns[3], np.int32, pa.int32()),
-        pa.array(columns[4], type=pa.bool_()),
-    ], schema=SCHEMA)
+    table = pa.Table.from_arrays(
+        [
+            _column(columns[0], np.int32, pa.int32()),
+            _column(columns[1], np.int8, pa.int8()),
+            _column(columns[2], np.int32, pa.int32()),
+            _column(columns[3], np.int32, pa.int32()),
+            pa.array(columns[4], type=pa.bool_()),
+        ],
+        schema=SCHEMA,
+    )
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, SCHEMA) as writer:
         writer.write_table(table)
@@ -105,10 +112,19 @@ def _write_jsonl(path: Path, rows: list[tuple], vocab: Vocab) -> None:
     tokens = vocab.tokens
     with atomic_file(path, "w", encoding="utf-8") as handle:
         for masked, segments, positions, labels, random_next in rows:
-            handle.write(json.dumps({
-                "tokens": [tokens[t] for t in masked], "segment_ids": segments, "is_random_next": random_next,
-                "masked_lm_positions": positions, "masked_lm_labels": [tokens[t] for t in labels],
-            }, ensure_ascii=False) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "tokens": [tokens[t] for t in masked],
+                        "segment_ids": segments,
+                        "is_random_next": random_next,
+                        "masked_lm_positions": positions,
+                        "masked_lm_labels": [tokens[t] for t in labels],
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
 
 
 def _column(rows: list[list[int]], dtype, arrow_type) -> pa.Array:

@@ -34,15 +34,19 @@ def prepare(out: Path, settings: dict, resume: bool, overwrite: bool) -> tuple[P
     state, manifest = work / STATE, work / MANIFEST
     if resume and state.exists():
         if json.loads(state.read_text()) != settings:
-            raise TensorslimError(f"{out} holds an interrupted run with different settings, corpus or tokenizer",
-                                  "rerun with exactly the same arguments, or drop --resume to start over")
+            raise TensorslimError(
+                f"{out} holds an interrupted run with different settings, corpus or tokenizer",
+                "rerun with exactly the same arguments, or drop --resume to start over",
+            )
         _remove_temporaries(work)
         return work, _read_progress(work / PROGRESS)
     if resume and manifest.exists():
         previous = json.loads(manifest.read_text())
         if {k: previous.get(k) for k in settings} != settings:
-            raise TensorslimError(f"{out} holds a finished run with different settings, corpus or tokenizer",
-                                  "drop --resume to regenerate, or choose another --out")
+            raise TensorslimError(
+                f"{out} holds a finished run with different settings, corpus or tokenizer",
+                "drop --resume to regenerate, or choose another --out",
+            )
         log.info("%s is already complete; nothing to do", out)
         return work, None
     if resume:

@@ -33,10 +33,18 @@ class Vocab:
         special = set(tokenizer.all_special_ids)
         reserved = re.compile(r"^\[.+\]$")
         is_cont = np.array([len(t) > 2 and t.startswith("##") for t in tokens], dtype=bool)
-        random_ids = np.array([i for i, t in enumerate(tokens) if i not in special and t and not reserved.match(t)],
-                              dtype=np.int64)
-        return cls(tokenizer.backend_tokenizer.to_str(), tokens, tokenizer.cls_token_id, tokenizer.sep_token_id,
-                   tokenizer.mask_token_id, is_cont, random_ids)
+        random_ids = np.array(
+            [i for i, t in enumerate(tokens) if i not in special and t and not reserved.match(t)], dtype=np.int64
+        )
+        return cls(
+            tokenizer.backend_tokenizer.to_str(),
+            tokens,
+            tokenizer.cls_token_id,
+            tokenizer.sep_token_id,
+            tokenizer.mask_token_id,
+            is_cont,
+            random_ids,
+        )
 
 
 def load_tokenizer(tokenizer_dir) -> tuple[object, dict]:
@@ -46,18 +54,23 @@ def load_tokenizer(tokenizer_dir) -> tuple[object, dict]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     except (OSError, ValueError) as exc:
-        raise TensorslimError(f"cannot load a tokenizer from {tokenizer_dir}: {exc}",
-                              "pass --tokenizer a directory saved by save_pretrained (with tokenizer.json or "
-                              "vocab.txt)") from None
+        raise TensorslimError(
+            f"cannot load a tokenizer from {tokenizer_dir}: {exc}",
+            "pass --tokenizer a directory saved by save_pretrained (with tokenizer.json or vocab.txt)",
+        ) from None
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise TensorslimError(f"tokenizer in {tokenizer_dir} is not a fast (Rust) tokenizer",
-                              "save the model's fast tokenizer with AutoTokenizer.from_pretrained(...)"
-                              ".save_pretrained(DIR)")
-    missing = [name for name in ("cls_token", "sep_token", "mask_token")
-               if getattr(tokenizer, name + "_id", None) is None]
+        raise TensorslimError(
+            f"tokenizer in {tokenizer_dir} is not a fast (Rust) tokenizer",
+            "save the model's fast tokenizer with AutoTokenizer.from_pretrained(...).save_pretrained(DIR)",
+        )
+    missing = [
+        name for name in ("cls_token", "sep_token", "mask_token") if getattr(tokenizer, name + "_id", None) is None
+    ]
     if missing:
-        raise TensorslimError(f"tokenizer in {tokenizer_dir} has no {', '.join(missing)}",
-                              "use a BERT-style tokenizer with [CLS], [SEP] and [MASK]")
+        raise TensorslimError(
+            f"tokenizer in {tokenizer_dir} has no {', '.join(missing)}",
+            "use a BERT-style tokenizer with [CLS], [SEP] and [MASK]",
+        )
     return tokenizer, tokenizer_fingerprint(tokenizer, tokenizer_dir)
 
 

@@ -34,8 +34,12 @@ class Option:
     choices: tuple | None = None
 
 
-RANK = Option("rank", int, None, "d, the rank of a hidden-size side (other sides scale with their size); "
-              "default: D/2, or from --budget")
+RANK = Option(
+    "rank",
+    int,
+    None,
+    "d, the rank of a hidden-size side (other sides scale with their size); default: D/2, or from --budget",
+)
 
 
 class Method(ABC):
@@ -51,12 +55,20 @@ class Method(ABC):
         known = {o.name: o for o in self.options}
         unknown = set(values) - set(known)
         if unknown:
-            raise TensorslimError(f"method {self.name!r} has no option(s) {', '.join(sorted(unknown))}",
-                                  f"{self.name} accepts {', '.join(known)}")
+            raise TensorslimError(
+                f"method {self.name!r} has no option(s) {', '.join(sorted(unknown))}",
+                f"{self.name} accepts {', '.join(known)}",
+            )
         self.values = {name: values.get(name, o.default) for name, o in known.items()}
         for name, value in self.values.items():
-            if value is not None and known[name].type is int and (not isinstance(value, int) or isinstance(value, bool)):
-                raise TensorslimError(f"{name} must be a whole number, got {value!r}", f"pass --{name.replace('_', '-')} as an integer")
+            if (
+                value is not None
+                and known[name].type is int
+                and (not isinstance(value, int) or isinstance(value, bool))
+            ):
+                raise TensorslimError(
+                    f"{name} must be a whole number, got {value!r}", f"pass --{name.replace('_', '-')} as an integer"
+                )
 
     def __getattr__(self, name: str):
         values = self.__dict__.get("values", {})
@@ -77,8 +89,9 @@ class Method(ABC):
         """This method's ranks for `group` (recorded per group in the student's config)."""
         d = self.rank if self.rank is not None else max(1, hidden_size // 2)
         if not 1 <= d <= hidden_size:
-            raise TensorslimError(f"rank {d} is out of range for hidden size {hidden_size}",
-                                  f"choose a rank between 1 and {hidden_size}")
+            raise TensorslimError(
+                f"rank {d} is out of range for hidden size {hidden_size}", f"choose a rank between 1 and {hidden_size}"
+            )
         smaller = min(group.rows, group.cols)
         return {"rank": max(1, min(smaller, round(d * smaller / hidden_size)))}
 
@@ -118,8 +131,9 @@ class Method(ABC):
     def for_budget(self, groups: dict[str, Group], hidden_size: int, budget: int) -> Method:
         """This method with the largest rank whose factors fit in `budget` weights (other options
         as given)."""
-        fits = [d for d in range(1, hidden_size + 1)
-                if self.with_values(rank=d).total_params(groups, hidden_size) <= budget]
+        fits = [
+            d for d in range(1, hidden_size + 1) if self.with_values(rank=d).total_params(groups, hidden_size) <= budget
+        ]
         if not fits:
             unmeetable(self.name, budget, self.with_values(rank=1).total_params(groups, hidden_size))
         return self.with_values(rank=max(fits))
@@ -139,5 +153,3 @@ def option_values(method_cls: type[Method], values: dict) -> dict:
     """The entries of `values` that `method_cls` accepts and that are set."""
     names = {o.name for o in method_cls.options}
     return {k: v for k, v in values.items() if k in names and v is not None}
-
-

@@ -8,9 +8,14 @@ from .base import Option
 HOOI_OPTIONS = (
     Option("tol", float, 1e-4, "HOOI stops when the relative error improves less than this in a sweep (the release's)"),
     Option("max_iter", int, 100, "at most this many HOOI sweeps"),
-    Option("precision", str, "auto", "dtype of the HOOI sweeps: bfloat16 sweeps finish with float32 ones; auto uses "
-           "bfloat16 for large stacks where the hardware multiplies it natively (AMX CPUs, CUDA), float32 elsewhere",
-           PRECISIONS),
+    Option(
+        "precision",
+        str,
+        "auto",
+        "dtype of the HOOI sweeps: bfloat16 sweeps finish with float32 ones; auto uses "
+        "bfloat16 for large stacks where the hardware multiplies it natively (AMX CPUs, CUDA), float32 elsewhere",
+        PRECISIONS,
+    ),
 )
 
 

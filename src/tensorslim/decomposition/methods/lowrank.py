@@ -28,6 +28,9 @@ class LowRank(Method):
     def fit(self, W, group, ranks):
         r, _ = self.side_ranks(group, ranks)
         U, s, Vh = torch.linalg.svd(W.double(), full_matrices=False)
-        factors = {"U": U[..., :r].float().contiguous(), "S": torch.diag_embed(s[..., :r]).float(),
-                   "V": Vh[..., :r, :].float().contiguous()}
+        factors = {
+            "U": U[..., :r].float().contiguous(),
+            "S": torch.diag_embed(s[..., :r]).float(),
+            "V": Vh[..., :r, :].float().contiguous(),
+        }
         return factors, {}

@@ -9,8 +9,12 @@ from ..slices import Group
 from .base import RANK, Method, Option, unmeetable
 from .hooi_options import HOOI_OPTIONS, run_hooi
 
-LAYER_RANK = Option("layer_rank", int, None, "l, the size of a group's matrix bank (at most its slice count); "
-                    "default: half the slices, or from --budget")
+LAYER_RANK = Option(
+    "layer_rank",
+    int,
+    None,
+    "l, the size of a group's matrix bank (at most its slice count); default: half the slices, or from --budget",
+)
 
 
 class Tucker(Method):
@@ -24,8 +28,10 @@ class Tucker(Method):
     def validate(self, groups, hidden_size):
         largest = max(g.num_slices for g in groups.values())
         if self.layer_rank is not None and not 1 <= self.layer_rank <= largest:
-            raise TensorslimError(f"layer rank {self.layer_rank} is out of range for {largest} slices",
-                                  f"choose --layer-rank between 1 and {largest}")
+            raise TensorslimError(
+                f"layer rank {self.layer_rank} is out of range for {largest} slices",
+                f"choose --layer-rank between 1 and {largest}",
+            )
         super().validate(groups, hidden_size)
 
     def group_ranks(self, group, hidden_size):
@@ -61,8 +67,11 @@ class Tucker(Method):
                 return found
             return found.for_budget(groups, hidden_size, budget)  # rank now fixed at the hidden size
         largest = max(g.num_slices for g in groups.values())
-        fits = [l for l in range(1, largest + 1)
-                if self.with_values(layer_rank=l).total_params(groups, hidden_size) <= budget]
+        fits = [
+            l
+            for l in range(1, largest + 1)
+            if self.with_values(layer_rank=l).total_params(groups, hidden_size) <= budget
+        ]
         if not fits:
             unmeetable(self.name, budget, self.with_values(layer_rank=1).total_params(groups, hidden_size))
         return self.with_values(layer_rank=max(fits))
