@@ -128,7 +128,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
         if checkpointing:
-            student.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         student(**batch(), labels=torch.tensor([0, 2, 1])).loss.backward()
         grads.append({n: p.grad.clone() for n, p in bank_of(student).named_parameters()})
     for name in grads[0]:
