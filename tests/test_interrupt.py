@@ -581,8 +581,6 @@ def test_pregenerate_resume_removes_half_written_files(tmp_path, pregenerate_cas
 
 
 def test_augment_resume_after_a_kill_between_output_and_cleanup(tmp_path, augment_case, monkeypatch):
-    from tensorslim.data import augment as module
-
     args, train, expected = augment_case
     (tmp_path / "SST-2").mkdir()
     (tmp_path / "SST-2" / "train.tsv").write_bytes(train)
@@ -594,7 +592,7 @@ def test_augment_resume_after_a_kill_between_output_and_cleanup(tmp_path, augmen
             raise KeyboardInterrupt
         rmtree(path, ignore_errors=ignore_errors)
 
-    monkeypatch.setattr(module.shutil, "rmtree", killed_before_cleanup)
+    monkeypatch.setattr(shutil, "rmtree", killed_before_cleanup)
     assert cli_main(command) == 130
     monkeypatch.undo()
     task_dir = tmp_path / "SST-2"

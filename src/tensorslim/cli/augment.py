@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data import augment
+from ..data.glove import DEFAULT_MAX_WORDS
 from .flags import add_hidden_alias
 
 
@@ -45,7 +46,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--glove-words",
         type=int,
-        default=augment.DEFAULT_MAX_WORDS,
+        default=DEFAULT_MAX_WORDS,
         help="search neighbours among this many most frequent GloVe words",
     )
     parser.add_argument(
