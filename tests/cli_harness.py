@@ -34,7 +34,7 @@ ENV = {
 }
 
 _ZYGOTE = r"""
-import json, os, runpy, subprocess, sys, traceback
+import json, os, runpy, signal, subprocess, sys, traceback
 import importlib
 import tensorslim.cli  # the expensive imports, once (and those the commands make lazily)
 for name in ("transformers.trainer", "datasets", "tensorslim.train", "tensorslim.pipeline.demo",
@@ -49,6 +49,9 @@ for line in sys.stdin:
     pid = os.fork()
     if pid == 0:
         os.setsid()
+        # as launched from a terminal: a runner started in the background of a non-interactive shell
+        # (CI scripts) inherits SIGINT ignored, which would make the signal cases meaningless
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         code = 1
         try:
             if request["setup"]:  # e.g. a mount, inside the runner's namespace
