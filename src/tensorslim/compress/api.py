@@ -159,19 +159,14 @@ def make_record(model, method: Method, ops: str, head: str, result: dict, fit_se
         "relative_error_per_slot": {s: (e / n) ** 0.5 if n else 0.0 for s, (e, n) in slot_err.items()},
         "relative_error_per_layer_slot": [[per_layer[i][s] for s in slots] for i in sorted(per_layer)],
         "groups": group_records,
-        "hooi": next(
-            (
-                g["solver"]
-                and {
-                    "tol": method.values.get("tol"),
-                    "max_iter": method.values.get("max_iter"),
-                    "sweep_dtype": g["solver"].get("sweep_dtype"),
-                }
-                for g in group_records.values()
-                if g["solver"]
-            ),
-            None,
-        ),
+        # HOOI methods: their solver options and the dtype the largest group's sweeps ran in
+        "hooi": {
+            "tol": method.tol,
+            "max_iter": method.max_iter,
+            "sweep_dtype": group_records[largest]["solver"]["sweep_dtype"],
+        }
+        if group_records[largest]["solver"]
+        else None,
         "spectra": spectra(result["fits"][largest][1]),
         "seconds": {"fit": fit_seconds},
     }

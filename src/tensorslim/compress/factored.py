@@ -54,7 +54,7 @@ class FactorBank(nn.Module):
 
     def __init__(self, method: Method, groups: dict[str, Group], ranks: dict[str, dict[str, int]]):
         super().__init__()
-        self.method, self.info, self.ranks = method, groups, ranks
+        self.method = method
         self.groups = nn.ModuleDict({name: FactorGroup(method.shapes(g, ranks[name])) for name, g in groups.items()})
         self._memo: dict = {}
         self._memo_key = None

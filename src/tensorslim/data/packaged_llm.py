@@ -67,7 +67,8 @@ def smollm2_dir(cache: str | Path | None = None) -> Path:
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    with atomic_dir(out, overwrite=True) as tmp:
+    # replaces only an unfinished conversion of ours; a user's directory at `out` is refused (tensorslim.io)
+    with atomic_dir(out, "convert smollm2") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out

@@ -10,6 +10,7 @@ by `distill.attention`), and logits.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -70,8 +71,7 @@ def forward_features(model: nn.Module, inputs: dict, needs: frozenset[str], scor
 
 
 def _accepts_token_types(model: nn.Module) -> bool:
-    config = _unwrap(model).config
-    return getattr(config, "type_vocab_size", 0) > 1 or config.model_type in ("bert", "electra")
+    return "token_type_ids" in inspect.signature(_unwrap(model).forward).parameters
 
 
 def freeze(teacher: nn.Module, device: torch.device | str) -> nn.Module:
