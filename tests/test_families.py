@@ -12,6 +12,7 @@ import torch
 from tensorslim.compress.api import decompose, export_dense
 from tensorslim.compress.factored import FactoredProjection
 from tensorslim.compress.inplace import layout, targets
+from tensorslim.compress.loading import HEADS, load_model
 from tensorslim.distill.config import DistillationConfig
 from tensorslim.distill.teacher import forward_features
 from tensorslim.families import FAMILIES, SUPPORTED_MODEL_TYPES, get_family
@@ -49,6 +50,21 @@ def test_full_rank_equals_the_teacher(model_type, head):
         assert all(isinstance(m, FactoredProjection) for _, m, _ in targets(student))
         torch.testing.assert_close(output(student, inputs), reference, atol=1e-4, rtol=1e-4)
         assert record["relative_error"] < 1e-5
+
+
+@pytest.mark.parametrize("model_type,head", CASES)
+def test_export_equals_student_and_save_load_is_identical(model_type, head, tmp_path):
+    student, _ = decompose(tiny_model(model_type, head), "tucker", rank=12, layer_rank=3)
+    inputs = tiny_inputs()
+    ours = output(student, inputs)
+    dense = export_dense(student)
+    assert type(dense) is type(student) and not any(isinstance(m, FactoredProjection) for m in dense.modules())
+    torch.testing.assert_close(output(dense, inputs), ours, atol=1e-5, rtol=1e-4)
+    student.save_pretrained(tmp_path)
+    loaded = HEADS[head].from_pretrained(tmp_path)
+    assert type(loaded) is type(student)
+    torch.testing.assert_close(output(loaded, inputs), ours, atol=0, rtol=0)
+    assert type(load_model(tmp_path)) is type(student)  # tensorslim's verified loader agrees
 
 
 def _eager_probabilities(model, inputs):
