@@ -75,3 +75,54 @@ def test_wikitext_lines_are_joined_as_the_papers_do(tmp_path):
     assert read_text(path) == "\n\n = Title = \n" + "\n\n" + "" + "\n\n" + " Text one .\n"
     with pytest.raises(TensorslimError, match="does not exist"):
         read_text(tmp_path / "missing.raw")
+
+
+def save_decoder(path, model_type: str = "llama"):
+    """A tiny random causal LM of `model_type` with the tiny tokenizer, saved to `path`."""
+    tiny_model(model_type, "causal_lm").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_evaluate_perplexity_writes_the_library_result_for_a_teacher_and_a_student(tmp_path, capsys):
+    import json
+
+    from tensorslim.cli import main
+    from tensorslim.compress.api import decompose_to_dir
+
+    teacher = save_decoder(tmp_path / "teacher")
+    text_file = tmp_path / "wiki.test.raw"
+    text_file.write_text(words(100) + "\n\n" + words(100, seed=1) + "\n")
+    text = read_text(text_file)
+    out = tmp_path / "scores"
+    args = [
+        "evaluate",
+        "--model",
+        str(teacher),
+        "--perplexity",
+        str(text_file),
+        "--seq-length",
+        "16",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--batch-size", "4"]) == 0
+    written = json.loads((out / "perplexity_results.json").read_text())
+    expected = perplexity(tiny_model("llama", "causal_lm"), tiny_tokenizer(), text, seq_length=16)
+    assert written["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-5)
+    assert written["bits_per_byte"] == pytest.approx(expected["bits_per_byte"], rel=1e-5)
+    assert (written["windows"], written["tokens_scored"], written["model"]) == (12, 12 * 15, str(teacher))
+    assert "joined with blank lines" in written["protocol"] and "non-overlapping windows" in written["protocol"]
+    table = capsys.readouterr().out
+    assert f"{expected['perplexity']:.4f}" in table and "12 x 16 tokens" in table
+    assert main(args) == 0  # its own results file is replaced
+
+    # a student directory, scored where it lies (the default --out) at the default window: the context (64)
+    student = tmp_path / "student"
+    decompose_to_dir(teacher, student, "lowrank", rank=8)
+    assert main(["evaluate", "--model", str(student), "--perplexity", str(text_file)]) == 0
+    written = json.loads((student / "perplexity_results.json").read_text())
+    in_memory, _ = decompose(tiny_model("llama", "causal_lm"), "lowrank", rank=8)
+    expected = perplexity(in_memory, tiny_tokenizer(), text)
+    assert (written["seq_length"], written["windows"]) == (64, 3)
+    assert written["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-5)

@@ -52,6 +52,7 @@ def evaluate_perplexity(
     """Score the causal LM in directory `model` on text file `text` (perplexity.py's protocol) and
     write `out`/perplexity_results.json (default `out`: the model directory). Returns the results."""
     model_dir, text = Path(model), Path(text)
+    config = load_config(model_dir)
     out = Path(out) if out is not None else model_dir
     if out.exists() and not out.is_dir():
         raise TensorslimError(f"--out {out} is a file", "pass a directory for --out")
@@ -60,7 +61,6 @@ def evaluate_perplexity(
     check_at_least("--max-tokens", max_tokens, 2)
     device = check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
     check_existing_file(text, "--perplexity")
-    config = load_config(model_dir)
     if infer_head(config) != "causal_lm":
         arch = (getattr(config, "architectures", None) or ["no architecture"])[0]
         raise TensorslimError(
