@@ -14,12 +14,14 @@ REQUIRED = {
     "augment": ["--task", "SST-2", "--glue-dir", "g"],
     "report": ["--model", "m"],
     "finetune": ["--model", "m", "--task", "SST-2", "--glue-dir", "g", "--out", "o"],
+    "evaluate": ["--model", "m", "--perplexity", "t"],
 }
 #: (command, flag, retired spelling, value, parsed attribute, parsed value)
 RENAMED = [
     ("pregenerate", "--max-seq-length", "--max-seq-len", "64", "max_seq_length", 64),
     ("augment", "--max-train-samples", "--max-examples", "5", "max_train_samples", 5),
     ("report", "--seq-length", "--seq-len", "16", "seq_length", 16),
+    ("evaluate", "--seq-length", "--seq-len", "16", "seq_length", 16),
     ("finetune", "--aug", "--train-split", "train_aug", "train_split", "train_aug"),
 ]
 
