@@ -18,7 +18,6 @@ from tensorslim.decomposition.weighted import (
 )
 
 
-
 def inputs(m: int, tokens: int, seed: int) -> torch.Tensor:
     """Anisotropic, correlated inputs (tokens, m), as activations are."""
     g = torch.Generator().manual_seed(seed)
@@ -80,7 +79,8 @@ def test_sylvester_pcg_matches_the_dense_kronecker_solve(monkeypatch):
     rhs = torch.randn(m, r, dtype=torch.float64)
     X = sylvester_pcg(K, M, M0, rhs, torch.zeros(m, r, dtype=torch.float64))
     # column-major vec: vec(K X M) = (M^T kron K) vec(X)
-    op = sum(torch.kron(M[k].T.contiguous(), K[k].contiguous()) for k in range(3)) + torch.kron(M0.T.contiguous(), torch.eye(m, dtype=torch.float64))
+    eye = torch.eye(m, dtype=torch.float64)
+    op = sum(torch.kron(M[k].T.contiguous(), K[k].contiguous()) for k in range(3)) + torch.kron(M0.T.contiguous(), eye)
     dense = torch.linalg.solve(op, rhs.T.reshape(-1)).reshape(r, m).T
     torch.testing.assert_close(X, dense, rtol=1e-6, atol=1e-8)
 

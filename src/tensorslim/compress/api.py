@@ -15,8 +15,8 @@ from ..decomposition.weighted import weighted_error
 from ..errors import TensorslimError
 from ..io import atomic_dir, check_output_dir, write_json
 from ..validate import check_finite_weights
-from .counts import count_parameters
 from .calibration import DEFAULT_DAMPING, DEFAULT_SAMPLES, calibrate, check_calibration_path
+from .counts import count_parameters
 from .inplace import factorize, is_decomposed, merge
 from .loading import check_head, infer_head, load_config, load_model, load_tokenizer, save_tokenizer
 from .section import section_of
@@ -155,8 +155,9 @@ def make_record(model, method: Method, ops: str, head: str, result: dict, fit_se
             }
             if result.get("moments"):
                 moments = result["moments"][name].to(W.device)
-                calibrated[name] = (weighted_error(W, recon[name].to(W.device), moments), weighted_error(W, None, moments))
-                group_records[name]["calibrated_error"] = (calibrated[name][0] / max(calibrated[name][1], 1e-30)) ** 0.5
+                e, t = weighted_error(W, recon[name].to(W.device), moments), weighted_error(W, None, moments)
+                calibrated[name] = (e, t)
+                group_records[name]["calibrated_error"] = (e / max(t, 1e-30)) ** 0.5
     per_layer: dict[int, dict[str, float]] = {}
     slot_err: dict[str, list[float]] = {}
     for lay, (key, _, proj) in zip(layouts, found):
@@ -194,10 +195,7 @@ def make_record(model, method: Method, ops: str, head: str, result: dict, fit_se
         "decomposed_weights": {"teacher": teacher_w, "student": student_w, "ratio": teacher_w / student_w},
         "relative_error": (total_e / total_n) ** 0.5 if total_n else 0.0,
         # sqrt(sum_i ||(W_i - W_hat_i) X_i||^2 / sum_i ||W_i X_i||^2) on the calibration data (undamped)
-        "calibrated_error": (sum(e for e, _ in calibrated.values()) / max(sum(t for _, t in calibrated.values()), 1e-30))
-        ** 0.5
-        if calibrated
-        else None,
+        "calibrated_error": relative(calibrated) if calibrated else None,
         "relative_error_per_slot": {s: (e / n) ** 0.5 if n else 0.0 for s, (e, n) in slot_err.items()},
         "relative_error_per_layer_slot": [[per_layer[i][s] for s in slots] for i in sorted(per_layer)],
         "groups": group_records,
@@ -212,6 +210,11 @@ def make_record(model, method: Method, ops: str, head: str, result: dict, fit_se
         "spectra": spectra(result["fits"][largest][1]),
         "seconds": {"fit": fit_seconds},
     }
+
+
+def relative(errors: dict[str, tuple[float, float]]) -> float:
+    """sqrt(sum of errors / sum of totals) over groups of (error, total) pairs."""
+    return (sum(e for e, _ in errors.values()) / max(sum(t for _, t in errors.values()), 1e-30)) ** 0.5
 
 
 def spectra(W: torch.Tensor) -> dict[str, list[float]]:
