@@ -172,6 +172,35 @@ def pcg(apply: Callable, rhs: torch.Tensor, X: torch.Tensor, precondition: Calla
 # --- block coordinate descent for shared bases (shared, tucker) ------------------------------------
 
 
+def pooled_start(W: torch.Tensor, weights: SliceWeights, fit: Callable) -> tuple[dict[str, torch.Tensor], dict]:
+    """The weight-only fit of W whitened by the mean moment of each side, mapped back: the optimum
+    of F when all slices of a side share one moment, and the start of `refine` otherwise.
+
+    `fit(W') -> (factors, record)` on the whitened stack La^T W Lb (La La^T: mean rows moment, Lb
+    Lb^T: mean columns moment; identity for a side without slices). U = La^-T U', V = V' Lb^-1,
+    each re-orthonormalised with its triangular factor moved into the cores.
+    """
+    La = torch.linalg.cholesky(weights.rows_cov.double().mean(0)) if len(weights.rows_index) else None
+    Lb = torch.linalg.cholesky(weights.cols_cov.double().mean(0)) if len(weights.cols_index) else None
+    Ww = W.double()
+    if La is not None:
+        Ww = La.T @ Ww
+    if Lb is not None:
+        Ww = Ww @ Lb
+    factors, record = fit(Ww.to(W.dtype))
+    U, V = factors["U"].double(), factors["V"].double()
+    name = "C" if "P" in factors else "S"
+    core = factors[name].double()
+    if La is not None:
+        U, T = torch.linalg.qr(torch.linalg.solve_triangular(La.T, U, upper=True))
+        core = T @ core
+    if Lb is not None:
+        Q, T = torch.linalg.qr(torch.linalg.solve_triangular(Lb, V, upper=False, left=False).T)
+        V, core = Q.T, core @ T.T
+    return {**factors, "U": U.to(W.dtype).contiguous(), "V": V.to(W.dtype).contiguous(), name: core.to(W.dtype)}, record
+
+
+
 class _Moments:
     """The damped moments of a group, deduplicated: slice i of `rows` uses K[inv[i]]."""
 
