@@ -28,6 +28,7 @@ def parse_share(text: str) -> float:
 
 
 def register(sub) -> None:
+    from ..compress.calibration import DEFAULT_DAMPING, DEFAULT_SAMPLES, DEFAULT_SEQ_LENGTH
     from ..compress.inplace import OPS
     from ..compress.loading import HEADS
     from ..decomposition.methods import METHODS, all_options
@@ -70,6 +71,33 @@ def register(sub) -> None:
         help="choose ranks so that this share of the decomposed matrices' weights is removed, e.g. 20%% "
         "(or 0.2), as the LLM compression papers state it",
     )
+    p.add_argument(
+        "--calibration",
+        default="none",
+        help="data the teacher streams so that the factors fit what the layers compute (their output error on "
+        "it) instead of the weights: a GLUE task directory (its training sentences), a plain-text file or "
+        "directory, or pregenerated shards; none (default): weight-only",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help=f"sequences of --calibration to stream (default: {DEFAULT_SAMPLES})",
+    )
+    p.add_argument(
+        "--calibration-seq-length",
+        type=int,
+        default=DEFAULT_SEQ_LENGTH,
+        help=f"tokens per calibration sequence, at most the model's context (default: {DEFAULT_SEQ_LENGTH})",
+    )
+    p.add_argument(
+        "--calibration-damping",
+        type=float,
+        default=DEFAULT_DAMPING,
+        help="ridge added to each input moment, times its mean diagonal, so that it is positive definite "
+        f"(default: {DEFAULT_DAMPING}, GPTQ's)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default: 0)")
     p.add_argument("--ops", default="all", choices=list(OPS), help="matrices to decompose: all, san (attention), ffn")
     p.add_argument(
         "--head",
@@ -96,6 +124,12 @@ def run(args) -> None:
     check_at_least("--max-iter", args.max_iter, 1)
     check_at_least("--num-labels", args.num_labels, 1)
     check_at_least("--budget", args.budget, 1)
+    check_at_least("--calibration-samples", args.calibration_samples, 1)
+    check_at_least("--calibration-seq-length", args.calibration_seq_length, 2)
+    if not args.calibration_damping >= 0:
+        raise TensorslimError(
+            f"--calibration-damping {args.calibration_damping} is negative", "pass a damping of 0 or more, e.g. 0.01"
+        )
 
     accepted = {o.name for o in METHODS[args.method].options}
     given = {name: getattr(args, name) for name in all_options() if getattr(args, name) is not None}
@@ -116,6 +150,11 @@ def run(args) -> None:
         head=args.head,
         num_labels=args.num_labels,
         overwrite=args.overwrite,
+        calibration=args.calibration,
+        calibration_samples=args.calibration_samples,
+        calibration_seq_length=args.calibration_seq_length,
+        damping=args.calibration_damping,
+        seed=args.seed,
         **options,
     )
     w = record["decomposed_weights"]
@@ -131,3 +170,5 @@ def run(args) -> None:
         w["ratio"],
         record["relative_error"],
     )
+    if record["calibrated_error"] is not None:
+        log.info("calibrated output error %.4f on %s", record["calibrated_error"], args.calibration)

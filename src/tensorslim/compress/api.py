@@ -11,12 +11,14 @@ import torch
 from transformers import PreTrainedModel
 
 from ..decomposition.methods import Method, get_method
+from ..decomposition.weighted import weighted_error
 from ..errors import TensorslimError
 from ..io import atomic_dir, check_output_dir, write_json
 from ..validate import check_finite_weights
+from .calibration import DEFAULT_DAMPING, DEFAULT_SAMPLES, calibrate, check_calibration_path
 from .counts import count_parameters
 from .inplace import factorize, is_decomposed, merge
-from .loading import check_head, infer_head, load_config, load_model, save_tokenizer
+from .loading import check_head, infer_head, load_config, load_model, load_tokenizer, save_tokenizer
 from .section import section_of
 
 log = logging.getLogger(__name__)
@@ -31,9 +33,21 @@ def decompose(
     num_labels: int | None = None,
     budget: int | None = None,
     compression: float | None = None,
+    calibration: str | Path | None = None,
+    calibration_samples: int = DEFAULT_SAMPLES,
+    calibration_seq_length: int | None = None,
+    damping: float = DEFAULT_DAMPING,
+    seed: int = 0,
+    tokenizer=None,
     **options,
 ) -> tuple[PreTrainedModel, dict]:
     """Decompose `teacher` (a directory, or a model changed in place); return it with a record.
+
+    With `calibration` (a GLUE task directory, a plain-text file or directory, or pregenerated
+    shards; None or "none": weight-only) the teacher first streams `calibration_samples` sequences
+    of that data and every method minimises the output error of the projections on them
+    (`compress.calibration`, `decomposition.weighted`); `damping` is the ridge added to each input
+    moment, relative to its mean diagonal. A teacher passed as a model needs its `tokenizer` then.
 
     `method` is a registered name with its `options` (rank, layer_rank, tol, ...; see
     `decomposition.methods`) or a `Method`. With `budget` the ranks not given are the largest
@@ -44,6 +58,7 @@ def decompose(
     spectra of the largest group and the seconds taken.
     """
     start = time.perf_counter()
+    source = teacher
     if not isinstance(teacher, PreTrainedModel):
         config = load_config(teacher)
         head = check_head(infer_head(config) if head == "auto" else head)
@@ -64,18 +79,36 @@ def decompose(
             raise TensorslimError(f"parameter budget {budget} is not positive", "pass a budget of at least 1 weight")
         method = method.for_budget(groups, teacher.config.hidden_size, budget)
     teacher_parameters = count_parameters(teacher)
+    moments, calibration_record = None, None
+    if calibration is not None and str(calibration) != "none":
+        if tokenizer is None and isinstance(source, PreTrainedModel):
+            raise TensorslimError("calibration data needs the teacher's tokenizer", "pass tokenizer=...")
+        moments, calibration_record = calibrate(
+            teacher,
+            calibration,
+            tokenizer if tokenizer is not None else load_tokenizer(source),
+            ops=ops,
+            samples=calibration_samples,
+            seq_length=calibration_seq_length,
+            seed=seed,
+        )
+        calibration_record["damping"] = damping
     fit_start = time.perf_counter()
-    result = factorize(teacher, method, ops)
+    weights = {n: w.damped(damping) for n, w in moments.items()} if moments else None
+    result = factorize(teacher, method, ops, weights=weights)
+    result["moments"] = moments
     record = make_record(teacher, method, ops, head, result, time.perf_counter() - fit_start)
+    record["calibration"] = calibration_record
     record["parameters"] = {"teacher": teacher_parameters, "student": count_parameters(teacher)}
     record["seconds"]["total"] = time.perf_counter() - start
     w = record["decomposed_weights"]
     log.info(
-        "%s %s ops=%s: relative error %.4f, %.1fx fewer decomposed weights, %.1fs",
+        "%s %s ops=%s: relative error %.4f%s, %.1fx fewer decomposed weights, %.1fs",
         method.name,
         {k: v for k, v in method.values.items() if k in ("rank", "layer_rank")},
         ops,
         record["relative_error"],
+        f" (calibrated output error {record['calibrated_error']:.4f})" if moments else "",
         w["ratio"],
         record["seconds"]["total"],
     )
@@ -104,7 +137,7 @@ def make_record(model, method: Method, ops: str, head: str, result: dict, fit_se
     groups, ranks, layouts, found = result["groups"], result["ranks"], result["layouts"], result["found"]
     bank = model.base_model.tensorslim_factors
     num_layers = len({key.split(".", 1)[0] for key, _, _ in found})
-    slots, sq_err, sq_norm, group_records = [], {}, {}, {}
+    slots, sq_err, sq_norm, group_records, calibrated = [], {}, {}, {}, {}
     with torch.no_grad():
         recon = {n: bank.reconstruct(n) for n in groups}
         for name, (fit_record, W) in result["fits"].items():
@@ -120,6 +153,11 @@ def make_record(model, method: Method, ops: str, head: str, result: dict, fit_se
                 "weights": {"teacher": W.numel(), "student": method.num_params(groups[name], ranks[name])},
                 "solver": fit_record,
             }
+            if result.get("moments"):
+                moments = result["moments"][name].to(W.device)
+                e, t = weighted_error(W, recon[name].to(W.device), moments), weighted_error(W, None, moments)
+                calibrated[name] = (e, t)
+                group_records[name]["calibrated_error"] = (e / max(t, 1e-30)) ** 0.5
     per_layer: dict[int, dict[str, float]] = {}
     slot_err: dict[str, list[float]] = {}
     for lay, (key, _, proj) in zip(layouts, found):
@@ -156,6 +194,8 @@ def make_record(model, method: Method, ops: str, head: str, result: dict, fit_se
         "slots": slots,
         "decomposed_weights": {"teacher": teacher_w, "student": student_w, "ratio": teacher_w / student_w},
         "relative_error": (total_e / total_n) ** 0.5 if total_n else 0.0,
+        # sqrt(sum_i ||(W_i - W_hat_i) X_i||^2 / sum_i ||W_i X_i||^2) on the calibration data (undamped)
+        "calibrated_error": relative(calibrated) if calibrated else None,
         "relative_error_per_slot": {s: (e / n) ** 0.5 if n else 0.0 for s, (e, n) in slot_err.items()},
         "relative_error_per_layer_slot": [[per_layer[i][s] for s in slots] for i in sorted(per_layer)],
         "groups": group_records,
@@ -170,6 +210,11 @@ def make_record(model, method: Method, ops: str, head: str, result: dict, fit_se
         "spectra": spectra(result["fits"][largest][1]),
         "seconds": {"fit": fit_seconds},
     }
+
+
+def relative(errors: dict[str, tuple[float, float]]) -> float:
+    """sqrt(sum of errors / sum of totals) over groups of (error, total) pairs."""
+    return (sum(e for e, _ in errors.values()) / max(sum(t for _, t in errors.values()), 1e-30)) ** 0.5
 
 
 def spectra(W: torch.Tensor) -> dict[str, list[float]]:
@@ -230,6 +275,7 @@ def decompose_to_dir(
     head: str = "auto",
     num_labels: int | None = None,
     overwrite: bool = False,
+    calibration: str | Path | None = None,
     **options,
 ) -> dict:
     """Decompose the teacher in directory `teacher` and write a loadable student directory `out`
@@ -237,13 +283,24 @@ def decompose_to_dir(
     config = load_config(teacher)
     check_head(infer_head(config) if head == "auto" else head)
     check_settings(config, method, ops=ops, budget=budget, compression=compression, **options)  # before loading
-    check_output_dir(out, "decompose", inputs=[teacher], overwrite=overwrite)
+    inputs = [teacher] if calibration is None or str(calibration) == "none" else [teacher, calibration]
+    if len(inputs) > 1:
+        check_calibration_path(calibration)
+    check_output_dir(out, "decompose", inputs=inputs, overwrite=overwrite)
     check_finite_weights(teacher)  # NaN or inf would break HOOI's eigendecompositions
     student, record = decompose(
-        teacher, method, ops=ops, head=head, num_labels=num_labels, budget=budget, compression=compression, **options
+        teacher,
+        method,
+        ops=ops,
+        head=head,
+        num_labels=num_labels,
+        budget=budget,
+        compression=compression,
+        calibration=calibration,
+        **options,
     )
     record["teacher"] = str(Path(teacher).resolve())
-    with atomic_dir(out, "decompose", inputs=[teacher], overwrite=overwrite) as tmp:
+    with atomic_dir(out, "decompose", inputs=inputs, overwrite=overwrite) as tmp:
         student.save_pretrained(tmp)
         save_tokenizer(teacher, tmp)
         write_json(Path(tmp) / "decomposition.json", record)

@@ -17,6 +17,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..decomposition.methods import Method, get_method
 from ..decomposition.slices import Group, Matrix, ModuleLayout, assemble, plan, stack
+from ..decomposition.weighted import SliceWeights
 from ..errors import TensorslimError
 from ..families import Family, Projection, get_family, get_path, layers_of, set_path
 from . import chunking
@@ -168,11 +169,18 @@ def apply_structure(model: PreTrainedModel, section: DecompositionConfig) -> Fac
     return _install(model, method, groups, ranks, layouts, found, section.inference_chunk_tokens)
 
 
-def factorize(model: PreTrainedModel, method: Method, ops: str = "all", chunk_tokens: int = 1024) -> dict:
+def factorize(
+    model: PreTrainedModel,
+    method: Method,
+    ops: str = "all",
+    chunk_tokens: int = 1024,
+    weights: dict[str, SliceWeights] | None = None,
+) -> dict:
     """Decompose `model` in place with `method`; return the fit record per group.
 
     Each group's stack is fitted from the current dense weights (never from zeros); see
-    `decomposition.slices` for the orientation.
+    `decomposition.slices` for the orientation. With `weights` (each group's damped input moments,
+    `compress.calibration`) the fit minimises the calibrated output error instead of the weight error.
     """
     if is_decomposed(model):
         raise TensorslimError(
@@ -191,8 +199,12 @@ def factorize(model: PreTrainedModel, method: Method, ops: str = "all", chunk_to
                 "the checkpoint is corrupt or training diverged; use a finite teacher",
             )
     fits = {}
+    device = next(model.parameters()).device
     for name, W in stacks.items():
-        factors, record = method.fit(W.to(next(model.parameters()).device), groups[name], ranks[name])
+        if weights is None:
+            factors, record = method.fit(W.to(device), groups[name], ranks[name])
+        else:
+            factors, record = method.fit_calibrated(W.to(device), groups[name], ranks[name], weights[name].to(device))
         fits[name] = (factors, record, W)
     bank = _install(model, method, groups, ranks, layouts, found, chunk_tokens)
     with torch.no_grad():

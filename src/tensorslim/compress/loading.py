@@ -110,3 +110,13 @@ def save_tokenizer(source: str | Path, out: str | Path) -> bool:
         return False
     tokenizer.save_pretrained(out)
     return True
+
+
+def load_tokenizer(source: str | Path):
+    """The tokenizer saved in model directory `source`."""
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError) as exc:
+        raise TensorslimError(
+            f"{source} has no tokenizer ({exc})", "save the teacher's tokenizer into its directory"
+        ) from None

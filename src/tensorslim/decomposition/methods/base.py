@@ -20,6 +20,7 @@ import torch
 
 from ...errors import TensorslimError
 from ..slices import Group
+from ..weighted import SliceWeights, pooled_start, refine
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,21 @@ class Method(ABC):
     @abstractmethod
     def fit(self, W: torch.Tensor, group: Group, ranks: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict]:
         """Factors (float32) initialised from the (n, R, C) stack W, and a record of the solve."""
+
+    def fit_calibrated(
+        self, W: torch.Tensor, group: Group, ranks: dict[str, int], weights: SliceWeights
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        """Factors that minimise the calibrated output error sum_i f_i (decomposition.weighted) for
+        the damped input moments `weights`: the weight-only fit of the stack whitened by each side's
+        mean moment, refined by block coordinate descent (methods with shared U and V; per-slice
+        methods override this with their closed form)."""
+        if self.side_ranks(group, ranks) == (group.rows, group.cols):
+            return self.fit(W, group, ranks)  # exact: nothing to refine
+        factors, record = pooled_start(W, weights, lambda Ww: self.fit(Ww, group, ranks))
+        refined, calibrated = refine(
+            W, weights, factors, tol=self.values.get("tol", 1e-4), max_iter=self.values.get("max_iter", 100)
+        )
+        return refined, {**record, **calibrated}
 
     def cores(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
         """S (n, r1, r2)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..slices import Group
+from ..weighted import whitened_svd
 from .base import Method
 
 
@@ -34,3 +35,8 @@ class LowRank(Method):
             "V": Vh[..., :r, :].float().contiguous(),
         }
         return factors, {}
+
+    def fit_calibrated(self, W, group, ranks, weights):
+        """SVD-LLM's closed form: the truncated SVD of each slice whitened by its input moment."""
+        r, _ = self.side_ranks(group, ranks)
+        return whitened_svd(W, weights, r), {}
