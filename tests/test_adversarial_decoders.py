@@ -10,6 +10,7 @@ traceback, no output left behind and every input byte-identical.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,23 @@ CASES = [
     case("decompose-gguf-dir", DECOMPOSE, [], ("is a GGUF file", "convert_gguf"), {x("llama"): x("gguf_dir")}),
     case("decompose-compression-0", DECOMPOSE, ["--compression", "0%"], "compression 0 is not between 0 and 1"),
     case("decompose-compression-100", DECOMPOSE, ["--compression", "100%"], "compression 1 is not between 0 and 1"),
+    # calibration data of a data-aware decomposition (issue 14)
+    case(
+        "calibration-missing", DECOMPOSE, ["--calibration", "/nonexistent/text"], "calibration data /nonexistent/text"
+    ),
+    case("calibration-not-utf8", DECOMPOSE, ["--calibration", x("binary")], "looks binary"),
+    case("calibration-shorter-than-a-window", DECOMPOSE, ["--calibration", x("short")], "not one packed sequence"),
+    case(
+        "calibration-fewer-tokens-than-the-width",
+        DECOMPOSE,
+        ["--calibration", x("text"), "--calibration-samples", "1", "--calibration-seq-length", "16"],
+        "fewer than the input width 80",
+    ),
+    case("calibration-empty-dir", DECOMPOSE, ["--calibration", x("foreign")], "calibration data"),
+    case(
+        "calibration-samples-0", DECOMPOSE, ["--calibration", x("text"), "--calibration-samples", "0"], "out of range"
+    ),
+    case("calibration-damping-negative", DECOMPOSE, ["--calibration-damping", "-1"], "is negative"),
     # the text and the window
     case("ppl-text-too-short", PPL, [], "has 10 tokens, fewer than one window of 64", {x("text"): x("short")}),
     case(
@@ -164,3 +182,10 @@ def test_the_same_inputs_score_once_the_mistake_is_fixed(cli, decoders, tmp_path
     assert "perplexity" in result.stdout and (tmp_path / "out" / "perplexity_results.json").is_file()
     result = cli("decompose", "--teacher", decoders.llama, "--out", tmp_path / "s", "--compression", "20%")
     assert result.code == 0, str(result)
+    result = cli(
+        "decompose", "--teacher", decoders.llama, "--out", tmp_path / "c", "--calibration", decoders.text,
+        "--calibration-seq-length", "32",
+    )  # fmt: skip
+    assert result.code == 0, str(result)
+    record = json.loads((tmp_path / "c" / "decomposition.json").read_text())
+    assert record["calibration"]["tokens"] >= 80 and 0 < record["calibrated_error"] < 1

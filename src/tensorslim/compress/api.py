@@ -15,7 +15,7 @@ from ..decomposition.weighted import weighted_error
 from ..errors import TensorslimError
 from ..io import atomic_dir, check_output_dir, write_json
 from ..validate import check_finite_weights
-from .calibration import DEFAULT_DAMPING, DEFAULT_SAMPLES, calibrate, check_calibration_path
+from .calibration import DEFAULT_DAMPING, DEFAULT_SAMPLES, calibrate, calibration_data
 from .counts import count_parameters
 from .inplace import factorize, is_decomposed, merge
 from .loading import check_head, infer_head, load_config, load_model, load_tokenizer, save_tokenizer
@@ -47,7 +47,9 @@ def decompose(
     shards; None or "none": weight-only) the teacher first streams `calibration_samples` sequences
     of that data and every method minimises the output error of the projections on them
     (`compress.calibration`, `decomposition.weighted`); `damping` is the ridge added to each input
-    moment, relative to its mean diagonal. A teacher passed as a model needs its `tokenizer` then.
+    moment, relative to its mean diagonal. A teacher passed as a model needs its `tokenizer` then;
+    `calibration` may also be the (moments, record) pair `compress.calibration.calibrate` returned,
+    to reuse one pass of the teacher for several decompositions.
 
     `method` is a registered name with its `options` (rank, layer_rank, tol, ...; see
     `decomposition.methods`) or a `Method`. With `budget` the ranks not given are the largest
@@ -80,7 +82,9 @@ def decompose(
         method = method.for_budget(groups, teacher.config.hidden_size, budget)
     teacher_parameters = count_parameters(teacher)
     moments, calibration_record = None, None
-    if calibration is not None and str(calibration) != "none":
+    if isinstance(calibration, tuple):  # (moments, record) from an earlier calibrate(), reused
+        moments, calibration_record = calibration[0], dict(calibration[1])
+    elif calibration is not None and str(calibration) != "none":
         if tokenizer is None and isinstance(source, PreTrainedModel):
             raise TensorslimError("calibration data needs the teacher's tokenizer", "pass tokenizer=...")
         moments, calibration_record = calibrate(
@@ -92,6 +96,7 @@ def decompose(
             seq_length=calibration_seq_length,
             seed=seed,
         )
+    if calibration_record is not None:
         calibration_record["damping"] = damping
     fit_start = time.perf_counter()
     weights = {n: w.damped(damping) for n, w in moments.items()} if moments else None
@@ -284,8 +289,15 @@ def decompose_to_dir(
     check_head(infer_head(config) if head == "auto" else head)
     check_settings(config, method, ops=ops, budget=budget, compression=compression, **options)  # before loading
     inputs = [teacher] if calibration is None or str(calibration) == "none" else [teacher, calibration]
-    if len(inputs) > 1:
-        check_calibration_path(calibration)
+    if len(inputs) > 1:  # read (and drop) the calibration data now, to refuse bad data before loading
+        calibration_data(
+            config,
+            calibration,
+            load_tokenizer(teacher),
+            samples=options.get("calibration_samples", DEFAULT_SAMPLES),
+            seq_length=options.get("calibration_seq_length"),
+            seed=options.get("seed", 0),
+        )
     check_output_dir(out, "decompose", inputs=inputs, overwrite=overwrite)
     check_finite_weights(teacher)  # NaN or inf would break HOOI's eigendecompositions
     student, record = decompose(

@@ -14,7 +14,6 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -168,13 +167,14 @@ DEFAULT_SEQ_LENGTH = 256
 DEFAULT_DAMPING = 0.01  # ridge relative to the mean diagonal, as GPTQ's damping
 
 
-def check_calibration_path(data) -> None:
-    """Refuse a missing calibration path before any model is loaded."""
-    if not Path(data).exists():
-        raise TensorslimError(
-            f"calibration data {data} does not exist",
-            "pass a GLUE task directory, pregenerated shards, a plain-text file or directory, or none",
-        )
+def calibration_data(config, data, tokenizer, *, samples: int, seq_length: int | None, seed: int):
+    """(batches, seq_length) of calibration `data` for a `config` model (`data.calibration`), the
+    sequence length capped at the model's context; refuses bad data before any weight is loaded."""
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    seq_length = min(seq_length or DEFAULT_SEQ_LENGTH, context or DEFAULT_SEQ_LENGTH)
+    causal = get_family(config).causal
+    batches = calibration_batches(data, tokenizer, samples=samples, seq_length=seq_length, seed=seed, causal=causal)
+    return batches, seq_length
 
 
 def calibrate(
@@ -184,12 +184,9 @@ def calibrate(
     (`data.calibration`), and a record of the run. `seq_length` is capped at the model's context."""
     from .inplace import layout
 
-    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    seq_length = seq_length or DEFAULT_SEQ_LENGTH
-    if context:
-        seq_length = min(seq_length, context)
-    causal = get_family(model.config).causal
-    batches = calibration_batches(data, tokenizer, samples=samples, seq_length=seq_length, seed=seed, causal=causal)
+    batches, seq_length = calibration_data(
+        model.config, data, tokenizer, samples=samples, seq_length=seq_length, seed=seed
+    )
     moments = input_moments(model, batches, ops)
     _, layouts, _ = layout(model, ops)
     record = {

@@ -132,7 +132,7 @@ def _text(path: Path, tokenizer, samples: int, seq_length: int, rng, causal: boo
     if not windows and causal:
         raise TensorslimError(
             f"calibration data {path} holds fewer than {seq_length} tokens: not one packed sequence",
-            "pass more text or a smaller --seq-length",
+            "pass more text or a smaller --calibration-seq-length",
         )
     windows = [windows[i] for i in _sample(len(windows), samples, rng)]
     if causal:

@@ -200,7 +200,6 @@ def pooled_start(W: torch.Tensor, weights: SliceWeights, fit: Callable) -> tuple
     return {**factors, "U": U.to(W.dtype).contiguous(), "V": V.to(W.dtype).contiguous(), name: core.to(W.dtype)}, record
 
 
-
 class _Moments:
     """The damped moments of a group, deduplicated: slice i of `rows` uses K[inv[i]]."""
 

@@ -1,0 +1,139 @@
+"""Decoder compression before healing: WikiText-2 perplexity of SmolLM2-135M with 10-50% of its
+decoder-layer matrix weights removed, per method (lowrank = per-matrix SVD, shared = a basis shared
+across layers, tucker = the cross-layer bank), weight-only against data-aware (`--calibration`),
+all on the same test tokens, plus the dense model.
+
+    python benchmarks/bench_llm_compression.py [--levels 10 20 30 50] [--methods lowrank shared tucker]
+
+Calibration reads WikiText-103's validation split (disjoint from the test split scored here) once;
+`--cross` adds data-aware rows calibrated on Gutenberg books instead (does the fit overfit its
+calibration data?). Rows are appended to results/llm_compression.json as they finish, and a rerun
+skips the rows already there (`--fresh` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import logging
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tensorslim.compress.api import decompose
+from tensorslim.compress.calibration import calibrate
+from tensorslim.compress.counts import count_parameters
+from tensorslim.data.packaged_llm import smollm2_dir
+from tensorslim.evaluate.perplexity import perplexity, read_text
+
+from common import RESULTS, SHARED_DATA, emit
+
+NAME = "llm_compression"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--levels", type=int, nargs="+", default=[10, 20, 30, 50], help="%% of matrix weights removed")
+    p.add_argument("--methods", nargs="+", default=["lowrank", "shared", "tucker"])
+    p.add_argument("--modes", nargs="+", default=["weights", "data"], help="weights (weight-only), data (calibrated)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="WikiText-2 test tokens scored")
+    p.add_argument("--seq-length", type=int, default=2048)
+    p.add_argument("--calibration-samples", type=int, default=64)
+    p.add_argument("--calibration-seq-length", type=int, default=512)
+    p.add_argument("--max-iter", type=int, default=8, help="sweeps of HOOI and of the data-aware refinement")
+    p.add_argument("--cross", action="store_true", help="also calibrate on Gutenberg (tucker and lowrank at 20%%)")
+    p.add_argument("--fresh", action="store_true", help="ignore earlier rows in the JSON")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.manual_seed(0)
+
+    out = RESULTS / f"{NAME}.json"
+    rows = [] if args.fresh or not out.exists() else json.loads(out.read_text())["rows"]
+    done = {(r["method"], r["removed_%"], r["calibration"]) for r in rows}
+    directory = smollm2_dir()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    teacher = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    text = read_text(SHARED_DATA / "corpus" / "wikitext_raw" / "wiki.test.raw")
+
+    def score(model) -> dict:
+        return perplexity(model, tokenizer, text, seq_length=args.seq_length, max_tokens=args.max_tokens)
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        emit(
+            NAME,
+            rows,
+            notes=f"SmolLM2-135M, WikiText-2 test, first {args.max_tokens} tokens in windows of "
+            f"{args.seq_length}; calibration {args.calibration_samples} x {args.calibration_seq_length} tokens",
+        )
+
+    if ("dense", 0, "none") not in done:
+        result = score(teacher)
+        add(
+            {
+                "method": "dense",
+                "removed_%": 0,
+                "calibration": "none",
+                "matrix_weights": None,
+                "parameters": count_parameters(teacher)["total"],
+                "perplexity": result["perplexity"],
+                "bits_per_byte": result["bits_per_byte"],
+                "fit_s": 0.0,
+            }
+        )
+    sources = {"weights": None}
+    if "data" in args.modes:
+        sources["wikitext-valid"] = SHARED_DATA / "corpus" / "wikitext_raw" / "wiki.valid.raw"
+    if args.cross:
+        sources["gutenberg"] = SHARED_DATA / "corpus" / "gutenberg"
+    moments = {}
+    plan = [(lvl, m, src) for lvl in args.levels for m in args.methods for src in sources]
+    if args.cross:
+        plan = [(lvl, m, src) for lvl, m, src in plan if src != "gutenberg" or (lvl == 20 and m != "shared")]
+    for level, method, source in plan:
+        label = "none" if source == "weights" else source
+        if (method, level, label) in done:
+            continue
+        if source != "weights" and source not in moments:
+            moments[source] = calibrate(
+                teacher,
+                sources[source],
+                tokenizer,
+                ops="all",
+                samples=args.calibration_samples,
+                seq_length=args.calibration_seq_length,
+                seed=0,
+            )
+        student = copy.deepcopy(teacher)
+        start = time.perf_counter()
+        options = {} if method == "lowrank" else {"max_iter": args.max_iter}
+        student, record = decompose(
+            student, method, compression=level / 100, calibration=moments.get(source), **options
+        )
+        fit = time.perf_counter() - start
+        result = score(student)
+        add(
+            {
+                "method": method,
+                "removed_%": level,
+                "calibration": label,
+                "matrix_weights": record["decomposed_weights"]["student"],
+                "parameters": count_parameters(student)["total"],
+                "rank": record["rank"],
+                "layer_rank": record["layer_rank"],
+                "weight_error": record["relative_error"],
+                "calibrated_error": record["calibrated_error"],
+                "perplexity": result["perplexity"],
+                "bits_per_byte": result["bits_per_byte"],
+                "fit_s": fit,
+            }
+        )
+        del student
+        gc.collect()
+
+
+if __name__ == "__main__":
+    main()
