@@ -306,3 +306,28 @@ def test_a_loose_tucker_budget_keeps_the_full_rank_and_grows_the_bank():
     method = get_method("tucker").for_budget(groups, D, budget)
     assert method.rank == D and method.total_params(groups, D) <= budget
     assert method.with_values(layer_rank=method.layer_rank + 1).total_params(groups, D) > budget
+
+
+def test_tucker_budget_spends_on_the_mode_the_stack_needs():
+    """With the stacks known, the budget goes to a small bank when the slices are few matrices mixed,
+    and to a full bank when they are independent but low-rank: the smaller HOSVD bound each time."""
+    from tensorslim.decomposition.methods.tucker import hosvd_bound
+    from tensorslim.decomposition.slices import Group
+
+    g = torch.Generator().manual_seed(0)
+    n, D = 16, 24
+    group = {"24x24": Group("24x24", D, D, n)}
+    budget = n * D * D // 3
+    mixed = torch.einsum("nl,lab->nab", torch.randn(n, 4, generator=g), torch.randn(4, D, D, generator=g))
+    low = torch.randn(n, D, 6, generator=g) @ torch.randn(n, 6, D, generator=g)
+    method = get_method("tucker")
+    for W, expect_small_bank in ((mixed, True), (low, False)):
+        chosen = method.for_budget(group, D, budget, stacks={"24x24": W})
+        ranks = chosen.group_ranks(group["24x24"], D)
+        assert chosen.total_params(group, D) <= budget
+        assert (ranks["layer_rank"] <= n // 4) == expect_small_bank, ranks
+        others = [get_method("tucker", layer_rank=lr).for_budget(group, D, budget) for lr in (4, 8, 12, 16)]
+        bounds = [
+            hosvd_bound(W, o.side_ranks(group["24x24"], r := o.group_ranks(group["24x24"], D)), r) for o in others
+        ]
+        assert hosvd_bound(W, chosen.side_ranks(group["24x24"], ranks), ranks) <= min(bounds) + 1e-6

@@ -11,7 +11,8 @@ import torch
 from transformers import PreTrainedModel
 
 from ..decomposition.methods import Method, get_method
-from ..decomposition.weighted import weighted_error
+from ..decomposition.slices import stack
+from ..decomposition.weighted import pooled_whitened, weighted_error
 from ..errors import TensorslimError
 from ..io import atomic_dir, check_output_dir, write_json
 from ..validate import check_finite_weights
@@ -73,13 +74,8 @@ def decompose(
         if budget is not None:
             raise TensorslimError("both a budget and a compression were given", "pass one of --budget, --compression")
         budget = budget_for_compression(teacher, ops, compression)
-    if budget is not None:
-        from .inplace import layout
-
-        groups, _, _ = layout(teacher, ops)
-        if budget < 1:
-            raise TensorslimError(f"parameter budget {budget} is not positive", "pass a budget of at least 1 weight")
-        method = method.for_budget(groups, teacher.config.hidden_size, budget)
+    if budget is not None and budget < 1:
+        raise TensorslimError(f"parameter budget {budget} is not positive", "pass a budget of at least 1 weight")
     teacher_parameters = count_parameters(teacher)
     moments, calibration_record = None, None
     if isinstance(calibration, tuple):  # (moments, record) from an earlier calibrate(), reused
@@ -100,6 +96,8 @@ def decompose(
         calibration_record["damping"] = damping
     fit_start = time.perf_counter()
     weights = {n: w.damped(damping) for n, w in moments.items()} if moments else None
+    if budget is not None:
+        method = method_for_budget(teacher, method, ops, budget, weights)
     result = factorize(teacher, method, ops, weights=weights)
     result["moments"] = moments
     record = make_record(teacher, method, ops, head, result, time.perf_counter() - fit_start)
@@ -118,6 +116,19 @@ def decompose(
         record["seconds"]["total"],
     )
     return teacher, record
+
+
+def method_for_budget(model, method: Method, ops: str, budget: int, weights: dict | None) -> Method:
+    """`method` with the ranks that fit `budget`, chosen on the model's stacks (whitened by each
+    side's mean input moment for a data-aware fit)."""
+    from .inplace import layout, matrix_of
+
+    groups, layouts, found = layout(model, ops)
+    with torch.no_grad():
+        stacks = stack({key: matrix_of(module) for key, module, _ in found}, groups, layouts)
+    if weights:
+        stacks = {n: pooled_whitened(W, weights[n]) for n, W in stacks.items()}
+    return method.for_budget(groups, model.config.hidden_size, budget, stacks=stacks)
 
 
 def check_compression(compression: float) -> float:

@@ -172,6 +172,25 @@ def pcg(apply: Callable, rhs: torch.Tensor, X: torch.Tensor, precondition: Calla
 # --- block coordinate descent for shared bases (shared, tucker) ------------------------------------
 
 
+def _pooled_factors(weights: SliceWeights):
+    """Cholesky factors (La, Lb) of the mean moment of each side (None for a side without slices)."""
+    La = torch.linalg.cholesky(weights.rows_cov.double().mean(0)) if len(weights.rows_index) else None
+    Lb = torch.linalg.cholesky(weights.cols_cov.double().mean(0)) if len(weights.cols_index) else None
+    return La, Lb
+
+
+def pooled_whitened(W: torch.Tensor, weights: SliceWeights) -> torch.Tensor:
+    """La^T W_i Lb for every slice (`_pooled_factors`), in W's dtype: the stack whose weight error
+    is F when every slice of a side shares one moment."""
+    La, Lb = _pooled_factors(weights)
+    Ww = W.double()
+    if La is not None:
+        Ww = La.T @ Ww
+    if Lb is not None:
+        Ww = Ww @ Lb
+    return Ww.to(W.dtype)
+
+
 def pooled_start(W: torch.Tensor, weights: SliceWeights, fit: Callable) -> tuple[dict[str, torch.Tensor], dict]:
     """The weight-only fit of W whitened by the mean moment of each side, mapped back: the optimum
     of F when all slices of a side share one moment, and the start of `refine` otherwise.
@@ -180,14 +199,8 @@ def pooled_start(W: torch.Tensor, weights: SliceWeights, fit: Callable) -> tuple
     Lb^T: mean columns moment; identity for a side without slices). U = La^-T U', V = V' Lb^-1,
     each re-orthonormalised with its triangular factor moved into the cores.
     """
-    La = torch.linalg.cholesky(weights.rows_cov.double().mean(0)) if len(weights.rows_index) else None
-    Lb = torch.linalg.cholesky(weights.cols_cov.double().mean(0)) if len(weights.cols_index) else None
-    Ww = W.double()
-    if La is not None:
-        Ww = La.T @ Ww
-    if Lb is not None:
-        Ww = Ww @ Lb
-    factors, record = fit(Ww.to(W.dtype))
+    La, Lb = _pooled_factors(weights)
+    factors, record = fit(pooled_whitened(W, weights))
     U, V = factors["U"].double(), factors["V"].double()
     name = "C" if "P" in factors else "S"
     core = factors[name].double()

@@ -144,9 +144,10 @@ class Method(ABC):
     def with_values(self, **values) -> Method:
         return type(self)(**{**self.values, **values})
 
-    def for_budget(self, groups: dict[str, Group], hidden_size: int, budget: int) -> Method:
+    def for_budget(self, groups: dict[str, Group], hidden_size: int, budget: int, stacks=None) -> Method:
         """This method with the largest rank whose factors fit in `budget` weights (other options
-        as given)."""
+        as given). `stacks` ({group: (n, R, C)}, whitened for a data-aware fit) lets a method with
+        several ways to spend the budget pick the one that fits the weights best."""
         fits = [
             d for d in range(1, hidden_size + 1) if self.with_values(rank=d).total_params(groups, hidden_size) <= budget
         ]

@@ -55,12 +55,34 @@ class Tucker(Method):
     def cores(self, factors):
         return torch.einsum("nl,lab->nab", factors["P"], factors["C"])
 
-    def for_budget(self, groups, hidden_size, budget):
-        """With --rank fixed: the largest bank that fits; otherwise banks of half the slices (as
-        the paper's 72-384 student of BERT-base) and the largest rank, and if even the full rank
-        fits that way, the full rank and the largest bank."""
+    def for_budget(self, groups, hidden_size, budget, stacks=None):
+        """With --layer-rank fixed: the largest rank that fits; with --rank fixed: the largest bank.
+        With neither and the group `stacks` known: of the banks of n, 3n/4, n/2 and n/4 slices, each
+        with the largest rank that fits, the one with the smallest HOSVD error bound (the discarded
+        energy of the three unfoldings, summed over groups). Without stacks: banks of half the slices
+        (the paper's 72-384 student of BERT-base) and the largest rank, and if even the full rank fits
+        that way, the full rank and the largest bank."""
         if self.layer_rank is not None:
             return super().for_budget(groups, hidden_size, budget)
+        if self.rank is None and stacks is not None:
+            largest = max(g.num_slices for g in groups.values())
+            candidates = []
+            for share in (1, 0.75, 0.5, 0.25):
+                try:
+                    candidates.append(
+                        self.with_values(layer_rank=max(1, round(share * largest))).for_budget(
+                            groups, hidden_size, budget
+                        )
+                    )
+                except TensorslimError:
+                    continue
+            if not candidates:
+                unmeetable(self.name, budget, self.with_values(rank=1, layer_rank=1).total_params(groups, hidden_size))
+            bound = lambda m: sum(  # noqa: E731
+                hosvd_bound(stacks[n], self.side_ranks(g, m.group_ranks(g, hidden_size)), m.group_ranks(g, hidden_size))
+                for n, g in groups.items()
+            )
+            return min(candidates, key=bound)
         if self.rank is None:
             found = super().for_budget(groups, hidden_size, budget)
             if found.rank < hidden_size:
@@ -75,3 +97,20 @@ class Tucker(Method):
         if not fits:
             unmeetable(self.name, budget, self.with_values(layer_rank=1).total_params(groups, hidden_size))
         return self.with_values(layer_rank=max(fits))
+
+
+def hosvd_bound(W: torch.Tensor, sides: tuple[int, int], ranks: dict[str, int]) -> float:
+    """Upper bound on ||W - W_hat||^2 of the truncated HOSVD of W (n, R, C) at ranks (l, r1, r2): the
+    energy beyond each mode's rank in its unfolding's spectrum, summed over the modes."""
+    n, R, C = W.shape
+    W = W.float()
+    grams = (
+        W.reshape(n, -1) @ W.reshape(n, -1).T,
+        (lambda f: f @ f.T)(W.transpose(0, 1).reshape(R, -1)),
+        (lambda f: f.T @ f)(W.reshape(-1, C)),
+    )
+    bound = 0.0
+    for gram, rank in zip(grams, (ranks["layer_rank"], *sides)):
+        eig = torch.linalg.eigvalsh(gram.double()).flip(0).clamp_min(0)
+        bound += eig[rank:].sum().item()
+    return bound
