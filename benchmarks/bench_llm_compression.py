@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tensorslim.compress.api import decompose
 from tensorslim.compress.calibration import calibrate
 from tensorslim.compress.counts import count_parameters
-from tensorslim.data.packaged_llm import smollm2_dir
+from tensorslim.data.packaged_llm import cache_dir, smollm2_dir
 from tensorslim.evaluate.perplexity import perplexity, read_text
 
 from common import RESULTS, SHARED_DATA, emit
@@ -98,15 +98,21 @@ def main() -> None:
         if (method, level, label) in done:
             continue
         if source != "weights" and source not in moments:
-            moments[source] = calibrate(
-                teacher,
-                sources[source],
-                tokenizer,
-                ops="all",
-                samples=args.calibration_samples,
-                seq_length=args.calibration_seq_length,
-                seed=0,
-            )
+            # one pass of the teacher per source, kept between runs of the benchmark
+            cache = cache_dir() / f"moments-{source}-{args.calibration_samples}x{args.calibration_seq_length}.pt"
+            if cache.exists():
+                moments[source] = torch.load(cache, weights_only=False)
+            else:
+                moments[source] = calibrate(
+                    teacher,
+                    sources[source],
+                    tokenizer,
+                    ops="all",
+                    samples=args.calibration_samples,
+                    seq_length=args.calibration_seq_length,
+                    seed=0,
+                )
+                torch.save(moments[source], cache)
         student = copy.deepcopy(teacher)
         start = time.perf_counter()
         options = {} if method == "lowrank" else {"max_iter": args.max_iter}

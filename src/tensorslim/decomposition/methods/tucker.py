@@ -58,8 +58,9 @@ class Tucker(Method):
     def for_budget(self, groups, hidden_size, budget, stacks=None):
         """With --layer-rank fixed: the largest rank that fits; with --rank fixed: the largest bank.
         With neither and the group `stacks` known: of the banks of n, 3n/4, n/2 and n/4 slices, each
-        with the largest rank that fits, the one with the smallest HOSVD error bound (the discarded
-        energy of the three unfoldings, summed over groups). Without stacks: banks of half the slices
+        with the largest rank that fits (and the largest bank once that rank is full), the one with
+        the smallest HOSVD error bound (the discarded energy of the three unfoldings, summed over
+        groups). Without stacks: banks of half the slices
         (the paper's 72-384 student of BERT-base) and the largest rank, and if even the full rank fits
         that way, the full rank and the largest bank."""
         if self.layer_rank is not None:
@@ -69,13 +70,14 @@ class Tucker(Method):
             candidates = []
             for share in (1, 0.75, 0.5, 0.25):
                 try:
-                    candidates.append(
-                        self.with_values(layer_rank=max(1, round(share * largest))).for_budget(
-                            groups, hidden_size, budget
-                        )
+                    found = self.with_values(layer_rank=max(1, round(share * largest))).for_budget(
+                        groups, hidden_size, budget
                     )
                 except TensorslimError:
                     continue
+                if found.rank == hidden_size:  # full rank: spend the rest on the bank
+                    found = found.with_values(layer_rank=None).for_budget(groups, hidden_size, budget)
+                candidates.append(found)
             if not candidates:
                 unmeetable(self.name, budget, self.with_values(rank=1, layer_rank=1).total_params(groups, hidden_size))
             bound = lambda m: sum(  # noqa: E731
