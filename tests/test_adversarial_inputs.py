@@ -80,6 +80,7 @@ TASK = [
     OUT,
     *TRAINING,
 ]
+EXPORT = ["export", "--model", x(S), "--format", "onnx", "--out", OUT]
 EVALUATE = ["evaluate", "--model", x(F), "--task", "SST-2", "--glue-dir", x(G), "--out", OUT]
 REPORT = ["report", "--model", x(S), "--teacher", x(T), "--seconds", "0.1", "--json", ("file", "report.json")]
 AUGMENT = ["augment", "--task", "SST-2", "--glue-dir", ("glue-copy",), "--glove", x(GL)]
@@ -191,6 +192,22 @@ CASES = [
     case("evaluate-model-truncated", EVALUATE, [], "cannot load the weights", {x(F): dmg(F, "truncated")}),
     case("evaluate-out-is-file", EVALUATE, [], "is a file", {OUT: x(C)}),
     case("evaluate-task-unknown", EVALUATE, [], "unknown GLUE task", {"SST-2": "SST-3"}),
+    # export
+    case("export-model-not-a-model", EXPORT, [], "has no config.json", {x(S): x(P)}),
+    case("export-model-missing", EXPORT, [], "does not exist", {x(S): "/nonexistent/model"}),
+    case("export-model-is-file", EXPORT, [], "is a file", {x(S): x(C)}),
+    case("export-model-bad-config", EXPORT, [], "cannot read", {x(S): dmg(S, "config")}),
+    case("export-model-truncated", EXPORT, [], "cannot load the weights", {x(S): dmg(S, "truncated")}),
+    case("export-model-nan", EXPORT, [], ("NaN", "tensorslim_factors"), {x(S): dmg(S, "nan")}),
+    case("export-format-unknown", EXPORT, [], ("invalid choice: 'tflite'", "onnx", "dense"), {"onnx": "tflite"}),
+    case("export-format-missing", ["export", "--model", x(S), "--out", OUT], [], "required: --format"),
+    case("export-opset-too-low", EXPORT, ["--opset", "9"], ("--opset 9 is out of range", "from 18")),
+    case("export-opset-unknown", EXPORT, ["--opset", "99"], "--opset 99 is out of range"),
+    case(
+        "export-opset-with-dense", EXPORT, ["--opset", "18"], "--opset applies to --format onnx only", {"onnx": "dense"}
+    ),
+    case("export-tolerance-0", EXPORT, ["--tolerance", "0"], "--tolerance 0.0 is out of range"),
+    case("export-tolerance-nan", EXPORT, ["--tolerance", "nan"], "--tolerance nan is out of range"),
     # report
     case("report-device-cuda", REPORT, ["--device", "cuda"], "no CUDA GPU"),
     case("report-device-unknown", REPORT, ["--device", "gpu0"], "device"),

@@ -102,6 +102,7 @@ def writer_args(command: str, w: dict, out) -> list:
             *TRAIN,
         ],
         "demo": ["demo", "--out", out, "--teacher", w["teacher"], *tiny_demo],
+        "export": ["export", "--model", w["student"], "--format", "dense", "--out", out],
         "sweep": [
             "sweep",
             "--teacher",
@@ -133,6 +134,7 @@ INPUTS = {
     "distill task": ["finetuned", "student", "glue"],
     "demo": ["teacher", "glue"],
     "sweep": ["finetuned", "glue", "pregen"],
+    "export": ["student"],
 }
 WRITERS = list(INPUTS)
 #: Another command's output that `command` must not take over.
@@ -144,6 +146,7 @@ OTHER = {
     "distill task": "student",
     "demo": "finetuned",
     "sweep": "student",
+    "export": "finetuned",
 }
 
 

@@ -30,6 +30,7 @@ COMMANDS = [
     "finetune",
     "augment",
     "evaluate",
+    "export",
     "report",
     "demo",
     "sweep",
@@ -42,7 +43,18 @@ COMMANDS = [
 def test_help_lists_every_command_in_a_fresh_interpreter():
     result = run_plain(["--help"])
     assert result.code == 0 and "Traceback" not in result.stderr
-    for name in ("pregenerate", "decompose", "distill", "finetune", "augment", "evaluate", "report", "demo", "sweep"):
+    for name in (
+        "pregenerate",
+        "decompose",
+        "distill",
+        "finetune",
+        "augment",
+        "evaluate",
+        "export",
+        "report",
+        "demo",
+        "sweep",
+    ):
         assert f"    {name}" in result.stdout, result.stdout
 
 
@@ -102,6 +114,20 @@ def test_decompose_replaces_its_own_output_and_overwrite_names_what_it_deletes(c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "student"]  # nothing left beside
 
 
+def test_export_replaces_its_own_export_and_keeps_a_failed_ones_predecessor(cli, world, tmp_path):
+    out = tmp_path / "export"
+    assert cli("export", "--model", world.student, "--format", "onnx", "--out", out).code == 0
+    assert json.loads((out / "export.json").read_text())["format"] == "onnx" and (out / "model.onnx").is_file()
+    first = snapshot(out)
+    result = cli("export", "--model", world.student, "--format", "onnx", "--out", out, "--tolerance", "1e-30")
+    assert_clean_failure(result, ("differs from the model by", "nothing was written"))
+    assert snapshot(out) == first  # a check that failed left the earlier export as it was
+    result = cli("export", "--model", world.student, "--format", "dense", "--out", out)  # its own output: replaced
+    assert result.code == 0, str(result)
+    assert json.loads((out / "export.json").read_text())["format"] == "dense" and not (out / "model.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # nothing left beside
+
+
 # ------------------------------------------------------------------------------ full and read-only disks
 
 
@@ -131,7 +157,7 @@ def on_small_disk(runner: CliRunner, mount: Path, size: str, args: list, before:
 FILL = "dd if=/dev/zero of=filler bs=4k 2>/dev/null; true"  # fill the disk to the last block
 
 
-@pytest.mark.parametrize("command", ["decompose", "pregenerate", "evaluate", "report", "finetune"])
+@pytest.mark.parametrize("command", ["decompose", "pregenerate", "evaluate", "report", "finetune", "export"])
 def test_full_disk_is_one_message_and_keeps_the_earlier_output(ns_cli, world, tmp_path, command):
     disk = tmp_path / "disk"
     out = disk / "out"
@@ -177,6 +203,7 @@ def test_full_disk_is_one_message_and_keeps_the_earlier_output(ns_cli, world, tm
             "32",
             *TRAIN,
         ],
+        "export": ["export", "--model", world.student, "--format", "onnx", "--out", out],
     }[command]
     # decompose: an earlier student of 4 MB fills most of the disk, so the new one cannot be saved
     before = (
@@ -186,7 +213,7 @@ def test_full_disk_is_one_message_and_keeps_the_earlier_output(ns_cli, world, tm
         if command in ("evaluate", "report")
         else "true"
     )
-    size = {"decompose": "6m", "finetune": "3m"}.get(command, "64k")
+    size = {"decompose": "6m", "finetune": "3m", "export": "1m"}.get(command, "64k")
     inputs = {str(p): snapshot(p) for p in world.inputs()}
     result, listing = on_small_disk(ns_cli, disk, size, args, before)
     assert_clean_failure(result, ("No space left on device", "free disk space"))

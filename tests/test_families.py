@@ -172,3 +172,38 @@ def test_classifier_predictions_of_the_evaluation_path_equal_its_export(model_ty
     theirs = predict(export_dense(student), data, tokenizer, batch_size=3)
     assert ours.shape == (4, student.config.num_labels)
     torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(theirs), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", list(TINY))
+def test_onnx_export_runs_in_onnxruntime_as_the_student(model_type, tmp_path):
+    """`tensorslim export --format onnx` of a student (an encoder's classifier; a decoder's causal LM with
+    its KV cache), which checks itself on several shapes; the test feeds the file once more itself."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from tensorslim.compress.api import decompose_to_dir
+    from tensorslim.compress.export import export_to_dir
+
+    head = "causal_lm" if model_type in DECODERS else "sequence_classification"
+    tiny_model(model_type, head).save_pretrained(tmp_path / "teacher")
+    tiny_tokenizer().save_pretrained(tmp_path / "teacher")
+    decompose_to_dir(tmp_path / "teacher", tmp_path / "student", "tucker", rank=12, layer_rank=3)
+    record = export_to_dir(tmp_path / "student", tmp_path / "onnx", "onnx")
+    assert record["check"]["max_abs_diff"] <= 1e-4
+    assert any(name.startswith("past.") for name in record["inputs"]) == (model_type in DECODERS)
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = tiny_inputs(batch=2, length=11, pad=model_type not in DECODERS)
+    feed = {}
+    for spec in session.get_inputs():
+        if spec.name.startswith("past."):  # an empty cache: (batch, heads, 0, head dim)
+            feed[spec.name] = np.zeros((2, spec.shape[1], 0, spec.shape[3]), np.float32)
+        elif spec.name == "position_ids":
+            feed[spec.name] = np.tile(np.arange(11), (2, 1))
+        elif spec.name == "token_type_ids":
+            feed[spec.name] = np.zeros((2, 11), np.int64)
+        else:
+            feed[spec.name] = inputs[spec.name].numpy()
+    logits = session.run(["logits"], feed)[0]
+    torch.testing.assert_close(
+        torch.from_numpy(logits), output(load_model(tmp_path / "student"), inputs), atol=1e-4, rtol=0
+    )

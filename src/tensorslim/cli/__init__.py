@@ -17,7 +17,18 @@ import sys
 
 from ..errors import TensorslimError
 
-COMMANDS = ["pregenerate", "decompose", "distill", "finetune", "augment", "evaluate", "report", "demo", "sweep"]
+COMMANDS = [
+    "pregenerate",
+    "decompose",
+    "distill",
+    "finetune",
+    "augment",
+    "evaluate",
+    "export",
+    "report",
+    "demo",
+    "sweep",
+]
 
 #: errno values meaning the output cannot be written where it was asked to go.
 DISK_ERRORS = {

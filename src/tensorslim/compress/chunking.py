@@ -5,7 +5,8 @@ A student's projections are many smaller products; on a CPU a whole batch's FFN 
 call and they fall out of cache between products. Running the base model on groups of at most
 `inference_chunk_tokens` tokens (whole sequences; at least one) gives the same outputs while they
 stay small (measurements: docs/results.md). Only encoders, only on the CPU without gradients:
-training, GPUs and decoders (whose KV cache is per batch) always run the whole batch.
+training, GPUs and decoders (whose KV cache is per batch) always run the whole batch, and so does a
+graph being captured (`torch.compile`, exports: the group count depends on the input's shape).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from contextvars import ContextVar
 
 import torch
 from torch import nn
+
+from .factored import tracing
 
 ATTR = "_tensorslim_chunk_tokens"
 _off: ContextVar[bool] = ContextVar("tensorslim_chunking_off", default=False)
@@ -60,7 +63,8 @@ def _chunked_forward(self: nn.Module, *args, **kwargs):
         ids = kwargs.get("inputs_embeds")
     forward = type(self).forward
     if (
-        ids is None
+        tracing()
+        or ids is None
         or ids.dim() < 2
         or ids.device.type != "cpu"
         or torch.is_grad_enabled()

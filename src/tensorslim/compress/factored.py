@@ -17,6 +17,11 @@ and x A is computed once for all the modules that read the same x with the same 
 gate and up). Without a shared basis (lowrank) each block has its own A and B. Products that do not
 depend on x (S = P C, M B) are built once per forward; under torch.no_grad they are kept across
 forwards until a factor changes (tensor version counters).
+
+While a graph is captured (`torch.compile`, `torch.export`, `torch.onnx.export`, `torch.jit.trace`;
+see `tracing`) none of these Python-side caches is read or written: the graph computes every
+product itself, and the compiler or runtime folds and deduplicates them (ONNX Runtime folds the
+products of factors, which are constant initializers, when it loads the model).
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ from torch import nn
 
 from ..decomposition.methods import Method
 from ..decomposition.slices import Group, ModuleLayout, assemble
+
+
+def tracing() -> bool:
+    """Whether a graph is being captured (torch.compile / torch.export / ONNX export / jit.trace):
+    the forward must then be a pure function of its inputs and parameters."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def affine(h: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -69,6 +80,8 @@ class FactorBank(nn.Module):
     def begin_forward(self, module: nn.Module, *_) -> None:
         """Keep cached products only without gradients and while no factor has changed; reuse
         products and x A within a forward unless gradient checkpointing will recompute the layers."""
+        if tracing():  # nothing cached while a graph is captured (see `tracing`)
+            return
         self._inputs = {}
         # layers recomputed in the backward pass must recompute everything they computed the first time
         self.reuse = not (
@@ -82,10 +95,11 @@ class FactorBank(nn.Module):
             self._memo, self._memo_key = {}, key
 
     def end_forward(self, *_) -> None:
-        self._inputs = {}
+        if not tracing():
+            self._inputs = {}
 
     def memo(self, key, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if not self.reuse:
+        if not self.reuse or tracing():
             return build()
         if key not in self._memo:
             self._memo[key] = build()
@@ -103,11 +117,11 @@ class FactorBank(nn.Module):
         U, V = self.groups[group].U, self.groups[group].V
         if index is not None:
             U, V = U[index], V[index]
-        return (V.mT, U.mT) if transposed else (U, V)
+        return (V.transpose(-2, -1), U.transpose(-2, -1)) if transposed else (U, V)
 
     def shared_input(self, key, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         """x @ A, computed once for the modules of one forward that read the same x with the same A."""
-        if not self.reuse:
+        if not self.reuse or tracing():
             return x @ A
         version = -1 if x.is_inference() else x._version  # inference tensors have no version counter
         hit = self._inputs.get(key)
@@ -153,7 +167,10 @@ class FactoredProjection(nn.Module):
         return {**self.__dict__, "_index": {}}
 
     def index(self, device: torch.device) -> torch.Tensor:
-        """The slice indices as a tensor on `device` (made once per device)."""
+        """The slice indices as a tensor on `device` (made once per device; a constant of the graph
+        when one is captured)."""
+        if tracing():
+            return torch.tensor(self.slice_ids, device=device)
         if device not in self._index:
             self._index[device] = torch.tensor(self.slice_ids, device=device)
         return self._index[device]
@@ -161,7 +178,7 @@ class FactoredProjection(nn.Module):
     def _middles(self) -> torch.Tensor:
         S = self.bank.cores(self.layout.group)
         S = S[self.index(S.device)]
-        return S.mT if self.layout.transposed else S  # (g, r_in, r_out)
+        return S.transpose(-2, -1) if self.layout.transposed else S  # (g, r_in, r_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bank, group, transposed = self.bank, self.layout.group, self.layout.transposed
