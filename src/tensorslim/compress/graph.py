@@ -156,3 +156,22 @@ def max_abs_difference(names: list[str], ours, theirs) -> tuple[float, str]:
         if diff > worst:
             worst, where = diff, name
     return worst, where
+
+
+def smallest_cosine(names: list[str], ours, theirs) -> tuple[float, str]:
+    """The smallest cosine similarity between matching vectors (along the last axis: a token's hidden
+    state or logits, a sequence's logits, a head's key) of two sequences of outputs called `names`, and
+    the output it is in (two zero vectors count as equal, a NaN as opposite)."""
+    least, where = 1.0, names[0]
+    for name, a, b in zip(names, ours, theirs):
+        a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+        if a.shape != b.shape:
+            return -1.0, f"{name} (shape {tuple(a.shape)} against {tuple(b.shape)})"
+        if not a.numel():
+            continue
+        a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        both_zero = (a.norm(dim=-1) == 0) & (b.norm(dim=-1) == 0)
+        cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1).nan_to_num(nan=-1.0).masked_fill(both_zero, 1.0)
+        if cosine.min().item() < least:
+            least, where = cosine.min().item(), name
+    return least, where
