@@ -70,7 +70,7 @@ def test_a_chain_computes_the_dense_matrix_of_its_projection(model_type, head, m
             expected = xi @ module.dense_weight() + (module.bias if module.bias is not None else 0)
             torch.testing.assert_close(chained(xi), expected, atol=1e-5, rtol=1e-4)
     groups = student.base_model.tensorslim_factors.groups
-    assert (len(sides.linears) > 0) == (method != "lowrank") and len(sides.linears) <= 4 * len(groups)
+    assert (len(sides.linears) > 0) == (method != "lowrank") and len(sides.linears) <= 2 * len(groups)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +137,7 @@ def test_an_already_quantised_model_is_refused_and_nothing_is_written(tmp_path):
 
 def test_an_int8_model_below_the_cosine_is_refused_and_leaves_nothing(tmp_path):
     model_dir = student_dir(tmp_path, "bert", "sequence_classification")
-    with pytest.raises(TensorslimError, match=r"cosine similarity of 0\.9\d+ to the model in logits") as caught:
+    with pytest.raises(TensorslimError, match=r"mean cosine similarity of 0\.9\d+ to the model in logits") as caught:
         export_to_dir(model_dir, tmp_path / "int8", "int8", min_cosine=1.0)
     assert "nothing was written" in str(caught.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student", "teacher"]
@@ -149,5 +149,5 @@ def test_the_7x_minilm_student_in_int8(real_teacher_dir, tmp_path):
     student = tmp_path / "student"
     decompose_to_dir(real_teacher_dir, student, "tucker", layer_rank=72, budget=1516690)
     record = export_to_dir(student, tmp_path / "int8", "int8")
-    assert record["check"]["min_cosine"] > 0.99
+    assert record["check"]["mean_cosine"] >= 0.98
     assert record["weights_bytes"]["int8"] < record["weights_bytes"]["float32"]

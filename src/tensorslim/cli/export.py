@@ -18,7 +18,7 @@ def register(subparsers) -> None:
         "of several shapes against PyTorch. dense: the factors merged into the original class "
         "(save_pretrained; loads without tensorslim), reloaded and compared. int8: torch's dynamic int8 "
         "for CPU serving (factored projections as chains of int8 linear maps; model_int8.pt, loaded by "
-        "tensorslim.load_model), compared by cosine similarity and reloaded. The numbers go to export.json; "
+        "tensorslim.load_model), compared by mean cosine similarity and reloaded. The numbers go to export.json; "
         "an export that fails its check writes nothing.",
     )
     p.add_argument("--model", required=True, type=Path, help="model directory (a student, or a dense model)")
@@ -45,8 +45,8 @@ def register(subparsers) -> None:
         "--min-cosine",
         type=float,
         default=None,
-        help="int8: smallest cosine similarity of an output vector (a token's hidden state or logits, a "
-        f"sequence's logits) to the float model's (default: {MIN_COSINE:g})",
+        help="int8: lowest mean cosine similarity of the output vectors (a token's hidden state or logits, "
+        f"a sequence's logits) to the float model's (default: {MIN_COSINE:g})",
     )
     p.add_argument(
         "--overwrite",
@@ -69,11 +69,11 @@ def run(args) -> None:
         overwrite=args.overwrite,
     )
     check = record["check"]
-    print(f"{'batch':>6}{'sequence':>10}{'past':>6}  max abs difference  min cosine  ({check['against']})")
+    print(f"{'batch':>6}{'sequence':>10}{'past':>6}  max abs difference  cosine: mean     least  ({check['against']})")
     for case in check["cases"]:
         print(
             f"{case['batch']:>6}{case['sequence']:>10}{case['past_sequence']:>6}  "
-            f"{case['max_abs_diff']:>18.2e}  {case['min_cosine']:>10.6f}"
+            f"{case['max_abs_diff']:>18.2e}  {case['mean_cosine']:>12.6f}  {case['min_cosine']:.6f}"
         )
     if "weights_bytes" in record:
         size = record["weights_bytes"]

@@ -3,23 +3,25 @@
 channel) and quantises its input on each call (one scale per tensor); embeddings, norms, biases
 and an output layer tied to the input embeddings stay float32. docs/quantization.md says why.
 
-A `FactoredProjection` is not an nn.Linear, so `quantize` first writes each one as a chain of
-nn.Linear stages that computes the same products as its float forward (`ChainedProjection`), and
-then quantises every nn.Linear of the model in one call. Sides a method shares over a slice group
-(x A, h B) are one nn.Linear each in a `SideBank` on the base model, stored and quantised once and
-read by every projection of the group; a projection's own stage holds its blocks' middles. With
-A, M_j, B as in `factored` (x: (..., in); tiles of `block_in` inputs and `block_out` outputs):
+A `FactoredProjection` is not an nn.Linear, so `quantize` first writes each one as two nn.Linear
+stages, the input side and the rest (`ChainedProjection`), and then quantises every nn.Linear of the
+model in one call. With A, M_j, B as in `factored` (x: (..., in) in g_in tiles, G_j = M_j B):
 
-    shared, tucker:  x -> A on each input tile -> (..., g_in r_in) -> [M_j] -> (..., g_out r_out)
-                       -> B on each output tile -> (..., out) + bias
-                     [M_j] is the row [M_1 | ... | M_g] of a fan-out module, the column of a fan-in one
-    lowrank:         fan-out  x -> [A_1 | ... | A_g] -> G_j = M_j B_j on tile j
+    shared, tucker:  fan-out  x -> x A -> [G_1 | ... | G_g] + bias
+                     fan-in   x_j A on each tile j -> vstack(G_j) + bias
+    lowrank:         fan-out  x -> [A_1 | ... | A_g] -> G_j on tile j
                      fan-in   A_j on tile j -> vstack(G_j)
 
-A projection whose own stages would hold at least as many weights as its dense matrix is merged
-into an nn.Linear instead. The model is saved as a state dict (quantised tensors: torch.save, which
-safetensors cannot hold) beside config.json, whose `tensorslim_int8` entry marks it and keeps the
-decomposition section the structure is rebuilt from (`load_int8`).
+The shared A of a group is one nn.Linear in a `SideBank` on the base model, stored and quantised
+once, and x A is computed once per forward for the projections reading the same x (q, k, v). Each
+stage quantises its input, so the middles are not a stage of their own: their outputs, sums of a few
+large and many small components, would lose the small ones to one scale per tensor
+(docs/quantization.md). A projection whose own stages would hold at least as many weights as its
+dense matrix (a full input rank) is merged into an nn.Linear instead.
+
+The model is saved as a state dict (quantised tensors: torch.save; safetensors cannot hold them)
+beside config.json, whose `tensorslim_int8` entry marks it and keeps the decomposition section the
+structure is rebuilt from (`load_int8`).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def tiled(linears: Sequence[nn.Module], x: torch.Tensor, tiles: int) -> torch.Te
 
 
 class SideBank(nn.Module):
-    """The sides a group's projections share (x A, h B), one nn.Linear each, stored once; x A is
+    """The input sides (x A) groups' projections share, one nn.Linear each, stored once; x A is
     computed once per forward of the base model for the projections that read the same x."""
 
     def __init__(self):
@@ -87,9 +89,7 @@ class SideBank(nn.Module):
         if key not in self.linears:
             self.linears[key] = linear(W)
 
-    def apply(self, key: str, x: torch.Tensor, tiles: int, share: bool) -> torch.Tensor:
-        if not share:
-            return tiled([self.linears[key]], x, tiles)
+    def apply(self, key: str, x: torch.Tensor, tiles: int) -> torch.Tensor:
         version = -1 if x.is_inference() else x._version  # inference tensors have no version counter
         hit = self._inputs.get(key)
         if hit is not None and hit[0] is x and hit[1] == version:
@@ -103,8 +103,8 @@ class SideBank(nn.Module):
 
 
 class ChainedProjection(nn.Module):
-    """A FactoredProjection as linear stages, each on `tiles` equal tiles of its input: a side of the
-    bank (by key) or the module's own nn.Linear(s); then the bias (see the module docstring)."""
+    """A FactoredProjection as linear stages, each on `tiles` equal tiles of its input: an input side
+    of the bank (by key) or the module's own nn.Linear(s); then the bias (see the module docstring)."""
 
     def __init__(self, stages: list[tuple[int, str | list[nn.Linear]]], bias: torch.Tensor | None, sides: SideBank):
         super().__init__()
@@ -115,8 +115,8 @@ class ChainedProjection(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, (tiles, key, own) in enumerate(zip(self.tiles, self.side_keys, self.stages)):
-            x = self.sides.apply(key, x, tiles, share=i == 0) if key else tiled(own, x, tiles)
+        for tiles, key, own in zip(self.tiles, self.side_keys, self.stages):
+            x = self.sides.apply(key, x, tiles) if key else tiled(own, x, tiles)
         return x if self.bias is None else x + self.bias
 
 
@@ -130,22 +130,20 @@ def merged(module: FactoredProjection | Conv1D) -> nn.Linear:
 
 
 def chain(module: FactoredProjection, sides: SideBank) -> nn.Module:
-    """`module` as a ChainedProjection (shared sides added to `sides`), or merged where its own
-    stages would hold at least as many weights as its dense matrix."""
+    """`module` as a ChainedProjection (a shared input side added to `sides`), or merged where its
+    own stages would hold at least as many weights as its dense matrix."""
     bank, lay, g = module.bank, module.layout, module.g
     if bank.method.shared:
         A, B = bank.sides(lay.group, lay.transposed)  # (block_in, r_in), (r_out, block_out)
-        M = module._middles()  # (g, r_in, r_out)
-        middles = M.reshape(-1, M.shape[-1]) if module.fan_in else M.transpose(0, 1).reshape(M.shape[1], -1)
-        if middles.numel() >= module.in_features * module.out_features:
+        G = module._middles() @ B  # (g, r_in, block_out)
+        if A.shape[1] >= A.shape[0]:
             return merged(module)
         key = f"{lay.group}_{'t' if lay.transposed else 'n'}"
-        sides.add(f"{key}_in", A)
-        sides.add(f"{key}_out", B)
-        tiles_in, tiles_out = (g, 1) if module.fan_in else (1, g)
-        return ChainedProjection(
-            [(tiles_in, f"{key}_in"), (1, [linear(middles)]), (tiles_out, f"{key}_out")], module.bias, sides
-        )
+        sides.add(key, A)
+        if module.fan_in:
+            return ChainedProjection([(g, key), (1, [linear(G.reshape(-1, G.shape[-1]))])], module.bias, sides)
+        rest = linear(G.transpose(0, 1).reshape(G.shape[1], -1))
+        return ChainedProjection([(1, key), (1, [rest])], module.bias, sides)
     A, B = bank.sides(lay.group, lay.transposed, module.index(next(bank.parameters()).device))
     G = module._middles() @ B  # A (g, block_in, r), G (g, r, block_out)
     if A.numel() + G.numel() >= module.in_features * module.out_features:
