@@ -17,11 +17,15 @@ from safetensors.torch import load_file, save_file
 
 from adversarial_world import TRAIN, World
 from cli_harness import assert_clean_failure, snapshot
+from tensorslim.compress.export import export_to_dir
 
 
 def damaged(w: World, tmp: Path, name: str, how: str) -> Path:
-    """A copy of model `name` with NaN weights, truncated weights, an unreadable config, or a
-    changed training record."""
+    """A copy of model `name` with NaN weights, truncated weights, an unreadable config, a changed
+    training record, or in int8."""
+    if how == "int8":  # the model as `export --format int8` writes it
+        export_to_dir(getattr(w, name), tmp / f"{name}-int8", "int8")
+        return tmp / f"{name}-int8"
     model = w.copy(name, tmp / f"{name}-{how}")
     if how == "nan":
         weights = load_file(model / "model.safetensors")
@@ -81,6 +85,7 @@ TASK = [
     *TRAINING,
 ]
 EXPORT = ["export", "--model", x(S), "--format", "onnx", "--out", OUT]
+INT8 = {"onnx": "int8"}
 EVALUATE = ["evaluate", "--model", x(F), "--task", "SST-2", "--glue-dir", x(G), "--out", OUT]
 REPORT = ["report", "--model", x(S), "--teacher", x(T), "--seconds", "0.1", "--json", ("file", "report.json")]
 AUGMENT = ["augment", "--task", "SST-2", "--glue-dir", ("glue-copy",), "--glove", x(GL)]
@@ -208,6 +213,12 @@ CASES = [
     ),
     case("export-tolerance-0", EXPORT, ["--tolerance", "0"], "--tolerance 0.0 is out of range"),
     case("export-tolerance-nan", EXPORT, ["--tolerance", "nan"], "--tolerance nan is out of range"),
+    case("export-int8-of-int8", EXPORT, [], ("already quantised to int8", "float"), INT8 | {x(S): dmg(S, "int8")}),
+    case("export-onnx-of-int8", EXPORT, [], "already quantised to int8", {x(S): dmg(S, "int8")}),
+    case("export-int8-tolerance", EXPORT, ["--tolerance", "1e-3"], ("--tolerance applies", "--min-cosine"), INT8),
+    case("export-min-cosine-with-onnx", EXPORT, ["--min-cosine", "0.9"], "--min-cosine applies to --format int8"),
+    case("export-min-cosine-0", EXPORT, ["--min-cosine", "0"], "--min-cosine 0.0 is out of range", INT8),
+    case("export-min-cosine-above-1", EXPORT, ["--min-cosine", "1.5"], "--min-cosine 1.5 is out of range", INT8),
     # report
     case("report-device-cuda", REPORT, ["--device", "cuda"], "no CUDA GPU"),
     case("report-device-unknown", REPORT, ["--device", "gpu0"], "device"),

@@ -1,11 +1,14 @@
 """A model directory (a student, or any supported dense model) -> what a user ships: the dense model in
-its original class (`dense`) or an ONNX graph (`onnx`), each checked against the model it came from
-before it is kept, with the numbers in export.json.
+its original class (`dense`), an ONNX graph (`onnx`) or the model in dynamic int8 for CPU serving
+(`int8`, `compress.int8`), each checked against the model it came from before it is kept, with the
+numbers in export.json.
 
 ONNX goes through `torch.onnx.export` (the torch.export-based exporter) with dynamic batch and sequence
 axes (and past-sequence axes for a decoder's KV cache; see `graph`); a student exports its factored
 forward as it is. The graph is then run in ONNX Runtime on inputs of several shapes against PyTorch;
-a difference above the tolerance fails the export and nothing is written.
+a difference above the tolerance fails the export and nothing is written. int8 is checked by the mean
+cosine similarity of its output vectors (a token's hidden state or logits, a sequence's logits) to the
+float model's, and its reload must equal it exactly.
 """
 
 from __future__ import annotations
@@ -23,18 +26,30 @@ from transformers import AutoTokenizer, PreTrainedModel
 
 from ..errors import TensorslimError
 from ..io import atomic_dir, check_output_dir, write_json
-from ..validate import check_above, check_finite_weights
+from ..validate import check_above, check_finite_weights, check_fraction
 from .api import export_dense
-from .graph import CHECK_SHAPES, TRACE_SHAPE, Graph, Signature, dynamic_shapes, example_inputs, max_abs_difference
+from .graph import (
+    CHECK_SHAPES,
+    TRACE_SHAPE,
+    Graph,
+    Signature,
+    cosines,
+    dynamic_shapes,
+    example_inputs,
+    max_abs_difference,
+)
 from .graph import signature as graph_signature
 from .inplace import is_decomposed
+from .int8 import SCHEME, WEIGHTS, check_float, load_int8, quantize, save_int8
 from .loading import HEADS, infer_head, load_config, load_model, save_tokenizer
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "dense")
+FORMATS = ("onnx", "dense", "int8")
 #: largest absolute difference an export may show against the model (float32 outputs)
 TOLERANCE = 1e-4
+#: lowest mean cosine similarity an int8 model's output vectors may show against the float model's
+MIN_COSINE = 0.98
 #: the lowest opset torch.onnx writes without converting its graph
 MIN_OPSET = 18
 ONNX_FILE = "model.onnx"
@@ -42,11 +57,18 @@ RECORD = "export.json"
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 
-def check_export_settings(fmt: str, opset: int | None, tolerance: float) -> None:
-    """Refuse a format, opset or tolerance that cannot work, and missing ONNX packages, before any loading."""
+def check_export_settings(fmt: str, opset: int | None, tolerance: float | None, min_cosine: float | None) -> None:
+    """Refuse a format, opset, tolerance or cosine that cannot work, and missing ONNX packages, before any loading."""
     if fmt not in FORMATS:
         raise TensorslimError(f"unknown export format {fmt!r}", f"use one of {', '.join(FORMATS)}")
     check_above("--tolerance", tolerance, 0)
+    check_fraction("--min-cosine", min_cosine, open_low=True)
+    if fmt == "int8" and tolerance is not None:
+        raise TensorslimError(
+            "--tolerance applies to --format onnx and dense only", "int8 is checked by cosine: pass --min-cosine"
+        )
+    if fmt != "int8" and min_cosine is not None:
+        raise TensorslimError("--min-cosine applies to --format int8 only", "drop --min-cosine, or pass --format int8")
     if fmt != "onnx":
         if opset is not None:
             raise TensorslimError("--opset applies to --format onnx only", "drop --opset, or pass --format onnx")
@@ -80,22 +102,27 @@ def export_to_dir(
     fmt: str = "onnx",
     *,
     opset: int | None = None,
-    tolerance: float = TOLERANCE,
+    tolerance: float | None = None,
+    min_cosine: float | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Export the model in `model_dir` to directory `out` as `fmt` ("onnx" or "dense"), with its config,
-    tokenizer and export.json (the check's numbers); return that record. Float32 throughout."""
-    check_export_settings(fmt, opset, tolerance)
+    """Export the float model in `model_dir` to directory `out` as `fmt` ("onnx", "dense" or "int8"), with
+    its config, tokenizer and export.json (the check's numbers); return that record. onnx and dense are
+    float32 and checked to `tolerance` (default TOLERANCE), int8 to `min_cosine` (default MIN_COSINE)."""
+    check_export_settings(fmt, opset, tolerance, min_cosine)
     config = load_config(model_dir)
+    check_float(config, model_dir)
     check_output_dir(out, "export", inputs=[model_dir], overwrite=overwrite)
     check_finite_weights(model_dir)
     model = load_model(model_dir, config=config, dtype=torch.float32).eval()
     sig = graph_signature(model, tokenizer_inputs(model_dir))
     with atomic_dir(out, "export", inputs=[model_dir], overwrite=overwrite) as tmp:
         if fmt == "onnx":
-            record = write_onnx(model, sig, Path(tmp), opset, tolerance)
+            record = write_onnx(model, sig, Path(tmp), opset, TOLERANCE if tolerance is None else tolerance)
+        elif fmt == "dense":
+            record = write_dense(model, sig, Path(tmp), TOLERANCE if tolerance is None else tolerance)
         else:
-            record = write_dense(model, sig, Path(tmp), tolerance)
+            record = write_int8(model, sig, Path(tmp), MIN_COSINE if min_cosine is None else min_cosine, model_dir)
         save_tokenizer(model_dir, tmp)
         record = {
             "format": fmt,
@@ -109,13 +136,15 @@ def export_to_dir(
         write_json(Path(tmp) / RECORD, record)
     check = record["check"]
     log.info(
-        "wrote %s (%s of %s): largest difference from the model %.2e over %d input shapes (tolerance %.0e)",
+        "wrote %s (%s of %s): largest difference from the model %.2e, cosine %.6f (mean), %.6f (least) over "
+        "%d input shapes",
         out,
         fmt,
         record["architecture"],
         check["max_abs_diff"],
+        check["mean_cosine"],
+        check["min_cosine"],
         len(check["cases"]),
-        tolerance,
     )
     return record
 
@@ -164,7 +193,7 @@ def write_onnx(model: PreTrainedModel, sig: Signature, out: Path, opset: int | N
         ) from exc
     names = sig.output_names()
     run = lambda inputs: session.run(names, dict(zip(sig.input_names(), (t.numpy() for t in inputs))))  # noqa: E731
-    check = compare(model, sig, run, tolerance, f"the ONNX graph in onnxruntime {ort.__version__}")
+    check = compare(model, sig, run, f"the ONNX graph in onnxruntime {ort.__version__}", tolerance=tolerance)
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the graph holds the forward; transformers needs no loader for it
@@ -213,16 +242,50 @@ def write_dense(model: PreTrainedModel, sig: Signature, out: Path, tolerance: fl
     dense.save_pretrained(out)
     reloaded = HEADS[infer_head(model.config, model)].from_pretrained(out, dtype=torch.float32).eval()
     theirs = Graph(reloaded, sig)
-    check = compare(model, sig, lambda inputs: theirs(*inputs), tolerance, f"the reloaded {type(reloaded).__name__}")
+    check = compare(
+        model, sig, lambda inputs: theirs(*inputs), f"the reloaded {type(reloaded).__name__}", tolerance=tolerance
+    )
     return {"check": check}
+
+
+def write_int8(model: PreTrainedModel, sig: Signature, out: Path, min_cosine: float, model_dir: str | Path) -> dict:
+    """`model` in dynamic int8 (model_int8.pt + config.json, `compress.int8`) in `out`, checked against
+    `model` by cosine; its reload must give exactly the same outputs."""
+    int8 = quantize(copy.deepcopy(model))
+    save_int8(int8, out)
+    ours, reloaded = Graph(int8, sig), Graph(load_int8(out), sig)
+    same = compare(
+        int8,
+        sig,
+        lambda inputs: reloaded(*inputs),
+        "the reloaded int8 model",
+        tolerance=0.0,
+        fix=f"report it: {WEIGHTS} does not hold the model it was saved from",
+    )
+    check = compare(model, sig, lambda inputs: ours(*inputs), "the int8 model", min_cosine=min_cosine)
+    before = sum(p.stat().st_size for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin"))
+    return {
+        "scheme": SCHEME,
+        "check": check,
+        "reload": {"max_abs_diff": same["max_abs_diff"]},
+        "weights_bytes": {"float32": before, "int8": (out / WEIGHTS).stat().st_size},
+    }
 
 
 @torch.no_grad()
 def compare(
-    model: PreTrainedModel, sig: Signature, run: Callable[[tuple], Sequence], tolerance: float, what: str
+    model: PreTrainedModel,
+    sig: Signature,
+    run: Callable[[tuple], Sequence],
+    what: str,
+    *,
+    tolerance: float | None = None,
+    min_cosine: float | None = None,
+    fix: str | None = None,
 ) -> dict:
     """Run `run` (the export) and `model` on inputs of every shape of CHECK_SHAPES (those with a past
-    only for graphs with a cache); refuse a largest difference above `tolerance`."""
+    only for graphs with a cache); refuse a largest difference above `tolerance`, or a mean cosine
+    similarity of an output's vectors below `min_cosine` (whichever is given)."""
     ours = Graph(model, sig)
     names = sig.output_names()
     cases = []
@@ -230,21 +293,36 @@ def compare(
         if past and not sig.cache_layers:
             continue
         inputs = example_inputs(model, sig, batch, length, past, seed=seed)
-        diff, where = max_abs_difference(names, run(inputs), ours(*inputs))
-        cases.append({"batch": batch, "sequence": length, "past_sequence": past, "max_abs_diff": diff, "in": where})
+        theirs, expected = run(inputs), ours(*inputs)
+        diff, where = max_abs_difference(names, theirs, expected)
+        sims = cosines(names, theirs, expected)
+        least = min(sims, key=lambda name: sims[name].mean().item())
+        cases.append(
+            {"batch": batch, "sequence": length, "past_sequence": past, "max_abs_diff": diff, "in": where}
+            | {"mean_cosine": sims[least].mean().item(), "cosine_in": least}
+            | {"min_cosine": min(c.min().item() for c in sims.values())}
+        )
     worst = max(cases, key=lambda c: c["max_abs_diff"])
-    if not worst["max_abs_diff"] <= tolerance:
+    least = min(cases, key=lambda c: c["mean_cosine"])
+    shape = "(batch {batch}, sequence {sequence}, past {past_sequence})"
+    if tolerance is not None and not worst["max_abs_diff"] <= tolerance:
         raise TensorslimError(
             f"{what} differs from the model by {worst['max_abs_diff']:.3g} in {worst['in']} "
-            f"(batch {worst['batch']}, sequence {worst['sequence']}, past {worst['past_sequence']}), "
-            f"above the tolerance {tolerance:g}; nothing was written",
-            "report it with the model's family; a larger --tolerance accepts it",
+            f"{shape.format(**worst)}, above the tolerance {tolerance:g}; nothing was written",
+            fix or "report it with the model's family; a larger --tolerance accepts it",
+        )
+    if min_cosine is not None and not least["mean_cosine"] >= min_cosine:
+        raise TensorslimError(
+            f"{what} has a mean cosine similarity of {least['mean_cosine']:.4f} to the model in {least['cosine_in']} "
+            f"{shape.format(**least)}, below --min-cosine {min_cosine:g}; nothing was written",
+            fix or "the model does not survive int8; a smaller --min-cosine accepts it",
         )
     return {
         "against": what,
-        "dtype": "float32",
-        "tolerance": tolerance,
+        **({"tolerance": tolerance} if tolerance is not None else {"min_cosine_allowed": min_cosine}),
         "max_abs_diff": worst["max_abs_diff"],
+        "mean_cosine": least["mean_cosine"],
+        "min_cosine": min(c["min_cosine"] for c in cases),
         "cases": cases,
     }
 

@@ -156,3 +156,19 @@ def max_abs_difference(names: list[str], ours, theirs) -> tuple[float, str]:
         if diff > worst:
             worst, where = diff, name
     return worst, where
+
+
+def cosines(names: list[str], ours, theirs) -> dict[str, torch.Tensor]:
+    """Per output of two sequences of outputs called `names`, the cosine similarity of each pair of
+    matching vectors along the last axis (a token's hidden state or logits, a sequence's logits, a
+    head's key); two zero vectors count as equal, a NaN or a shape mismatch as opposite."""
+    found = {}
+    for name, a, b in zip(names, ours, theirs):
+        a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+        if a.shape != b.shape:
+            found[name] = torch.tensor([-1.0], dtype=torch.float64)
+        elif a.numel():
+            a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+            zero = (a.norm(dim=-1) == 0) & (b.norm(dim=-1) == 0)
+            found[name] = torch.nn.functional.cosine_similarity(a, b, dim=-1).nan_to_num(nan=-1.0).masked_fill(zero, 1)
+    return found

@@ -248,6 +248,14 @@ def merge(model: PreTrainedModel) -> PreTrainedModel:
             if module.bias is not None:
                 dense.bias.copy_(module.bias)
             set_path(layer, proj.path, dense.to(device=M.device, dtype=dtype))
+    detach_bank(model)
+    return model
+
+
+def detach_bank(model: PreTrainedModel) -> None:
+    """Remove the bank, its hooks, the chunked forward and the decomposition section, once no
+    projection reads the bank any more (after `merge`, or int8's conversion)."""
+    base, bank = model.base_model, bank_of(model)
     for hooks in (base._forward_pre_hooks, base._forward_hooks):
         for key, hook in list(hooks.items()):
             if getattr(hook, "__self__", None) is bank:
@@ -259,4 +267,3 @@ def merge(model: PreTrainedModel) -> PreTrainedModel:
             delattr(model, attr)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    return model

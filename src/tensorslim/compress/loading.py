@@ -20,6 +20,7 @@ from transformers import (
 from ..data.gguf import conversion_fix, gguf_in
 from ..errors import TensorslimError
 from ..families import get_family
+from .section import int8_entry
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,13 @@ def check_head(head: str) -> str:
 
 def load_model(path: str | Path, head: str = "auto", **kwargs) -> PreTrainedModel:
     """Load a teacher or student directory with the Auto class of `head`, verifying its weights:
-    every weight of the base model (all but a new head and pooler) must come from the file."""
+    every weight of the base model (all but a new head and pooler) must come from the file. An int8
+    directory (`compress.int8`) loads as the int8 model it holds (on the CPU; `kwargs` unused)."""
     config = kwargs.pop("config", None) or load_config(path)
+    if int8_entry(config) is not None:  # `tensorslim export --format int8` wrote it
+        from .int8 import load_int8
+
+        return load_int8(path, head, config)
     head = check_head(infer_head(config) if head == "auto" else head)
     try:
         model, info = HEADS[head].from_pretrained(path, config=config, output_loading_info=True, **kwargs)

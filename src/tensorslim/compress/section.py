@@ -27,6 +27,7 @@ from transformers.quantizers.auto import (
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 SECTION = "tensorslim"
+INT8 = "tensorslim_int8"  # config.json's entry of an int8 model (`compress.int8`)
 
 
 @dataclass
@@ -63,6 +64,11 @@ def section_of(config) -> DecompositionConfig | None:
     if isinstance(q, dict) and q.get("quant_method") == SECTION:
         return DecompositionConfig.from_dict(q)
     return None
+
+
+def int8_entry(config) -> dict | None:
+    """The int8 entry of a model config (None: a float model)."""
+    return getattr(config, INT8, None)
 
 
 class DecompositionLoader(HfQuantizer):
