@@ -46,11 +46,12 @@ def main() -> None:
     p.add_argument("--max-iter", type=int, default=8, help="sweeps of HOOI and of the data-aware refinement")
     p.add_argument("--cross", action="store_true", help="also calibrate on Gutenberg (tucker and lowrank at 20%%)")
     p.add_argument("--fresh", action="store_true", help="ignore earlier rows in the JSON")
+    p.add_argument("--name", default=NAME, help="results/<name>.json (runs side by side write different files)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(0)
 
-    out = RESULTS / f"{NAME}.json"
+    out = RESULTS / f"{args.name}.json"
     rows = [] if args.fresh or not out.exists() else json.loads(out.read_text())["rows"]
     done = {(r["method"], r["removed_%"], r["calibration"]) for r in rows}
     directory = smollm2_dir()
@@ -64,7 +65,7 @@ def main() -> None:
     def add(row: dict) -> None:
         rows.append(row)
         emit(
-            NAME,
+            args.name,
             rows,
             notes=f"SmolLM2-135M, WikiText-2 test, first {args.max_tokens} tokens in windows of "
             f"{args.seq_length}; calibration {args.calibration_samples} x {args.calibration_seq_length} tokens",

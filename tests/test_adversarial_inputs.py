@@ -69,6 +69,7 @@ DECOMPOSE = ["decompose", "--teacher", x(T), "--out", OUT]
 PREGEN = ["pregenerate", "--corpus", x(C), "--tokenizer", x(T), "--out", OUT, "--docs-per-shard", "2"]
 FINETUNE = ["finetune", "--model", x(T), "--task", "SST-2", "--glue-dir", x(G), "--out", OUT, *TRAINING]
 GENERAL = ["distill", "general", "--teacher", x(T), "--student", x(S), "--data", x(P), "--out", OUT, *TRAINING]
+GENERAL_TEXT = ["distill", "general", "--teacher", x(T), "--student", x(S), "--corpus", x(C), "--out", OUT, *TRAINING]
 TASK = [
     "distill",
     "task",
@@ -173,6 +174,12 @@ CASES = [
     case("general-config-unreadable", GENERAL, ["--distill-config", ("file", "bad.json")], "bad.json"),
     case("general-max-train-samples-0", GENERAL, ["--max-train-samples", "0"], "--max-train-samples 0"),
     case("general-layer-map-unknown", GENERAL, ["--layer-map", "first"], "invalid choice"),
+    case("general-data-and-corpus", GENERAL_TEXT, ["--data", x(P)], "not allowed with argument"),
+    case("general-seq-length-with-data", GENERAL, ["--seq-length", "16"], "go with --corpus"),
+    case("general-corpus-missing", GENERAL_TEXT, [], "does not exist", {x(C): "/nonexistent/corpus.txt"}),
+    case("general-corpus-too-short", GENERAL_TEXT, [], "fewer than 128 tokens", {x(C): ("file", "short.txt")}),
+    case("general-seq-length-huge", GENERAL_TEXT, ["--seq-length", "100000"], "out of range for this model"),
+    case("general-seq-length-0", GENERAL_TEXT, ["--seq-length", "0"], "--seq-length 0 is out of range"),
     # distill task
     case("task-teacher-not-classifier", TASK, [], "has no classification head", {x(F): x(T)}),
     case("task-teacher-other-task", TASK, [], "was trained on CoLA", {x(F): dmg(F, "cola")}),
@@ -317,6 +324,8 @@ def resolve(args: list, w: World, tmp: Path) -> list[str]:
             path = tmp / a[1]
             if a[1] == "empty.txt":
                 path.write_text("\n\n")
+            elif a[1] == "short.txt":
+                path.write_text("Too short for one sequence.\n")
             elif a[1] == "bad.json":
                 path.write_text("{ losses: [")
             out.append(str(path))

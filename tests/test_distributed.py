@@ -168,3 +168,18 @@ def test_general_distillation_two_workers_match_one(tmp_path, tokenizer):
     run([*base, "--out", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], 1, tmp_path)
     run([*base, "--out", str(tmp_path / "two"), "--per_device_train_batch_size", "4"], 2, tmp_path)
     compare(tmp_path / "one", tmp_path / "two")
+
+
+def test_causal_lm_healing_two_workers_match_one(tmp_path):
+    """A decomposed tiny Llama healed on packed text (token KL): 2 DDP workers = 1 process."""
+    from tensorslim.compress.api import decompose_to_dir
+    from test_distill_llm import save_llama, write_text
+
+    teacher = save_llama(tmp_path / "teacher", initializer_range=0.2)
+    decompose_to_dir(teacher, tmp_path / "student", method="tucker", rank=16, layer_rank=2)
+    corpus = write_text(tmp_path / "corpus.txt", 40)
+    base = ["distill", "general", "--teacher", str(teacher), "--student", str(tmp_path / "student")]
+    base += ["--corpus", str(corpus), "--seq-length", "16", "--max-train-samples", "32", *COMMON]
+    run([*base, "--out", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], 1, tmp_path)
+    run([*base, "--out", str(tmp_path / "two"), "--per_device_train_batch_size", "4"], 2, tmp_path)
+    compare(tmp_path / "one", tmp_path / "two")

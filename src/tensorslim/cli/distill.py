@@ -22,6 +22,7 @@ def _common(p) -> None:
 
 
 def register(subparsers) -> None:
+    from ..train.general import DEFAULT_SEQ_LENGTH
     from ..train.recipes import GENERAL_TRAINING, TASK_EPOCHS, TASK_TRAINING
 
     parser = subparsers.add_parser(
@@ -35,15 +36,40 @@ def register(subparsers) -> None:
         "general",
         allow_abbrev=False,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="general distillation on pregenerated unlabeled text",
-        description="General distillation (the paper's): MSE on the last layer's pre-softmax attention scores "
-        "(padded keys zeroed) + MSE on the last layer's hidden states, no MLM loss. Defaults: "
+        help="general distillation on unlabeled text (pregenerated, or plain text for causal LMs)",
+        description="General distillation. Encoders (the paper's): MSE on the last layer's pre-softmax attention "
+        "scores (padded keys zeroed) + MSE on the last layer's hidden states, no MLM loss, on pregenerated data. "
+        "Causal LMs (healing): KL of the student's next-token distribution to the teacher's at --temperature, on "
+        "plain text packed into --seq-length sequences. --distill-config chooses any other objective. Defaults: "
         + ", ".join(f"{k}={v}" for k, v in GENERAL_TRAINING.items())
-        + ", max length 128.",
+        + ".",
     )
     _common(g)
-    g.add_argument("--data", required=True, type=Path, help="pregenerated data directory (tensorslim pregenerate)")
+    data = g.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", type=Path, default=None, help="pregenerated data directory (tensorslim pregenerate)")
+    data.add_argument(
+        "--corpus",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="plain-text files or directories packed into --seq-length token sequences (documents joined in "
+        "order, each ended by the tokenizer's end-of-sequence token)",
+    )
     g.add_argument("--eval-data", type=Path, default=None, help="held-out pregenerated data for evaluation")
+    g.add_argument("--eval-corpus", nargs="+", type=Path, default=None, metavar="PATH", help="held-out text (--corpus)")
+    g.add_argument(
+        "--seq-length",
+        type=int,
+        default=None,
+        help=f"tokens per packed --corpus sequence (unset: {DEFAULT_SEQ_LENGTH}, or the model's context if shorter)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="softmax temperature of logits terms; unset: 1.0 or --distill-config",
+    )
     g.add_argument(
         "--layer-map",
         choices=["last", "uniform"],
@@ -82,10 +108,11 @@ def register(subparsers) -> None:
 def run_general(args) -> None:
     from ..distill.config import make_config, read_config_file
     from ..train import distill_general, recipes
+    from ..train.general import default_objective
     from ..train.run_dir import CHECKPOINTS
     from .flags import parse_training_args
 
-    config = recipes.general_objective()
+    config = default_objective(args.teacher)
     if args.distill_config:
         config = make_config(read_config_file(args.distill_config), config, str(args.distill_config))
     overrides = {}
@@ -93,6 +120,8 @@ def run_general(args) -> None:
         overrides["layer_map"] = args.layer_map
     if args.embedding_loss and "embedding" not in config.losses:
         overrides["losses"] = [*config.losses, "embedding"]
+    if args.temperature is not None:
+        overrides["temperature"] = args.temperature
     config = make_config(overrides, config, "flags")
     training = parse_training_args(args.extra, args.out / CHECKPOINTS, recipes.GENERAL_TRAINING)
     distill_general(
@@ -102,7 +131,10 @@ def run_general(args) -> None:
         args.out,
         training,
         config,
+        corpus=args.corpus,
+        seq_length=args.seq_length,
         eval_data=args.eval_data,
+        eval_corpus=args.eval_corpus,
         max_train_samples=args.max_train_samples,
         pad_to_max_length=args.pad_to_max_length,
         resume=args.resume,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..compress.loading import infer_head
 from ..errors import TensorslimError
 from ..families import get_family, layers_of
 from .attention import capture_scores
@@ -74,8 +75,50 @@ def _accepts_token_types(model: nn.Module) -> bool:
     return "token_type_ids" in inspect.signature(_unwrap(model).forward).parameters
 
 
-def freeze(teacher: nn.Module, device: torch.device | str) -> nn.Module:
-    """Put the teacher in eval mode, without gradients, on `device` (it is never wrapped in DDP)."""
+def freeze(teacher: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None) -> nn.Module:
+    """Put the teacher in eval mode, without gradients, on `device` (and in `dtype` when given; it is
+    never wrapped in DDP or FSDP)."""
     teacher.eval()
     teacher.requires_grad_(False)
-    return teacher.to(device)
+    return teacher.to(device=device, dtype=dtype)
+
+
+def _kind(config) -> str:
+    return "a causal LM" if get_family(config).causal else "an encoder"
+
+
+def check_pair(teacher_config, student_config, needs: frozenset[str]) -> None:
+    """Refuse, from their configs, a teacher and student whose features an objective reading `needs`
+    cannot compare: one causal and one not, logits from a model without a head or over different
+    vocabularies, hidden states or attention scores of different widths."""
+    fix = "distill a student decomposed from this teacher (tensorslim decompose --teacher TEACHER)"
+    if get_family(teacher_config).causal != get_family(student_config).causal:
+        raise TensorslimError(
+            f"the teacher ({teacher_config.model_type}) is {_kind(teacher_config)} but the student "
+            f"({student_config.model_type}) is {_kind(student_config)}",
+            fix,
+        )
+    if "logits" in needs:
+        for what, config in (("teacher", teacher_config), ("student", student_config)):
+            if infer_head(config) == "base":
+                raise TensorslimError(
+                    f"the objective compares logits but the {what} ({config.model_type}) has no head",
+                    "use a model saved with its LM or classification head, or drop the logits terms",
+                )
+        heads = {infer_head(teacher_config), infer_head(student_config)}
+        if heads <= {"causal_lm", "masked_lm"} and teacher_config.vocab_size != student_config.vocab_size:
+            raise TensorslimError(
+                f"the teacher's vocabulary has {teacher_config.vocab_size} tokens, the student's "
+                f"{student_config.vocab_size}: their next-token distributions cannot be compared",
+                fix,
+            )
+    widths = {"hidden_states": ("hidden_size",), "attention_scores": ("hidden_size", "num_attention_heads")}
+    for feature in needs & set(widths):
+        for name in widths[feature]:
+            t, s = getattr(teacher_config, name, None), getattr(student_config, name, None)
+            if t != s:
+                raise TensorslimError(
+                    f"the objective compares {feature.replace('_', ' ')} but the teacher has {name} {t} "
+                    f"and the student {s}",
+                    fix + ", or drop the hidden/attention terms",
+                )

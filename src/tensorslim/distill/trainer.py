@@ -1,8 +1,9 @@
 """`DistillationTrainer`: transformers' `Trainer` with a frozen teacher and a named-loss objective.
 
 Everything else (DDP via torchrun, bf16/fp16, gradient accumulation, safetensors checkpoints,
-resume, TensorBoard, evaluation, best-checkpoint selection) is the library's. The teacher is kept
-outside the accelerator: eval mode, no gradients, on the student's device, never wrapped in DDP.
+resume, TensorBoard, evaluation, best-checkpoint selection, FSDP of the student) is the library's.
+The teacher is kept outside the accelerator: eval mode, no gradients, on the student's device (in
+bfloat16 under --bf16, half the memory of a float32 copy), never wrapped in DDP or FSDP.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class DistillationTrainer(Trainer):
 
     def __init__(self, *args, teacher: nn.Module, distill_config: DistillationConfig, **kwargs):
         super().__init__(*args, **kwargs)
-        self.teacher = freeze(teacher, self.args.device)
+        self.teacher = freeze(teacher, self.args.device, torch.bfloat16 if self.args.bf16 else None)
         self.distill_config = distill_config
         self.layer_map = distill_config.resolve_layer_map(num_layers(self.model), num_layers(self.teacher))
         self.causal = is_causal(self.teacher)

@@ -42,7 +42,14 @@ def training_args(output_dir: str | Path, defaults: dict, **settings) -> Trainin
 
 
 def check_distributed(args: TrainingArguments) -> None:
-    """Refuse to let torchrun workers train as independent single-process jobs."""
+    """Refuse to let torchrun workers train as independent single-process jobs, and FSDP on CPU
+    (accelerate enables FSDP only on accelerators: a CPU run would silently train without it)."""
+    if args.fsdp and args.device.type == "cpu":
+        raise TensorslimError(
+            "--fsdp needs GPUs: accelerate turns FSDP on only for accelerator devices and would run this "
+            "CPU job without sharding",
+            "drop --fsdp on CPU (torchrun workers then train with DDP), or launch on GPUs (docs/training.md)",
+        )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and args.world_size != launched:
         raise TensorslimError(

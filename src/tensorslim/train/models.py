@@ -50,11 +50,17 @@ def load_classifier(path: str | Path, task, what: str = "model", new_head_ok: bo
     return load_model(path, "sequence_classification", config=config)
 
 
-def check_max_length(length: int, config, flag: str = "--max-seq-length") -> int:
-    """`length` if the model's position embeddings can hold it, else a TensorslimError."""
+def position_limit(config) -> int | None:
+    """The longest sequence the model's position embeddings hold (None: no limit stated)."""
     limit = getattr(config, "max_position_embeddings", None)
     if limit and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         limit -= 2  # RoBERTa's positions start after the padding index
+    return limit
+
+
+def check_max_length(length: int, config, flag: str = "--max-seq-length") -> int:
+    """`length` if the model's position embeddings can hold it, else a TensorslimError."""
+    limit = position_limit(config)
     if length < 1 or (limit and length > limit):
         raise TensorslimError(
             f"{flag} {length} is out of range for this model (1 to {limit} tokens)",

@@ -61,8 +61,11 @@ def task_epochs(task_name: str) -> tuple[float, float]:
     return TASK_EPOCHS.get(task_name, DEFAULT_TASK_EPOCHS)
 
 
-def general_objective() -> DistillationConfig:
-    """The paper's general distillation: last-layer attention scores + last-layer hidden states."""
+def general_objective(causal: bool = False) -> DistillationConfig:
+    """The paper's general distillation: last-layer attention scores + last-layer hidden states;
+    for a causal-LM teacher, the KL of the next-token distributions at temperature 1 (healing)."""
+    if causal:
+        return DistillationConfig(losses=["token_kl"], layer_map="last", temperature=1.0)
     return DistillationConfig(losses=["attention", "hidden"], layer_map="last")
 
 

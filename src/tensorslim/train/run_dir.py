@@ -67,7 +67,11 @@ def is_main_process() -> bool:
 # old checkpoints beyond save_total_limit. A kill can therefore leave any prefix of that list, and
 # a checkpoint being rewritten (after resuming from an earlier one) can mix two runs' files; hence
 # every file is checked, not just the presence of trainer_state.json.
-_TORCH_FILES = ("optimizer.pt", "scheduler.pt")
+# Under FSDP, accelerate writes the optimizer as optimizer.bin (full state dict, the default) or an
+# optimizer_0/ torch.distributed.checkpoint directory (sharded state dict, which also puts the model
+# in pytorch_model_fsdp_0/ instead of model.safetensors), and the full model as pytorch_model_fsdp.bin.
+_OPTIMIZER = ("optimizer.pt", "optimizer.bin", "optimizer_0")
+_FSDP_MODEL = ("pytorch_model_fsdp.bin", "pytorch_model_fsdp_0")
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -88,19 +92,29 @@ def checkpoint_problem(path: Path) -> str | None:
             weights = [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
         except (OSError, ValueError, KeyError, AttributeError) as exc:
             return f"{index.name} is unreadable ({exc})"
+    elif not weights[0].exists() and (path / _FSDP_MODEL[1]).is_dir():
+        weights = []  # FSDP's sharded state dict: the model is only in pytorch_model_fsdp_0/
     for file in weights:
         problem = _safetensors_problem(file)
         if problem:
             return problem
-    for name in _TORCH_FILES:
-        try:
-            with zipfile.ZipFile(path / name):  # torch.save's zip archive ends with its directory
-                pass
-        except FileNotFoundError:
-            return f"{name} is missing"
-        except (OSError, zipfile.BadZipFile) as exc:
-            return f"{name} is truncated or corrupt ({exc})"
-    return None
+    optimizer = next((path / name for name in _OPTIMIZER if (path / name).exists()), path / _OPTIMIZER[0])
+    torch_files = [path / name for name in _FSDP_MODEL if (path / name).exists()] + [optimizer, path / "scheduler.pt"]
+    return next((problem for file in torch_files if (problem := _torch_problem(file))), None)
+
+
+def _torch_problem(file: Path) -> str | None:
+    """Whether `file` is a whole torch.save archive, or a torch.distributed.checkpoint directory with
+    its .metadata (written after the shards)."""
+    if file.is_dir():
+        return None if (file / ".metadata").is_file() else f"{file.name}/ has no .metadata (it is incomplete)"
+    try:
+        with zipfile.ZipFile(file):  # torch.save's zip archive ends with its directory
+            return None
+    except FileNotFoundError:
+        return f"{file.name} is missing"
+    except (OSError, zipfile.BadZipFile) as exc:
+        return f"{file.name} is truncated or corrupt ({exc})"
 
 
 def _safetensors_problem(file: Path) -> str | None:
