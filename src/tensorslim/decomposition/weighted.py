@@ -36,7 +36,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CG_STEPS = 12  # conjugate-gradient steps per factor update (warm-started; each step lowers F)
+CG_STEPS = 6  # conjugate-gradient steps per factor update (warm-started; each step lowers F)
 P_CHUNK = 8  # slices per batch in the bank-weight (P) update, bounding its memory
 
 
@@ -253,11 +253,13 @@ def refine(
     total = max(weighted_error(W, None, weights), 1e-30)
     errors = [weighted_error(W, U @ cores() @ V, weights) / total]
     for sweep in range(max_iter):
-        U = _update_U(W, rows, cols, U, V, cores())
-        U, T = torch.linalg.qr(U)
-        core = T @ core
-        Q, T = torch.linalg.qr(_update_Vt(W, rows, cols, U, V, cores()))
-        V, core = Q.T.contiguous(), core @ T.T
+        if U.shape[0] > U.shape[1]:  # a square orthonormal U (full rank) spans everything already
+            U = _update_U(W, rows, cols, U, V, cores())
+            U, T = torch.linalg.qr(U)
+            core = T @ core
+        if V.shape[1] > V.shape[0]:
+            Q, T = torch.linalg.qr(_update_Vt(W, rows, cols, U, V, cores()))
+            V, core = Q.T.contiguous(), core @ T.T
         core, P = _update_cores(W, rows, cols, U, V, core, P)
         errors.append(weighted_error(W, U @ cores() @ V, weights) / total)
         log.debug("calibrated sweep %d: relative error %.6f", sweep + 1, errors[-1])

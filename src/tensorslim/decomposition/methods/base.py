@@ -114,6 +114,10 @@ class Method(ABC):
     def fit(self, W: torch.Tensor, group: Group, ranks: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict]:
         """Factors (float32) initialised from the (n, R, C) stack W, and a record of the solve."""
 
+    def is_exact(self, group: Group, ranks: dict[str, int]) -> bool:
+        """Whether these ranks reproduce every slice of `group` (both sides at full rank)."""
+        return self.side_ranks(group, ranks) == (group.rows, group.cols)
+
     def fit_calibrated(
         self, W: torch.Tensor, group: Group, ranks: dict[str, int], weights: SliceWeights
     ) -> tuple[dict[str, torch.Tensor], dict]:
@@ -121,8 +125,8 @@ class Method(ABC):
         the damped input moments `weights`: the weight-only fit of the stack whitened by each side's
         mean moment, refined by block coordinate descent (methods with shared U and V; per-slice
         methods override this with their closed form)."""
-        if self.side_ranks(group, ranks) == (group.rows, group.cols):
-            return self.fit(W, group, ranks)  # exact: nothing to refine
+        if self.is_exact(group, ranks):
+            return self.fit(W, group, ranks)  # nothing to refine
         factors, record = pooled_start(W, weights, lambda Ww: self.fit(Ww, group, ranks))
         refined, calibrated = refine(
             W, weights, factors, tol=self.values.get("tol", 1e-4), max_iter=self.values.get("max_iter", 100)

@@ -52,6 +52,9 @@ class Tucker(Method):
         core, (P, U, V), record = run_hooi(self, W, (ranks["layer_rank"], r1, r2))
         return {"U": U, "P": P, "C": core, "V": V.T.contiguous()}, record
 
+    def is_exact(self, group, ranks):
+        return super().is_exact(group, ranks) and ranks["layer_rank"] >= group.num_slices
+
     def cores(self, factors):
         return torch.einsum("nl,lab->nab", factors["P"], factors["C"])
 
