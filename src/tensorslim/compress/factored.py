@@ -112,11 +112,12 @@ class FactorBank(nn.Module):
         """S (n, r1, r2) of `group`, built once per forward."""
         return self.memo(("S", group), lambda: self.method.cores(self.factors(group)))
 
-    def sides(self, group: str, transposed: bool, index: torch.Tensor | None = None):
-        """(A, B): the input-side and output-side factors; batched (g, ., .) at `index` for lowrank."""
+    def sides(self, group: str, transposed: bool, take: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """(A, B): the input-side and output-side factors; batched (g, ., .) through `take` (a
+        module's slices) for lowrank."""
         U, V = self.groups[group].U, self.groups[group].V
-        if index is not None:
-            U, V = U[index], V[index]
+        if take is not None:
+            U, V = take(U), take(V)
         return (V.transpose(-2, -1), U.transpose(-2, -1)) if transposed else (U, V)
 
     def shared_input(self, key, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
@@ -166,25 +167,27 @@ class FactoredProjection(nn.Module):
     def __getstate__(self):
         return {**self.__dict__, "_index": {}}
 
-    def index(self, device: torch.device) -> torch.Tensor:
-        """The slice indices as a tensor on `device` (made once per device; a constant of the graph
-        when one is captured)."""
+    def take(self, stack: torch.Tensor) -> torch.Tensor:
+        """This module's slices of a per-slice stack (n, ., .): a view when they are consecutive (no
+        copy of the factors per call), else gathered through an index tensor made once per device."""
+        first, g = self.slice_ids[0], self.g
+        if self.slice_ids == tuple(range(first, first + g)):
+            return stack[first : first + g]
         if tracing():
-            return torch.tensor(self.slice_ids, device=device)
-        if device not in self._index:
-            self._index[device] = torch.tensor(self.slice_ids, device=device)
-        return self._index[device]
+            return stack[torch.tensor(self.slice_ids, device=stack.device)]
+        if stack.device not in self._index:
+            self._index[stack.device] = torch.tensor(self.slice_ids, device=stack.device)
+        return stack[self._index[stack.device]]
 
     def _middles(self) -> torch.Tensor:
-        S = self.bank.cores(self.layout.group)
-        S = S[self.index(S.device)]
+        S = self.take(self.bank.cores(self.layout.group))
         return S.transpose(-2, -1) if self.layout.transposed else S  # (g, r_in, r_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bank, group, transposed = self.bank, self.layout.group, self.layout.transposed
         key = id(self)
         if not bank.method.shared:
-            A, B = bank.sides(group, transposed, self.index(x.device))  # (g, in_block, r), (g, r, out_block)
+            A, B = bank.sides(group, transposed, self.take)  # (g, in_block, r), (g, r, out_block): views
             G = bank.memo(key, lambda: self._middles() @ B)  # (g, r, out_block)
             if self.g == 1:  # one slice: two plain products
                 return affine(x @ A[0], G[0], self.bias)
@@ -219,6 +222,13 @@ class FactoredProjection(nn.Module):
             return i * r_in + r_in * g * o
         merged = g * o <= g * r_out + o
         return g * i * r_in + (g * r_in * o if merged else g * r_in * r_out + r_out * o)
+
+    def shareable_macs(self) -> int:
+        """Multiply-adds per token of x A when other modules of the same layer reading the same input
+        compute it once with this one (a shared basis, one input block), else 0."""
+        if not self.bank.method.shared or self.fan_in:
+            return 0
+        return self.block_in * self.bank.sides(self.layout.group, self.layout.transposed)[0].shape[-1]
 
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:
