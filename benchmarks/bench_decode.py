@@ -15,8 +15,10 @@ are folded into constants once; docs/decomposition.md, section 4):
 - peak memory: in a fresh process per model and mode (the model saved and loaded back, so a merged
   student's recorded choice is what runs): the highest resident set size during a warm decode / a warm
   prefill (Linux VmHWM, reset before the call), minus the resident size before the model loaded.
-All models of one measure and mode are timed in interleaved rounds (benchmarks/common.timed); a
-speed-up is "not measured" when the machine was too busy to trust it.
+Each student is timed together with the dense model, in interleaved rounds (benchmarks/common.timed),
+one student at a time (only the dense model, one student and their compiled graphs in memory); the
+dense rows give the median over those pairs. A speed-up is "not measured" when the machine was too
+busy to trust it.
 
     python benchmarks/bench_decode.py [--methods lowrank shared tucker] [--levels 30 50]
         [--new-tokens 128] [--no-compile] [--no-memory] [--forms factored merged] [--quick]
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import logging
 import os
@@ -43,12 +46,13 @@ from tensorslim.compress.api import decompose, merge_where_faster
 from tensorslim.compress.counts import flops_per_token
 from tensorslim.compress.factored import FactoredProjection
 from tensorslim.compress.inplace import targets
-from tensorslim.report.timing import measuring_threads
+from tensorslim.report.timing import Spread, measuring_threads
 
 from common import NOT_MEASURED, emit, timed, verdict
 
 NAME = "decode"
 MB = 2**20
+log = logging.getLogger("bench_decode")
 
 
 # ----------------------------------------------------------------------------- models
@@ -75,8 +79,7 @@ def teacher(quick: bool) -> LlamaForCausalLM:
 
 
 def models(dense, methods: list[str], levels: list[int], forms: list[str]):
-    """(name, model) of the dense model and each student in the forms asked for."""
-    yield "dense", dense
+    """(name, model) of each student in the forms asked for, made one at a time from `dense`."""
     for level in levels:
         for method in methods:
             options = {} if method == "lowrank" else {"max_iter": 0}
@@ -221,7 +224,7 @@ def measure_memory(model, mode: str, args, threads: int) -> dict:
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )
     if proc.returncode != 0:
-        logging.warning("memory of %s (%s) failed: %s", model.config.model_type, mode, proc.stderr[-2000:])
+        log.warning("peak memory (%s) failed: %s", mode, proc.stderr[-2000:])
         return {}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -229,62 +232,89 @@ def measure_memory(model, mode: str, args, threads: int) -> dict:
 # ----------------------------------------------------------------------------- main
 
 
+def work(model, measure: str, mode: str, prompt: torch.Tensor, batch: torch.Tensor, new_tokens: int):
+    """The callable that runs `measure` ("decode" or "prefill") on `model` in `mode`."""
+    call = decode_call(model, prompt, new_tokens) if measure == "decode" else prefill_call(model, batch)
+    return compiled(model)(call) if mode == "compile" else call
+
+
+def size(name: str, model, mode: str) -> dict:
+    return {
+        "model": name,
+        "mode": mode,
+        "factored": projections(model),
+        "weights_MB": weight_bytes(model) / MB,
+        "MACs_per_token_M": flops_per_token(model, 0) / 2e6,
+    }
+
+
 def main(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     disable_progress_bar()  # save_pretrained's per-model bars
     dense = teacher(args.quick)
-    found = list(models(dense, args.methods, args.levels, args.forms))
-    vocab = dense.config.vocab_size
-    prompt = prompt_ids(vocab, 1, args.prompt_tokens)
-    batch = prompt_ids(vocab, args.prefill_batch, args.prefill_length)
+    prompt = prompt_ids(dense.config.vocab_size, 1, args.prompt_tokens)
+    batch = prompt_ids(dense.config.vocab_size, args.prefill_batch, args.prefill_length)
+    tokens = {"decode": args.new_tokens, "prefill": batch.numel()}
     modes = ["eager"] if args.no_compile else ["eager", "compile"]
-    rows, results = [], []
+    rows, results, dense_seconds = [], [], {(mode, m): [] for mode in modes for m in tokens}
     with measuring_threads(args.threads) as plan:
         if "compile" in modes:
             compile_setup()
-        for mode in modes:
-            speeds = {}
-            for measure, make, tokens in (
-                ("decode", lambda m: decode_call(m, prompt, args.new_tokens), args.new_tokens),
-                ("prefill", lambda m: prefill_call(m, batch), batch.numel()),
-            ):
-                calls = {name: make(model) for name, model in found}
-                if mode == "compile":
-                    calls = {name: compiled(model)(calls[name]) for name, model in found}
-                    for name, call in calls.items():  # compile every graph before timing
-                        logging.info("compiling %s for %s", name, measure)
-                        call()
-                result = timed(calls, seconds=args.seconds, rounds=args.rounds, cores=plan["cores"])
-                results.append(result)
-                speeds[measure] = (result, tokens)
-            for name, model in found:
-                row = {
-                    "model": name,
-                    "mode": mode,
-                    "factored": projections(model),
-                    "weights_MB": weight_bytes(model) / MB,
-                    "MACs_per_token_M": flops_per_token(model, 0) / 2e6,
-                }
-                for measure, (result, tokens) in speeds.items():
+        baseline = {key: work(dense, key[1], key[0], prompt, batch, args.new_tokens) for key in dense_seconds}
+        # one student at a time, in interleaved rounds with the dense model: only the dense model, the
+        # student and their compiled graphs (each with its own folded, prepacked constants) are in memory
+        for name, model in models(dense, args.methods, args.levels, args.forms):
+            for mode in modes:
+                row = size(name, model, mode)
+                for measure in tokens:
+                    calls = {
+                        "dense": baseline[mode, measure],
+                        name: work(model, measure, mode, prompt, batch, args.new_tokens),
+                    }
+                    if mode == "compile":
+                        log.info("compiling %s for %s", name, measure)
+                        for call in calls.values():  # every graph compiled before the timing
+                            call()
+                    result = timed(calls, seconds=args.seconds, rounds=args.rounds, cores=plan["cores"])
+                    results.append(result)
+                    dense_seconds[mode, measure].append(result.result.seconds["dense"].median)
                     seconds = result.result.seconds[name]
-                    row[f"{measure}_tok_s"] = tokens / seconds.median
+                    row[f"{measure}_tok_s"] = tokens[measure] / seconds.median
                     row[f"{measure}_spread"] = seconds.spread
-                    speedup = 1.0 if name == "dense" else result.speedup(name)
+                    speedup = result.speedup(name)
                     row[f"{measure}_x_dense"] = NOT_MEASURED if speedup is None else speedup
-                if not args.no_memory:
-                    memory = measure_memory(model, mode, args, plan["threads"])
-                    row.update({k: v for k, v in memory.items() if k != "how"})
-                    row["memory_by"] = memory.get("how", "failed")
-                rows.append(row)
+                rows.append({**row, **memory(model, mode, args, plan["threads"])})
+            del model
+            if "compile" in modes:  # drop every compiled graph (the dense model's recompiles for the next pair)
+                torch._dynamo.reset()
+            gc.collect()
+        for mode in reversed(modes):  # the dense rows first: medians over the pairs, spread across them
+            row = size("dense", dense, mode)
+            for measure in tokens:
+                over_pairs = Spread.of(dense_seconds[mode, measure])
+                row[f"{measure}_tok_s"] = tokens[measure] / over_pairs.median
+                row[f"{measure}_spread"] = over_pairs.spread
+                row[f"{measure}_x_dense"] = 1.0
+            rows.insert(0, {**row, **memory(dense, mode, args, plan["threads"])})
     what = "tiny random Llama (--quick)" if args.quick else "SmolLM2-135M"
     emit(
         NAME if not args.quick else f"{NAME}_quick",
         rows,
         notes=f"{what}, fp32, {plan['threads']} threads on {plan['cores']} cores; decode: batch 1, "
         f"{args.prompt_tokens}-token prompt + {args.new_tokens} new tokens; prefill: {args.prefill_batch} x "
-        f"{args.prefill_length}; compile: inductor, freezing, dynamic shapes; {verdict(results)}; "
-        "target: decode at batch 1 faster than dense at 30% removed and above",
+        f"{args.prefill_length}; compile: inductor, freezing, dynamic shapes; each student timed in "
+        "interleaved rounds with the dense model (its x_dense from those rounds; the dense rows: median "
+        f"and spread over all pairs); {verdict(results)}; target: decode at batch 1 faster than dense at "
+        "30% removed and above",
     )
+
+
+def memory(model, mode: str, args, threads: int) -> dict:
+    """The peak-memory columns (measure_memory), or none with --no-memory."""
+    if args.no_memory:
+        return {}
+    found = measure_memory(model, mode, args, threads)
+    return {**{k: v for k, v in found.items() if k != "how"}, "memory_by": found.get("how", "failed")}
 
 
 def parse(argv=None):

@@ -155,29 +155,19 @@ class FactoredProjection(nn.Module):
         ]:
             raise ValueError(f"{layout.key}: blocks are not equal consecutive tiles")
         self.g, self.block_in, self.block_out = len(order), order[0].in_size, order[0].out_size
-        self.slice_ids = tuple(b.index for b in order)  # not a buffer: from_pretrained builds on "meta"
-        self._index: dict[torch.device, torch.Tensor] = {}
+        self.first = order[0].index
+        if tuple(b.index for b in order) != tuple(range(self.first, self.first + self.g)):
+            raise ValueError(f"{layout.key}: its slices are not consecutive in their group")
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, group={self.layout.group}, "
-            f"slices={list(self.slice_ids)}, transposed={self.layout.transposed}"
+            f"slices={self.first}..{self.first + self.g - 1}, transposed={self.layout.transposed}"
         )
 
-    def __getstate__(self):
-        return {**self.__dict__, "_index": {}}
-
     def take(self, stack: torch.Tensor) -> torch.Tensor:
-        """This module's slices of a per-slice stack (n, ., .): a view when they are consecutive (no
-        copy of the factors per call), else gathered through an index tensor made once per device."""
-        first, g = self.slice_ids[0], self.g
-        if self.slice_ids == tuple(range(first, first + g)):
-            return stack[first : first + g]
-        if tracing():
-            return stack[torch.tensor(self.slice_ids, device=stack.device)]
-        if stack.device not in self._index:
-            self._index[stack.device] = torch.tensor(self.slice_ids, device=stack.device)
-        return stack[self._index[stack.device]]
+        """This module's slices (g, ., .) of a per-slice stack (n, ., .): a view, no copy per call."""
+        return stack[self.first : self.first + self.g]
 
     def _middles(self) -> torch.Tensor:
         S = self.take(self.bank.cores(self.layout.group))
