@@ -98,7 +98,8 @@ class FactorBank(nn.Module):
         if not tracing():
             self._inputs = {}
 
-    def memo(self, key, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def memo(self, key, build: Callable[[], object]):
+        """build(), kept under `key` while products may be reused (see begin_forward)."""
         if not self.reuse or tracing():
             return build()
         if key not in self._memo:
@@ -173,12 +174,16 @@ class FactoredProjection(nn.Module):
         S = self.take(self.bank.cores(self.layout.group))
         return S.transpose(-2, -1) if self.layout.transposed else S  # (g, r_in, r_out)
 
+    def _lowrank_sides(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, G = M B) of a per-slice method: one cache entry, so a warm call does only its products."""
+        A, B = self.bank.sides(self.layout.group, self.layout.transposed, self.take)
+        return A, self._middles() @ B
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bank, group, transposed = self.bank, self.layout.group, self.layout.transposed
         key = id(self)
         if not bank.method.shared:
-            A, B = bank.sides(group, transposed, self.take)  # (g, in_block, r), (g, r, out_block): views
-            G = bank.memo(key, lambda: self._middles() @ B)  # (g, r, out_block)
+            A, G = bank.memo(key, self._lowrank_sides)  # (g, in_block, r) a view, (g, r, out_block)
             if self.g == 1:  # one slice: two plain products
                 return affine(x @ A[0], G[0], self.bias)
             if not self.fan_in:
