@@ -20,6 +20,7 @@ _EXPORTS = {
     "export_dense": "compress.api",
     "from_teacher": "compress.api",
     "load_model": "compress.loading",
+    "merge_where_faster": "compress.api",
 }
 
 

@@ -17,8 +17,9 @@ from ..errors import TensorslimError
 from ..io import atomic_dir, check_output_dir, write_json
 from ..validate import check_finite_weights
 from .calibration import DEFAULT_DAMPING, DEFAULT_SAMPLES, calibrate, calibration_data
-from .counts import count_parameters
-from .inplace import factorize, is_decomposed, merge
+from .counts import count_parameters, dense_is_faster, flops_per_token, matrix_weights
+from .factored import FactoredProjection
+from .inplace import factorize, is_decomposed, merge, targets
 from .loading import check_head, infer_head, load_config, load_model, load_tokenizer, save_tokenizer
 from .section import section_of
 
@@ -328,6 +329,29 @@ def decompose_to_dir(
         save_tokenizer(teacher, tmp)
         write_json(Path(tmp) / "decomposition.json", record)
     return record
+
+
+def merge_where_faster(student: PreTrainedModel) -> dict:
+    """Merge back into dense modules, in place, the projections whose dense matrix takes no more
+    multiply-adds per token than their factored forward (`counts.dense_is_faster`; at batch 1 a
+    decoder's step time is the weights it reads, which is the same count). The choice is recorded
+    in the config's decomposition section (`merged`), so save_pretrained / from_pretrained keep it;
+    merging every projection leaves an ordinary dense model. Returns {"merged": keys, "factored":
+    projections left factored, "macs_per_token" and "matrix_weights": {"before", "after"}}."""
+    if not is_decomposed(student):
+        raise TensorslimError("the model is not decomposed", "pass a tensorslim student")
+    before = {"macs": flops_per_token(student, 0) // 2, "weights": matrix_weights(student)}
+    keys = dense_is_faster(student)
+    if keys:
+        merge(student, keys)
+    left = sum(isinstance(m, FactoredProjection) for _, m, _ in targets(student, "all"))
+    log.info("merged %d projections back to dense where that is faster; %d stay factored", len(keys), left)
+    return {
+        "merged": keys,
+        "factored": left,
+        "macs_per_token": {"before": before["macs"], "after": flops_per_token(student, 0) // 2},
+        "matrix_weights": {"before": before["weights"], "after": matrix_weights(student)},
+    }
 
 
 @torch.no_grad()

@@ -57,23 +57,51 @@ def matrix_weights(model: PreTrainedModel) -> int:
     return total
 
 
+def input_sets(model: PreTrainedModel) -> list[list[tuple[str, nn.Module]]]:
+    """The layers' projections as (key, module) lists that compute one x A together: the factored
+    modules of a layer that read the same input with the same shared basis (q, k and v; gate and up
+    of one group and orientation); every other projection alone."""
+    sets: dict = {}
+    for key, module, proj in targets(model, "all"):
+        tag = key
+        if isinstance(module, FactoredProjection) and module.shareable_macs() and proj.reads:
+            tag = (key.split(".", 1)[0], proj.reads, module.layout.group, module.layout.transposed)
+        sets.setdefault(tag, []).append((key, module))
+    return list(sets.values())
+
+
+def projection_macs(modules: list[nn.Module]) -> int:
+    """Multiply-adds per token of one input set (see input_sets) as the forward computes them."""
+    macs = 0
+    for module in modules:
+        if isinstance(module, FactoredProjection):
+            macs += module.macs_per_token()
+        else:
+            fan_in, fan_out = in_out(module)
+            macs += fan_in * fan_out
+    shared = [m.shareable_macs() for m in modules if isinstance(m, FactoredProjection)]
+    return macs - sum(shared[1:])  # x A once for the set
+
+
+def dense_is_faster(model: PreTrainedModel) -> list[str]:
+    """Keys of the factored projections whose dense matrices take no more multiply-adds per token
+    (at batch 1: no more weights read) than their factored forward. An input set goes dense as a
+    whole: once its x A is paid, each module's factored product is the cheaper one exactly when the
+    set's is."""
+    keys = []
+    for members in input_sets(model):
+        modules = [m for _, m in members]
+        if not all(isinstance(m, FactoredProjection) for m in modules):
+            continue
+        if sum(m.in_features * m.out_features for m in modules) <= projection_macs(modules):
+            keys += [key for key, _ in members]
+    return keys
+
+
 def flops_per_token(model: PreTrainedModel, seq_len: int) -> int:
     """Forward FLOPs (2 x multiply-adds) per token of the layers' projections and attention
     (QK^T and the weighted sum over `seq_len` keys); x A shared by projections of one input once."""
-    macs, shared = 0, set()
-    for key, module, proj in targets(model, "all"):
-        layer = key.split(".", 1)[0]
-        if isinstance(module, FactoredProjection):
-            macs += module.macs_per_token()
-            bank = module.bank
-            if bank.method.shared and not module.fan_in and proj.reads:
-                tag = (layer, proj.reads, module.layout.group, module.layout.transposed)
-                if tag in shared:  # x A computed once for all the projections of this input
-                    macs -= module.block_in * bank.sides(module.layout.group, module.layout.transposed)[0].shape[-1]
-                shared.add(tag)
-        elif isinstance(module, nn.Module):
-            fan_in, fan_out = in_out(module)
-            macs += fan_in * fan_out
+    macs = sum(projection_macs([m for _, m in members]) for members in input_sets(model))
     layers = len({key.split(".", 1)[0] for key, _, _ in targets(model, "all")})
     macs += layers * 2 * seq_len * model.config.hidden_size
     return 2 * macs

@@ -98,7 +98,8 @@ class FactorBank(nn.Module):
         if not tracing():
             self._inputs = {}
 
-    def memo(self, key, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def memo(self, key, build: Callable[[], object]):
+        """build(), kept under `key` while products may be reused (see begin_forward)."""
         if not self.reuse or tracing():
             return build()
         if key not in self._memo:
@@ -112,11 +113,12 @@ class FactorBank(nn.Module):
         """S (n, r1, r2) of `group`, built once per forward."""
         return self.memo(("S", group), lambda: self.method.cores(self.factors(group)))
 
-    def sides(self, group: str, transposed: bool, index: torch.Tensor | None = None):
-        """(A, B): the input-side and output-side factors; batched (g, ., .) at `index` for lowrank."""
+    def sides(self, group: str, transposed: bool, take: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """(A, B): the input-side and output-side factors; batched (g, ., .) through `take` (a
+        module's slices) for lowrank."""
         U, V = self.groups[group].U, self.groups[group].V
-        if index is not None:
-            U, V = U[index], V[index]
+        if take is not None:
+            U, V = take(U), take(V)
         return (V.transpose(-2, -1), U.transpose(-2, -1)) if transposed else (U, V)
 
     def shared_input(self, key, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
@@ -154,38 +156,34 @@ class FactoredProjection(nn.Module):
         ]:
             raise ValueError(f"{layout.key}: blocks are not equal consecutive tiles")
         self.g, self.block_in, self.block_out = len(order), order[0].in_size, order[0].out_size
-        self.slice_ids = tuple(b.index for b in order)  # not a buffer: from_pretrained builds on "meta"
-        self._index: dict[torch.device, torch.Tensor] = {}
+        self.first = order[0].index
+        if tuple(b.index for b in order) != tuple(range(self.first, self.first + self.g)):
+            raise ValueError(f"{layout.key}: its slices are not consecutive in their group")
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, group={self.layout.group}, "
-            f"slices={list(self.slice_ids)}, transposed={self.layout.transposed}"
+            f"slices={self.first}..{self.first + self.g - 1}, transposed={self.layout.transposed}"
         )
 
-    def __getstate__(self):
-        return {**self.__dict__, "_index": {}}
-
-    def index(self, device: torch.device) -> torch.Tensor:
-        """The slice indices as a tensor on `device` (made once per device; a constant of the graph
-        when one is captured)."""
-        if tracing():
-            return torch.tensor(self.slice_ids, device=device)
-        if device not in self._index:
-            self._index[device] = torch.tensor(self.slice_ids, device=device)
-        return self._index[device]
+    def take(self, stack: torch.Tensor) -> torch.Tensor:
+        """This module's slices (g, ., .) of a per-slice stack (n, ., .): a view, no copy per call."""
+        return stack[self.first : self.first + self.g]
 
     def _middles(self) -> torch.Tensor:
-        S = self.bank.cores(self.layout.group)
-        S = S[self.index(S.device)]
+        S = self.take(self.bank.cores(self.layout.group))
         return S.transpose(-2, -1) if self.layout.transposed else S  # (g, r_in, r_out)
+
+    def _lowrank_sides(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, G = M B) of a per-slice method: one cache entry, so a warm call does only its products."""
+        A, B = self.bank.sides(self.layout.group, self.layout.transposed, self.take)
+        return A, self._middles() @ B
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bank, group, transposed = self.bank, self.layout.group, self.layout.transposed
         key = id(self)
         if not bank.method.shared:
-            A, B = bank.sides(group, transposed, self.index(x.device))  # (g, in_block, r), (g, r, out_block)
-            G = bank.memo(key, lambda: self._middles() @ B)  # (g, r, out_block)
+            A, G = bank.memo(key, self._lowrank_sides)  # (g, in_block, r) a view, (g, r, out_block)
             if self.g == 1:  # one slice: two plain products
                 return affine(x @ A[0], G[0], self.bias)
             if not self.fan_in:
@@ -219,6 +217,13 @@ class FactoredProjection(nn.Module):
             return i * r_in + r_in * g * o
         merged = g * o <= g * r_out + o
         return g * i * r_in + (g * r_in * o if merged else g * r_in * r_out + r_out * o)
+
+    def shareable_macs(self) -> int:
+        """Multiply-adds per token of x A when other modules of the same layer reading the same input
+        compute it once with this one (a shared basis, one input block), else 0."""
+        if not self.bank.method.shared or self.fan_in:
+            return 0
+        return self.block_in * self.bank.sides(self.layout.group, self.layout.transposed)[0].shape[-1]
 
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:

@@ -19,10 +19,10 @@ from ..decomposition.methods import Method, get_method
 from ..decomposition.slices import Group, Matrix, ModuleLayout, assemble, plan, stack
 from ..decomposition.weighted import SliceWeights
 from ..errors import TensorslimError
-from ..families import Family, Projection, get_family, get_path, layers_of, set_path
+from ..families import Projection, get_family, get_path, layers_of, set_path
 from . import chunking
 from .factored import FactorBank, FactoredProjection
-from .section import DecompositionConfig, DecompositionLoader
+from .section import DecompositionConfig, DecompositionLoader, section_of
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,24 @@ def apply_structure(model: PreTrainedModel, section: DecompositionConfig) -> Fac
             "the config was edited or comes from another model; re-run tensorslim decompose",
         )
     ranks = {n: dict(g["ranks"]) for n, g in section.groups.items()}
-    return _install(model, method, groups, ranks, layouts, found, section.inference_chunk_tokens)
+    merged = set(section.merged)
+    if not merged <= {lay.key for lay in layouts}:
+        raise TensorslimError(
+            f"the decomposition section names merged projections this model does not have: "
+            f"{', '.join(sorted(merged - {lay.key for lay in layouts}))}",
+            "the config was edited or comes from another model; re-run tensorslim decompose",
+        )
+    kept = [i for i, lay in enumerate(layouts) if lay.key not in merged]  # merged ones stay the class's own
+    live = {layouts[i].group for i in kept}
+    return _install(
+        model,
+        method,
+        {n: g for n, g in groups.items() if n in live},
+        {n: r for n, r in ranks.items() if n in live},
+        [layouts[i] for i in kept],
+        [found[i] for i in kept],
+        section.inference_chunk_tokens,
+    )
 
 
 def factorize(
@@ -221,40 +238,63 @@ def factorize(
     }
 
 
+def dense_module(module: FactoredProjection, M: torch.Tensor, conv1d: bool) -> nn.Module:
+    """The nn.Linear (or Conv1D) with [in, out] matrix `M` and the module's bias."""
+    dtype = module.bias.dtype if module.bias is not None else M.dtype
+    if conv1d:
+        dense = Conv1D(module.out_features, module.in_features)
+        dense.weight.copy_(M)
+    else:
+        dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        dense.weight.copy_(M.T)
+    if module.bias is not None:
+        dense.bias.copy_(module.bias)
+    return dense.to(device=M.device, dtype=dtype)
+
+
 @torch.no_grad()
-def merge(model: PreTrainedModel) -> PreTrainedModel:
-    """Replace every FactoredProjection by the original dense module with the reconstructed weight
-    (PEFT's merge_and_unload); the model becomes an ordinary instance of its class."""
-    base = model.base_model
+def merge(model: PreTrainedModel, keys: list[str] | None = None) -> PreTrainedModel:
+    """Replace FactoredProjections by the original dense modules with the reconstructed weights
+    (PEFT's merge_and_unload): all of them, or those of `keys` ("<layer>.<path>").
+
+    Once none is left the model is an ordinary instance of its class (no bank, no section).
+    Otherwise the keys are added to the section's `merged` (loading builds them dense), and the
+    bank drops the groups no factored module reads any more."""
     if not is_decomposed(model):
         raise TensorslimError("the model is not decomposed", "pass a tensorslim student")
     bank = bank_of(model)
-    family: Family = get_family(model.config)
-    stacks = {name: bank.reconstruct(name) for name in bank.groups}
-    layers = layers_of(base, family)
-    for layer in layers:
-        for proj in family.projections:
-            module = get_path(layer, proj.path)
-            if not isinstance(module, FactoredProjection):
-                continue
-            M = assemble(stacks, module.layout)
-            dtype = module.bias.dtype if module.bias is not None else M.dtype
-            if proj.conv1d:
-                dense = Conv1D(module.out_features, module.in_features)
-                dense.weight.copy_(M)
-            else:
-                dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-                dense.weight.copy_(M.T)
-            if module.bias is not None:
-                dense.bias.copy_(module.bias)
-            set_path(layer, proj.path, dense.to(device=M.device, dtype=dtype))
+    layers = layers_of(model.base_model, get_family(model.config))
+    factored = {key: (m, p) for key, m, p in targets(model, "all") if isinstance(m, FactoredProjection)}
+    chosen = list(factored) if keys is None else [k for k in factored if k in set(keys)]
+    if keys is not None and len(chosen) != len(set(keys)):
+        raise TensorslimError(
+            f"not factored projections of this model: {', '.join(sorted(set(keys) - set(factored)))}",
+            "pass keys '<layer>.<path>' of FactoredProjection modules",
+        )
+    for group in dict.fromkeys(factored[k][0].layout.group for k in chosen):  # one dense stack at a time
+        stacks = {group: bank.reconstruct(group)}
+        for key in chosen:
+            module, proj = factored[key]
+            if module.layout.group == group:
+                index, _, path = key.partition(".")
+                set_path(layers[int(index)], path, dense_module(module, assemble(stacks, module.layout), proj.conv1d))
+    remaining = [m for k, (m, _) in factored.items() if k not in chosen]
+    if remaining:
+        for name in set(bank.groups) - {m.layout.group for m in remaining}:
+            del bank.groups[name]
+        bank._memo, bank._memo_key = {}, None
+        section = section_of(model.config)
+        done = set(section.merged) | set(chosen)
+        section.merged = [key for key, _, _ in targets(model, "all") if key in done]
+        attach_section(model, section)
+        return model
     detach_bank(model)
     return model
 
 
 def detach_bank(model: PreTrainedModel) -> None:
-    """Remove the bank, its hooks, the chunked forward and the decomposition section, once no
-    projection reads the bank any more (after `merge`, or int8's conversion)."""
+    """Remove the bank, its hooks, chunking and the section once no projection reads the bank any
+    more (after `merge`, or int8's conversion): an ordinary instance of the class."""
     base, bank = model.base_model, bank_of(model)
     for hooks in (base._forward_pre_hooks, base._forward_hooks):
         for key, hook in list(hooks.items()):

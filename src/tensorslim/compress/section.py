@@ -33,13 +33,15 @@ INT8 = "tensorslim_int8"  # config.json's entry of an int8 model (`compress.int8
 @dataclass
 class DecompositionConfig(QuantizationConfigMixin):
     """config.json's `quantization_config` of a student: the method with its options, which
-    projections (`ops`), and each slice group's shape and ranks."""
+    projections (`ops`), each slice group's shape and ranks, and the projections of `ops` kept as
+    dense modules (`merged`, e.g. by `compress.api.merge_where_faster`)."""
 
     method: str = "tucker"
     options: dict = field(default_factory=dict)
     ops: str = "all"
     groups: dict = field(default_factory=dict)  # name -> {rows, cols, num_slices, ranks}
     inference_chunk_tokens: int = 1024  # encoders on the CPU: groups of at most this many tokens (compress.chunking)
+    merged: list = field(default_factory=list)  # "<layer>.<path>" of projections merged back to dense
     quant_method: str = SECTION
 
     def __post_init__(self):
@@ -53,6 +55,7 @@ class DecompositionConfig(QuantizationConfigMixin):
             "ops": self.ops,
             "groups": {k: dict(v) for k, v in self.groups.items()},
             "inference_chunk_tokens": self.inference_chunk_tokens,
+            "merged": list(self.merged),
         }
 
 
