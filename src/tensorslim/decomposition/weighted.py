@@ -20,7 +20,7 @@ states the update equations):
   sum_k K_k X M_k + X M_0 = R, solved by preconditioned conjugate gradients warm-started at the
   current factor; each is then re-orthonormalised (QR, the triangular factor moved into the cores,
   F unchanged). The cores follow in closed form (shared: one small solve per slice) or, for the
-  tucker bank S_i = sum_l P_il C_l, C by conjugate gradients and each row of P by an l x l solve.
+  tucker bank S_i = sum_l P_il C_l, C and then P by conjugate gradients.
   Every step lowers F or keeps it, so F decreases monotonically; sweeps stop when the relative
   calibrated error F / F(0) improves by less than `tol` in a sweep, or after `max_iter` sweeps.
 """
@@ -37,7 +37,6 @@ import torch
 log = logging.getLogger(__name__)
 
 CG_STEPS = 6  # conjugate-gradient steps per factor update (warm-started; each step lowers F)
-P_CHUNK = 8  # slices per batch in the bank-weight (P) update, bounding its memory
 
 
 @dataclass
@@ -299,7 +298,7 @@ def _update_Vt(W, rows: _Moments, cols: _Moments, U, V, S) -> torch.Tensor:
 
 
 def _update_cores(W, rows: _Moments, cols: _Moments, U, V, core, P):
-    """The cores for fixed U, V: shared S_i by one solve each; tucker C by CG, then each row of P."""
+    """The cores for fixed U, V: shared S_i by one solve each; tucker C, then P, by CG."""
     n = W.shape[0]
     r1, r2 = U.shape[1], V.shape[0]
     R = W.new_empty(n, r1, r2)  # R_i = U^T A_i W_i B_i V^T
@@ -342,26 +341,17 @@ def _update_cores(W, rows: _Moments, cols: _Moments, U, V, core, P):
         core,
         lambda Y: Y / jacobi,
     )
-    P = P.clone()
-    side = torch.zeros(n, dtype=torch.long)
-    side[cols.index] = 1
-    for chunk in torch.split(torch.arange(n), P_CHUNK):
-        TC = torch.stack([weigh_one(i, core, rows, cols, A_small, B_small, side) for i in chunk.tolist()])
-        G = torch.einsum("ilab,mab->ilm", TC, core).double()
-        h = torch.einsum("iab,lab->il", R[chunk], core).double()
-        jitter = 1e-10 * G.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
-        G = G + jitter[:, None, None] * torch.eye(G.shape[-1], dtype=G.dtype)
-        P[chunk] = torch.linalg.solve(G, h[..., None])[..., 0].to(P.dtype)
+    # P: each row's l x l system, solved jointly by CG (one weighted core product per step; the exact
+    # per-slice solve would cost l of them). Jacobi preconditioner: G_i[l, l] with the projected
+    # moments replaced by their diagonals.
+    weight = torch.einsum("nab,lab->nl", diag, core * core).clamp_min(1e-30)
+    P = pcg(
+        lambda Q: torch.einsum("nab,lab->nl", weigh(torch.einsum("nl,lab->nab", Q, core)), core),
+        torch.einsum("nab,lab->nl", R, core),
+        P,
+        lambda Y: Y / weight,
+    )
     return core, P
-
-
-def weigh_one(i: int, core, rows: _Moments, cols: _Moments, A_small, B_small, side) -> torch.Tensor:
-    """A_i C_l or C_l B_i (projected moments) for every bank matrix C_l of slice i: (l, r1, r2)."""
-    if side[i] == 0:
-        k = rows.inv[(rows.index == i).nonzero()[0, 0]]
-        return A_small[k] @ core
-    k = cols.inv[(cols.index == i).nonzero()[0, 0]]
-    return core @ B_small[k]
 
 
 def _chol(M: torch.Tensor) -> torch.Tensor:

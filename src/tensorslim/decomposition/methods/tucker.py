@@ -63,7 +63,8 @@ class Tucker(Method):
         With neither and the group `stacks` known: of the banks of n, 3n/4, n/2 and n/4 slices, each
         with the largest rank that fits (and the largest bank once that rank is full), the one with
         the smallest HOSVD error bound (the discarded energy of the three unfoldings, summed over
-        groups). Without stacks: banks of half the slices
+        groups); candidates at full rank (which compress only the bank, and do more work per token
+        than the dense layers) only when nothing else fits. Without stacks: banks of half the slices
         (the paper's 72-384 student of BERT-base) and the largest rank, and if even the full rank fits
         that way, the full rank and the largest bank."""
         if self.layer_rank is not None:
@@ -81,6 +82,8 @@ class Tucker(Method):
                 if found.rank == hidden_size:  # full rank: spend the rest on the bank
                     found = found.with_values(layer_rank=None).for_budget(groups, hidden_size, budget)
                 candidates.append(found)
+            if any(c.rank < hidden_size for c in candidates):  # full-rank sides only compress the bank
+                candidates = [c for c in candidates if c.rank < hidden_size]
             if not candidates:
                 unmeetable(self.name, budget, self.with_values(rank=1, layer_rank=1).total_params(groups, hidden_size))
             bound = lambda m: sum(  # noqa: E731
