@@ -24,7 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tensorslim.compress.api import decompose
-from tensorslim.compress.calibration import calibrate
+from tensorslim.compress.calibration import calibrate, calibration_data
 from tensorslim.compress.counts import count_parameters
 from tensorslim.data.packaged_llm import cache_dir, smollm2_dir
 from tensorslim.evaluate.perplexity import perplexity, read_text
@@ -104,15 +104,15 @@ def main() -> None:
             if cache.exists():
                 moments[source] = torch.load(cache, weights_only=False)
             else:
-                moments[source] = calibrate(
-                    teacher,
+                data = calibration_data(
+                    teacher.config,
                     sources[source],
                     tokenizer,
-                    ops="all",
                     samples=args.calibration_samples,
                     seq_length=args.calibration_seq_length,
                     seed=0,
                 )
+                moments[source] = calibrate(teacher, data, ops="all")
                 torch.save(moments[source], cache)
         student = copy.deepcopy(teacher)
         start = time.perf_counter()

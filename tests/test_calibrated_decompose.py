@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tensorslim.compress.api import decompose
-from tensorslim.compress.calibration import calibrate
+from tensorslim.compress.calibration import calibrate, calibration_data
 from tensorslim.compress.inplace import bank_of, layout, matrix_of
 from tensorslim.decomposition.slices import stack
 from tensorslim.decomposition.weighted import weighted_error
@@ -36,8 +36,9 @@ def output_error(teacher, student, moments) -> float:
 @pytest.mark.parametrize("method", ["lowrank", "shared", "tucker"])
 def test_calibrated_fit_lowers_the_output_error_on_the_calibration_inputs(tmp_path, model_type, method):
     teacher = tiny_model(model_type, HEADS[model_type])
-    calibration = calibrate(teacher, text_file(tmp_path / "t.txt"), tiny_tokenizer(), ops="all", samples=24,
+    data = calibration_data(teacher.config, text_file(tmp_path / "t.txt"), tiny_tokenizer(), samples=24,
                             seq_length=32, seed=0)  # fmt: skip
+    calibration = calibrate(teacher, data, ops="all")
     moments = calibration[0]
     weight_only, wo = decompose(tiny_model(model_type, HEADS[model_type]), method, rank=8, max_iter=5)
     aware, rec = decompose(

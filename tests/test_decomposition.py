@@ -311,6 +311,7 @@ def test_a_loose_tucker_budget_keeps_the_full_rank_and_grows_the_bank():
 def test_tucker_budget_spends_on_the_mode_the_stack_needs():
     """With the stacks known, the budget goes to a small bank when the slices are few matrices mixed,
     and to a full bank when they are independent but low-rank: the smaller HOSVD bound each time."""
+    from tensorslim.decomposition.hooi import unfolding_energies
     from tensorslim.decomposition.methods.tucker import hosvd_bound
     from tensorslim.decomposition.slices import Group
 
@@ -328,6 +329,7 @@ def test_tucker_budget_spends_on_the_mode_the_stack_needs():
         assert (ranks["layer_rank"] <= n // 4) == expect_small_bank, ranks
         others = [get_method("tucker", layer_rank=lr).for_budget(group, D, budget) for lr in (4, 8, 12, 16)]
         bounds = [
-            hosvd_bound(W, o.side_ranks(group["24x24"], r := o.group_ranks(group["24x24"], D)), r) for o in others
+            hosvd_bound(unfolding_energies(W), o.side_ranks(group["24x24"], r := o.group_ranks(group["24x24"], D)), r)
+            for o in others
         ]
-        assert hosvd_bound(W, chosen.side_ranks(group["24x24"], ranks), ranks) <= min(bounds) + 1e-6
+        assert hosvd_bound(unfolding_energies(W), chosen.side_ranks(group["24x24"], ranks), ranks) <= min(bounds) + 1e-6

@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from ..decomposition.hooi import unfolding_energies
 from ..decomposition.methods import Method, get_method
 from ..decomposition.slices import stack
 from ..decomposition.weighted import pooled_whitened, weighted_error
 from ..errors import TensorslimError
 from ..io import atomic_dir, check_output_dir, write_json
 from ..validate import check_finite_weights
-from .calibration import DEFAULT_DAMPING, DEFAULT_SAMPLES, calibrate, calibration_data
+from .calibration import DEFAULT_DAMPING, DEFAULT_SAMPLES, CalibrationData, calibrate, calibration_data
 from .counts import count_parameters, dense_is_faster, flops_per_token, matrix_weights
 from .factored import FactoredProjection
 from .inplace import factorize, is_decomposed, merge, targets
@@ -35,7 +36,7 @@ def decompose(
     num_labels: int | None = None,
     budget: int | None = None,
     compression: float | None = None,
-    calibration: str | Path | None = None,
+    calibration: str | Path | CalibrationData | tuple | None = None,
     calibration_samples: int = DEFAULT_SAMPLES,
     calibration_seq_length: int | None = None,
     damping: float = DEFAULT_DAMPING,
@@ -49,9 +50,10 @@ def decompose(
     shards; None or "none": weight-only) the teacher first streams `calibration_samples` sequences
     of that data and every method minimises the output error of the projections on them
     (`compress.calibration`, `decomposition.weighted`); `damping` is the ridge added to each input
-    moment, relative to its mean diagonal. A teacher passed as a model needs its `tokenizer` then;
-    `calibration` may also be the (moments, record) pair `compress.calibration.calibrate` returned,
-    to reuse one pass of the teacher for several decompositions.
+    moment, relative to its mean diagonal. A teacher passed as a model needs its `tokenizer` then.
+    `calibration` may also be data already read (`compress.calibration.calibration_data`), or the
+    (moments, record) pair `compress.calibration.calibrate` returned, to reuse one pass of the
+    teacher for several decompositions.
 
     `method` is a registered name with its `options` (rank, layer_rank, tol, ...; see
     `decomposition.methods`) or a `Method`. With `budget` the ranks not given are the largest
@@ -82,17 +84,18 @@ def decompose(
     if isinstance(calibration, tuple):  # (moments, record) from an earlier calibrate(), reused
         moments, calibration_record = calibration[0], dict(calibration[1])
     elif calibration is not None and str(calibration) != "none":
-        if tokenizer is None and isinstance(source, PreTrainedModel):
-            raise TensorslimError("calibration data needs the teacher's tokenizer", "pass tokenizer=...")
-        moments, calibration_record = calibrate(
-            teacher,
-            calibration,
-            tokenizer if tokenizer is not None else load_tokenizer(source),
-            ops=ops,
-            samples=calibration_samples,
-            seq_length=calibration_seq_length,
-            seed=seed,
-        )
+        if not isinstance(calibration, CalibrationData):
+            if tokenizer is None and isinstance(source, PreTrainedModel):
+                raise TensorslimError("calibration data needs the teacher's tokenizer", "pass tokenizer=...")
+            calibration = calibration_data(
+                teacher.config,
+                calibration,
+                tokenizer if tokenizer is not None else load_tokenizer(source),
+                samples=calibration_samples,
+                seq_length=calibration_seq_length,
+                seed=seed,
+            )
+        moments, calibration_record = calibrate(teacher, calibration, ops=ops)
     if calibration_record is not None:
         calibration_record["damping"] = damping
     fit_start = time.perf_counter()
@@ -236,14 +239,7 @@ def relative(errors: dict[str, tuple[float, float]]) -> float:
 
 def spectra(W: torch.Tensor) -> dict[str, list[float]]:
     """Singular values of the three unfoldings of W (slices, rows, columns), descending."""
-    n, D1, D2 = W.shape
-    W = W.float()
-    grams = {
-        "slices": W.reshape(n, -1) @ W.reshape(n, -1).T,
-        "rows": (lambda f: f @ f.T)(W.transpose(0, 1).reshape(D1, -1)),
-        "columns": (lambda f: f.T @ f)(W.reshape(-1, D2)),
-    }
-    return {mode: torch.linalg.eigvalsh(g.double()).flip(0).clamp_min(0).sqrt().tolist() for mode, g in grams.items()}
+    return {mode: e.sqrt().tolist() for mode, e in zip(("slices", "rows", "columns"), unfolding_energies(W))}
 
 
 def from_teacher(teacher, method: str = "tucker", **kwargs) -> PreTrainedModel:
@@ -301,8 +297,8 @@ def decompose_to_dir(
     check_head(infer_head(config) if head == "auto" else head)
     check_settings(config, method, ops=ops, budget=budget, compression=compression, **options)  # before loading
     inputs = [teacher] if calibration is None or str(calibration) == "none" else [teacher, calibration]
-    if len(inputs) > 1:  # read (and drop) the calibration data now, to refuse bad data before loading
-        calibration_data(
+    if len(inputs) > 1:  # read the calibration data before the teacher loads: bad data is refused first
+        calibration = calibration_data(
             config,
             calibration,
             load_tokenizer(teacher),

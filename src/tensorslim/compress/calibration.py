@@ -167,34 +167,39 @@ DEFAULT_SEQ_LENGTH = 256
 DEFAULT_DAMPING = 0.01  # ridge relative to the mean diagonal, as GPTQ's damping
 
 
-def calibration_data(config, data, tokenizer, *, samples: int, seq_length: int | None, seed: int):
-    """(batches, seq_length) of calibration `data` for a `config` model (`data.calibration`), the
-    sequence length capped at the model's context; refuses bad data before any weight is loaded."""
+@dataclass
+class CalibrationData:
+    """Calibration sequences read for one model (`calibration_data`), not yet streamed."""
+
+    source: str
+    batches: list[dict[str, torch.Tensor]]
+    seq_length: int
+    seed: int
+
+
+def calibration_data(config, data, tokenizer, *, samples: int, seq_length: int | None, seed: int) -> CalibrationData:
+    """Calibration `data` read for a `config` model (`data.calibration`), the sequence length capped
+    at the model's context; refuses bad data before any weight is loaded."""
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     seq_length = min(seq_length or DEFAULT_SEQ_LENGTH, context or DEFAULT_SEQ_LENGTH)
     causal = get_family(config).causal
     batches = calibration_batches(data, tokenizer, samples=samples, seq_length=seq_length, seed=seed, causal=causal)
-    return batches, seq_length
+    return CalibrationData(str(data), batches, seq_length, seed)
 
 
-def calibrate(
-    model: PreTrainedModel, data, tokenizer, *, ops: str, samples: int, seq_length: int | None, seed: int
-) -> tuple[dict[str, SliceWeights], dict]:
-    """Each group's slice moments (`slice_covariances`) of `model` on calibration `data`
-    (`data.calibration`), and a record of the run. `seq_length` is capped at the model's context."""
+def calibrate(model: PreTrainedModel, data: CalibrationData, *, ops: str) -> tuple[dict[str, SliceWeights], dict]:
+    """Each group's slice moments (`slice_covariances`) of `model` streamed over `data`, and a
+    record of the run."""
     from .inplace import layout
 
-    batches, seq_length = calibration_data(
-        model.config, data, tokenizer, samples=samples, seq_length=seq_length, seed=seed
-    )
-    moments = input_moments(model, batches, ops)
+    moments = input_moments(model, data.batches, ops)
     _, layouts, _ = layout(model, ops)
     record = {
-        "data": str(data),
-        "sequences": sum(len(b["input_ids"]) for b in batches),
-        "seq_length": seq_length,
+        "data": data.source,
+        "sequences": sum(len(b["input_ids"]) for b in data.batches),
+        "seq_length": data.seq_length,
         "tokens": moments.tokens,
-        "seed": seed,
+        "seed": data.seed,
         "seconds": moments.seconds,
         "moment_bytes": moments.bytes,
     }

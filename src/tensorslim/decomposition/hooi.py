@@ -234,3 +234,16 @@ def tucker_hooi(
         errors[-1] = (torch.linalg.vector_norm(W.double() - recon) / norm2**0.5).item() if norm2 else 0.0
     dtype = "bfloat16" if low else "float32"
     return core.contiguous(), factors, HooiInfo(errors, time.perf_counter() - start, sweep_seconds, dtype)
+
+
+def unfolding_energies(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Squared singular values (float64, descending) of the three unfoldings of W (n, R, C): slices,
+    rows, columns, from their Gram matrices."""
+    n, R, C = W.shape
+    W = W.float()
+    grams = (
+        W.reshape(n, -1) @ W.reshape(n, -1).T,
+        (lambda f: f @ f.T)(W.transpose(0, 1).reshape(R, -1)),
+        (lambda f: f.T @ f)(W.reshape(-1, C)),
+    )
+    return tuple(torch.linalg.eigvalsh(g.double()).flip(0).clamp_min(0) for g in grams)

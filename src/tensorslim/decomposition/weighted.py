@@ -119,10 +119,16 @@ def unique_moments(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(distinct), torch.tensor(inverse, device=cov.device)
 
 
-def _spd_inverse(M: torch.Tensor) -> torch.Tensor:
+def _chol(M: torch.Tensor) -> torch.Tensor:
+    """Cholesky factor (float64) of each symmetric PSD matrix in M (..., m, m), with a 1e-10 relative
+    jitter on the diagonal."""
     M = M.double()
-    jitter = 1e-10 * M.diagonal().mean().abs().clamp_min(1e-30)
-    return torch.cholesky_inverse(torch.linalg.cholesky(M + jitter * torch.eye(len(M), dtype=M.dtype)))
+    jitter = 1e-10 * M.diagonal(dim1=-2, dim2=-1).mean(-1).abs().clamp_min(1e-30)
+    return torch.linalg.cholesky(M + jitter[..., None, None] * torch.eye(M.shape[-1], dtype=M.dtype))
+
+
+def _spd_inverse(M: torch.Tensor) -> torch.Tensor:
+    return torch.cholesky_inverse(_chol(M))
 
 
 def sylvester_pcg(K: torch.Tensor, M: torch.Tensor, M0: torch.Tensor, rhs: torch.Tensor, X: torch.Tensor):
@@ -181,7 +187,10 @@ def _pooled_factors(weights: SliceWeights):
 def pooled_whitened(W: torch.Tensor, weights: SliceWeights) -> torch.Tensor:
     """La^T W_i Lb for every slice (`_pooled_factors`), in W's dtype: the stack whose weight error
     is F when every slice of a side shares one moment."""
-    La, Lb = _pooled_factors(weights)
+    return _whiten(W, *_pooled_factors(weights))
+
+
+def _whiten(W: torch.Tensor, La: torch.Tensor | None, Lb: torch.Tensor | None) -> torch.Tensor:
     Ww = W.double()
     if La is not None:
         Ww = La.T @ Ww
@@ -199,7 +208,7 @@ def pooled_start(W: torch.Tensor, weights: SliceWeights, fit: Callable) -> tuple
     each re-orthonormalised with its triangular factor moved into the cores.
     """
     La, Lb = _pooled_factors(weights)
-    factors, record = fit(pooled_whitened(W, weights))
+    factors, record = fit(_whiten(W, La, Lb))
     U, V = factors["U"].double(), factors["V"].double()
     name = "C" if "P" in factors else "S"
     core = factors[name].double()
@@ -352,9 +361,3 @@ def _update_cores(W, rows: _Moments, cols: _Moments, U, V, core, P):
         lambda Y: Y / weight,
     )
     return core, P
-
-
-def _chol(M: torch.Tensor) -> torch.Tensor:
-    M = M.double()
-    jitter = 1e-10 * M.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
-    return torch.linalg.cholesky(M + jitter[:, None, None] * torch.eye(M.shape[-1], dtype=M.dtype))

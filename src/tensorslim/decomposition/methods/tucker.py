@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import TensorslimError
+from ..hooi import unfolding_energies
 from ..slices import Group
 from .base import RANK, Method, Option, unmeetable
 from .hooi_options import HOOI_OPTIONS, run_hooi
@@ -86,8 +87,11 @@ class Tucker(Method):
                 candidates = [c for c in candidates if c.rank < hidden_size]
             if not candidates:
                 unmeetable(self.name, budget, self.with_values(rank=1, layer_rank=1).total_params(groups, hidden_size))
+            energies = {n: unfolding_energies(W) for n, W in stacks.items()}
             bound = lambda m: sum(  # noqa: E731
-                hosvd_bound(stacks[n], self.side_ranks(g, m.group_ranks(g, hidden_size)), m.group_ranks(g, hidden_size))
+                hosvd_bound(
+                    energies[n], self.side_ranks(g, m.group_ranks(g, hidden_size)), m.group_ranks(g, hidden_size)
+                )
                 for n, g in groups.items()
             )
             return min(candidates, key=bound)
@@ -107,18 +111,7 @@ class Tucker(Method):
         return self.with_values(layer_rank=max(fits))
 
 
-def hosvd_bound(W: torch.Tensor, sides: tuple[int, int], ranks: dict[str, int]) -> float:
-    """Upper bound on ||W - W_hat||^2 of the truncated HOSVD of W (n, R, C) at ranks (l, r1, r2): the
-    energy beyond each mode's rank in its unfolding's spectrum, summed over the modes."""
-    n, R, C = W.shape
-    W = W.float()
-    grams = (
-        W.reshape(n, -1) @ W.reshape(n, -1).T,
-        (lambda f: f @ f.T)(W.transpose(0, 1).reshape(R, -1)),
-        (lambda f: f.T @ f)(W.reshape(-1, C)),
-    )
-    bound = 0.0
-    for gram, rank in zip(grams, (ranks["layer_rank"], *sides)):
-        eig = torch.linalg.eigvalsh(gram.double()).flip(0).clamp_min(0)
-        bound += eig[rank:].sum().item()
-    return bound
+def hosvd_bound(energies: tuple[torch.Tensor, ...], sides: tuple[int, int], ranks: dict[str, int]) -> float:
+    """Upper bound on ||W - W_hat||^2 of the truncated HOSVD of W at ranks (l, r1, r2), from the
+    `unfolding_energies` of W: the energy beyond each mode's rank, summed over the modes."""
+    return sum(e[rank:].sum().item() for e, rank in zip(energies, (ranks["layer_rank"], *sides)))
