@@ -189,7 +189,7 @@ def test_student_whose_config_and_weights_disagree(tiny_bert_dir, tmp_path, dama
     main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(student), "--rank", "8", "--layer-rank", "6"])
     if damage == "rank":
         config = json.loads((student / "config.json").read_text())
-        config["quantization_config"]["groups"]["32x32"]["ranks"]["rank"] = 10
+        config["quantization_config"]["groups"]["32x32"]["ranks"]["sides"] = [10, 10]
         (student / "config.json").write_text(json.dumps(config))
     else:
         weights = load_file(student / "model.safetensors")

@@ -11,6 +11,7 @@ from transformers import BertConfig, BertModel
 from tensorslim.compress.inplace import layout, matrix_of
 from tensorslim.decomposition.hooi import sweep_dtype, tucker_hooi
 from tensorslim.decomposition.methods import METHODS, get_method
+from tensorslim.decomposition.methods.base import SIDES
 from tensorslim.decomposition.slices import Group, assemble, stack
 from tensorslim.errors import TensorslimError
 from tiny_models import tiny_model
@@ -134,9 +135,17 @@ def test_a_rank_at_the_smaller_side_keeps_a_rectangular_group_exact():
 
 def test_ranks_scale_with_a_groups_smaller_side():
     method = get_method("tucker", rank=288)  # d = D / 2 for SmolLM2 (D = 576)
-    assert method.group_ranks(Group("576x576", 576, 576, 60), 576) == {"rank": 288, "layer_rank": 30}
-    assert method.group_ranks(Group("576x192", 576, 192, 60), 576) == {"rank": 96, "layer_rank": 30}
-    assert method.group_ranks(Group("1536x576", 1536, 576, 90), 576) == {"rank": 288, "layer_rank": 45}
+    assert method.group_ranks(Group("576x576", 576, 576, 60), 576) == {
+        "rank": 288,
+        "sides": [288, 288],
+        "layer_rank": 30,
+    }
+    assert method.group_ranks(Group("576x192", 576, 192, 60), 576) == {"rank": 96, "sides": [288, 96], "layer_rank": 30}
+    assert method.group_ranks(Group("1536x576", 1536, 576, 90), 576) == {
+        "rank": 288,
+        "sides": [768, 288],
+        "layer_rank": 45,
+    }
 
 
 @pytest.mark.parametrize("name,rank,layer_rank", [("lowrank", 6, None), ("shared", 6, None), ("tucker", 6, 10)])
@@ -312,7 +321,6 @@ def test_tucker_budget_spends_on_the_mode_the_stack_needs():
     """With the stacks known, the budget goes to a small bank when the slices are few matrices mixed,
     and to a full bank when they are independent but low-rank: the smaller HOSVD bound each time."""
     from tensorslim.decomposition.hooi import unfolding_energies
-    from tensorslim.decomposition.methods.tucker import hosvd_bound
     from tensorslim.decomposition.slices import Group
 
     g = torch.Generator().manual_seed(0)
@@ -328,8 +336,48 @@ def test_tucker_budget_spends_on_the_mode_the_stack_needs():
         assert chosen.total_params(group, D) <= budget
         assert (ranks["layer_rank"] <= n // 4) == expect_small_bank, ranks
         others = [get_method("tucker", layer_rank=lr).for_budget(group, D, budget) for lr in (4, 8, 12, 16)]
-        bounds = [
-            hosvd_bound(unfolding_energies(W), o.side_ranks(group["24x24"], r := o.group_ranks(group["24x24"], D)), r)
-            for o in others
-        ]
-        assert hosvd_bound(unfolding_energies(W), chosen.side_ranks(group["24x24"], ranks), ranks) <= min(bounds) + 1e-6
+        energies = {"24x24": unfolding_energies(W)}
+        bounds = [o.error_bound(group, D, energies) for o in others]
+        assert chosen.error_bound(group, D, energies) <= min(bounds) + 1e-6
+
+
+def test_rectangular_sides_scale_or_stay_whole():
+    """A 48 x 12 group at d = 4 of D = 12: proportional sides (16, 4); longer-full keeps the 48 rows,
+    shorter-full the 12 columns; students saved before `sides` existed read `rank` on both sides."""
+    group, D = Group("48x12", 48, 12, 5), 12
+    sides = {p: get_method("shared", rank=4, sides=p).group_ranks(group, D)["sides"] for p in SIDES.choices}
+    assert sides == {"proportional": [16, 4], "longer-full": [48, 4], "shorter-full": [16, 12]}
+    assert get_method("shared").side_ranks(group, {"rank": 4}) == (4, 4)
+    assert get_method("tucker", rank=12).group_ranks(group, D)["sides"] == [48, 12]  # exact
+    with pytest.raises(TensorslimError, match="sides must be one of"):
+        get_method("tucker", sides="wider")
+
+
+@pytest.mark.parametrize("method", ["shared", "tucker"])
+def test_budget_keeps_whole_the_side_a_rectangular_stack_needs(method):
+    """Slices that share a 2-dim column space while their rows span all 24 dimensions: the search keeps
+    the row side whole; its error bound bounds the truncated HOSVD's actual error (tensorly)."""
+    import tensorly as tl
+    from tensorly.decomposition import tucker as tl_tucker
+
+    from tensorslim.decomposition.hooi import unfolding_energies
+
+    g = torch.Generator().manual_seed(1)
+    n, R, C, D = 20, 24, 8, 8
+    group = {"24x8": Group("24x8", R, C, n)}
+    W = torch.randn(n, R, 2, generator=g, dtype=torch.float64) @ torch.randn(2, C, generator=g, dtype=torch.float64)
+    W = W + 0.05 * torch.randn(n, R, C, generator=g, dtype=torch.float64)
+    budget = n * R * C // 2
+    chosen = get_method(method).for_budget(group, D, budget, stacks={"24x8": W})
+    ranks = chosen.group_ranks(group["24x8"], D)
+    assert chosen.total_params(group, D) <= budget
+    assert ranks["sides"][0] == R and ranks["sides"][1] < C, ranks
+    modes = [ranks.get("layer_rank", n), *ranks["sides"]]
+    core, factors = tl_tucker(tl.tensor(W.numpy()), rank=modes, init="svd", n_iter_max=0)
+    actual = ((tl.tucker_to_tensor((core, factors)) - W.numpy()) ** 2).sum()
+    assert actual <= chosen.error_bound(group, D, {"24x8": unfolding_energies(W)}) * (1 + 1e-4)  # float32 Grams
+    for policy in ("proportional", "shorter-full"):
+        other = get_method(method, sides=policy).for_budget(group, D, budget, stacks={"24x8": W})
+        assert chosen.error_bound(group, D, {"24x8": unfolding_energies(W)}) <= other.error_bound(
+            group, D, {"24x8": unfolding_energies(W)}
+        )

@@ -45,14 +45,15 @@ def logits(model) -> torch.Tensor:
 # lowrank rank 20: q, o 20 (32 + 32) = 1280 >= 32 x 32 = 1024: dense; k, v 10 (32 + 16) = 480 < 512;
 #   gate, up, down 20 (80 + 32) = 2240 < 2560. Per layer 2 x 1280 + 2 x 480 + 3 x 2240 = 10240 before,
 #   2 x 1024 + 2 x 480 + 3 x 2240 = 9728 after.
-# shared rank 24: q, o 32 x 24 + 24 x 32 = 1536 >= 1024: dense; k + v 32 x 12 + 2 x 12 x 16 = 768 < 1024
-#   (each alone 576 >= 512); gate + up 32 x 24 + 2 x 24 x 80 = 4608 < 5120 (each alone 2688 >= 2560);
-#   down 80 x 24 + 24 x 32 = 2688 >= 2560: dense. Per layer 3072 + 768 + 4608 + 2688 = 11136 before,
-#   2048 + 768 + 4608 + 2560 = 9984 after.
+# shared rank 24 (sides scale with their size): q, o 32 x 24 + 24 x 32 = 1536 >= 1024: dense; k, v: rank 12
+#   on the 16 side, 24 on the 32 (input) side: k + v 32 x 24 + 2 x 24 x 16 = 1536 >= 1024: dense; gate + up
+#   (input side 32 at 24, 80 side at 60) 32 x 24 + 2 x 24 x 80 = 4608 < 5120 (each alone 2688 >= 2560);
+#   down (input side 80 at 60) 80 x 60 + 60 x 32 = 6720 >= 2560: dense. Per layer 3072 + 1536 + 4608 + 6720
+#   = 15936 before, 2048 + 1024 + 4608 + 2560 = 10240 after.
 # tucker at full rank: every x A costs as much as a dense matrix, so everything goes dense.
 CASES = [
     ("lowrank", {"rank": 20}, ("self_attn.q_proj", "self_attn.o_proj"), 2 * 10240, 2 * 9728),
-    ("shared", {"rank": 24}, ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"), 2 * 11136, 2 * 9984),
+    ("shared", {"rank": 24}, [p for p in PATHS if p not in ("mlp.gate_proj", "mlp.up_proj")], 2 * 15936, 2 * 10240),
     ("tucker", {"rank": 32, "layer_rank": 3}, PATHS, None, 2 * (2 * 1024 + 2 * 512 + 3 * 2560)),
 ]
 
@@ -97,15 +98,15 @@ def test_the_choice_survives_save_pretrained_and_from_pretrained(tmp_path):
     before = logits(model)
     model.save_pretrained(tmp_path)
     section = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
-    dense = keys(("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"))
+    dense = keys([p for p in PATHS if p not in ("mlp.gate_proj", "mlp.up_proj")])
     assert section["merged"] == dense
     stored = set(safe_open(tmp_path / "model.safetensors", "pt").keys())
     assert "model.layers.1.mlp.down_proj.weight" in stored and "model.layers.1.mlp.up_proj.weight" not in stored
-    assert not [k for k in stored if ".groups.32x32." in k]  # only q and o read that group
+    assert not [k for k in stored if ".groups.32x32." in k or ".groups.32x16." in k]  # read by merged ones only
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     for key, module, _ in targets(loaded, "all"):
         assert isinstance(module, nn.Linear if key in dense else FactoredProjection), key
-    assert set(bank_of(loaded).groups) == {"32x16", "80x32"}
+    assert set(bank_of(loaded).groups) == {"80x32"}
     torch.testing.assert_close(logits(loaded), before, atol=0, rtol=0)
     assert count_parameters(loaded) == count_parameters(model)
     assert flops_per_token(loaded, 16) == flops_per_token(model, 16)

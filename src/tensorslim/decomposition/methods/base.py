@@ -7,7 +7,8 @@ the whole group (so that x @ U is computed once for all the slices a module's in
 
 Ranks are given relative to the hidden size D: `rank` d is the rank of a D-wide side, and a group
 whose smaller side m differs from D gets round(d m / D). A rank at or above a group's smaller side
-keeps that group exact (`side_ranks`).
+keeps that group exact (`side_ranks`). Methods with shared sides record the rank of each side
+(`sides`): a rectangular group's sides scale with their size, or one of them stays full (`SIDES`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import TensorslimError
+from ..hooi import unfolding_energies
 from ..slices import Group
 from ..weighted import SliceWeights, pooled_start, refine
 
@@ -43,6 +45,17 @@ RANK = Option(
 )
 
 
+SIDES = Option(
+    "sides",
+    str,
+    None,
+    "how a rectangular group's two sides take the rank: proportional (each side's rank scales with its "
+    "size), longer-full or shorter-full (that side kept whole, the other reduced); default: proportional, "
+    "or from --budget",
+    ("proportional", "longer-full", "shorter-full"),
+)
+
+
 class Method(ABC):
     """A decomposition method with its hyper-parameter values (`options` lists the accepted ones)."""
 
@@ -61,6 +74,12 @@ class Method(ABC):
                 f"{self.name} accepts {', '.join(known)}",
             )
         self.values = {name: values.get(name, o.default) for name, o in known.items()}
+        for name, value in self.values.items():
+            if value is not None and known[name].choices and value not in known[name].choices:
+                raise TensorslimError(
+                    f"{name} must be one of {', '.join(known[name].choices)}, got {value!r}",
+                    f"pass --{name.replace('_', '-')} as one of those",
+                )
         for name, value in self.values.items():
             if (
                 value is not None
@@ -94,11 +113,29 @@ class Method(ABC):
                 f"rank {d} is out of range for hidden size {hidden_size}", f"choose a rank between 1 and {hidden_size}"
             )
         smaller = min(group.rows, group.cols)
-        return {"rank": max(1, min(smaller, round(d * smaller / hidden_size)))}
+        ranks = {"rank": max(1, min(smaller, round(d * smaller / hidden_size)))}
+        if self.shared:
+            ranks["sides"] = list(self._sides(group, ranks["rank"]))
+        return ranks
+
+    def _sides(self, group: Group, rank: int) -> tuple[int, int]:
+        """(r1, r2) for the smaller side's rank `rank` under the `sides` option."""
+        if rank >= min(group.rows, group.cols):
+            return group.rows, group.cols  # exact
+        smaller = min(group.rows, group.cols)
+        scaled = [min(side, max(1, round(rank * side / smaller))) for side in (group.rows, group.cols)]
+        policy = self.values.get("sides") or "proportional"
+        if group.rows == group.cols or policy == "proportional":
+            return tuple(scaled)
+        keep = (group.rows > group.cols) == (policy == "longer-full")  # keep the rows side whole
+        return (group.rows, scaled[1]) if keep else (scaled[0], group.cols)
 
     def side_ranks(self, group: Group, ranks: dict[str, int]) -> tuple[int, int]:
-        """(r1, r2): the ranks of U's and V's sides. Full on both sides once the rank reaches the
-        smaller side, so that the group is exact."""
+        """(r1, r2): the ranks of U's and V's sides (recorded as `sides`; students saved before
+        it existed have `rank` on both sides). Full on both sides once the rank reaches the smaller
+        side, so that the group is exact."""
+        if "sides" in ranks:
+            return tuple(ranks["sides"])
         d = ranks["rank"]
         return (group.rows, group.cols) if d >= min(group.rows, group.cols) else (d, d)
 
@@ -151,13 +188,34 @@ class Method(ABC):
     def for_budget(self, groups: dict[str, Group], hidden_size: int, budget: int, stacks=None) -> Method:
         """This method with the largest rank whose factors fit in `budget` weights (other options
         as given). `stacks` ({group: (n, R, C)}, whitened for a data-aware fit) lets a method with
-        several ways to spend the budget pick the one that fits the weights best."""
+        several ways to spend the budget pick the one that fits the weights best: with shared sides
+        and `sides` unset, the side policy with the smallest HOSVD error bound."""
+        if stacks is not None and self.shared and self.values.get("sides", "") is None:
+            candidates = []
+            for policy in SIDES.choices:
+                try:
+                    candidates.append(self.with_values(sides=policy).for_budget(groups, hidden_size, budget, stacks))
+                except TensorslimError:
+                    continue
+            if not candidates:
+                unmeetable(self.name, budget, self.with_values(rank=1).total_params(groups, hidden_size))
+            return best_by_bound(candidates, groups, hidden_size, stacks)
         fits = [
             d for d in range(1, hidden_size + 1) if self.with_values(rank=d).total_params(groups, hidden_size) <= budget
         ]
         if not fits:
             unmeetable(self.name, budget, self.with_values(rank=1).total_params(groups, hidden_size))
         return self.with_values(rank=max(fits))
+
+    def error_bound(self, groups: dict[str, Group], hidden_size: int, energies: dict) -> float:
+        """Upper bound on sum ||W - W_hat||^2 of the truncated HOSVD at this method's ranks, from each
+        group's `hooi.unfolding_energies` (the energy beyond each mode's rank, summed over modes)."""
+        total = 0.0
+        for name, g in groups.items():
+            ranks = self.group_ranks(g, hidden_size)
+            modes = (ranks.get("layer_rank", g.num_slices), *self.side_ranks(g, ranks))
+            total += sum(e[rank:].sum().item() for e, rank in zip(energies[name], modes))
+        return total
 
     def describe(self) -> dict:
         return {"method": self.name, **self.values}
@@ -168,6 +226,14 @@ def unmeetable(method: str, budget: int, smallest: int):
         f"no {method} rank setting fits in {budget:,} weights (the smallest needs {smallest:,})",
         "raise the budget, or fix a smaller --layer-rank / --rank",
     )
+
+
+def best_by_bound(candidates: list[Method], groups, hidden_size: int, stacks: dict) -> Method:
+    """The candidate with the smallest `error_bound` on `stacks` (full-rank candidates, which
+    compress only a bank and do more work per token than the dense layers, only if nothing else)."""
+    below = [c for c in candidates if c.rank < hidden_size]
+    energies = {n: unfolding_energies(W) for n, W in stacks.items()}
+    return min(below or candidates, key=lambda m: m.error_bound(groups, hidden_size, energies))
 
 
 def option_values(method_cls: type[Method], values: dict) -> dict:

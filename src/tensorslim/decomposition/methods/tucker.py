@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from itertools import product
+
 import torch
 
 from ...errors import TensorslimError
-from ..hooi import unfolding_energies
 from ..slices import Group
-from .base import RANK, Method, Option, unmeetable
+from .base import RANK, SIDES, Method, Option, best_by_bound, unmeetable
 from .hooi_options import HOOI_OPTIONS, run_hooi
 
 LAYER_RANK = Option(
@@ -23,7 +24,7 @@ class Tucker(Method):
 
     name = "tucker"
     paper = "IV"
-    options = (RANK, LAYER_RANK, *HOOI_OPTIONS)
+    options = (RANK, SIDES, LAYER_RANK, *HOOI_OPTIONS)
     factor_names = ("U", "P", "C", "V")
 
     def validate(self, groups, hidden_size):
@@ -61,40 +62,29 @@ class Tucker(Method):
 
     def for_budget(self, groups, hidden_size, budget, stacks=None):
         """With --layer-rank fixed: the largest rank that fits; with --rank fixed: the largest bank.
-        With neither and the group `stacks` known: of the banks of n, 3n/4, n/2 and n/4 slices, each
-        with the largest rank that fits (and the largest bank once that rank is full), the one with
-        the smallest HOSVD error bound (the discarded energy of the three unfoldings, summed over
-        groups); candidates at full rank (which compress only the bank, and do more work per token
-        than the dense layers) only when nothing else fits. Without stacks: banks of half the slices
-        (the paper's 72-384 student of BERT-base) and the largest rank, and if even the full rank fits
-        that way, the full rank and the largest bank."""
+        With neither and the group `stacks` known: of the banks of n, 3n/4, n/2 and n/4 slices (and
+        each side policy, `SIDES`, unless --sides is given), each with the largest rank that fits
+        (and the largest bank once that rank is full), the one with the smallest HOSVD error bound
+        (`Method.error_bound`), preferring ranks below full. Without stacks: banks of half the
+        slices (the paper's 72-384 student of BERT-base) and the largest rank, and if even the
+        full rank fits that way, the full rank and the largest bank."""
         if self.layer_rank is not None:
-            return super().for_budget(groups, hidden_size, budget)
+            return super().for_budget(groups, hidden_size, budget, stacks)
         if self.rank is None and stacks is not None:
             largest = max(g.num_slices for g in groups.values())
             candidates = []
-            for share in (1, 0.75, 0.5, 0.25):
+            for share, policy in product((1, 0.75, 0.5, 0.25), (self.sides,) if self.sides else SIDES.choices):
+                method = self.with_values(layer_rank=max(1, round(share * largest)), sides=policy)
                 try:
-                    found = self.with_values(layer_rank=max(1, round(share * largest))).for_budget(
-                        groups, hidden_size, budget
-                    )
+                    found = method.for_budget(groups, hidden_size, budget)
                 except TensorslimError:
                     continue
                 if found.rank == hidden_size:  # full rank: spend the rest on the bank
                     found = found.with_values(layer_rank=None).for_budget(groups, hidden_size, budget)
                 candidates.append(found)
-            if any(c.rank < hidden_size for c in candidates):  # full-rank sides only compress the bank
-                candidates = [c for c in candidates if c.rank < hidden_size]
             if not candidates:
                 unmeetable(self.name, budget, self.with_values(rank=1, layer_rank=1).total_params(groups, hidden_size))
-            energies = {n: unfolding_energies(W) for n, W in stacks.items()}
-            bound = lambda m: sum(  # noqa: E731
-                hosvd_bound(
-                    energies[n], self.side_ranks(g, m.group_ranks(g, hidden_size)), m.group_ranks(g, hidden_size)
-                )
-                for n, g in groups.items()
-            )
-            return min(candidates, key=bound)
+            return best_by_bound(candidates, groups, hidden_size, stacks)
         if self.rank is None:
             found = super().for_budget(groups, hidden_size, budget)
             if found.rank < hidden_size:
@@ -109,9 +99,3 @@ class Tucker(Method):
         if not fits:
             unmeetable(self.name, budget, self.with_values(layer_rank=1).total_params(groups, hidden_size))
         return self.with_values(layer_rank=max(fits))
-
-
-def hosvd_bound(energies: tuple[torch.Tensor, ...], sides: tuple[int, int], ranks: dict[str, int]) -> float:
-    """Upper bound on ||W - W_hat||^2 of the truncated HOSVD of W at ranks (l, r1, r2), from the
-    `unfolding_energies` of W: the energy beyond each mode's rank, summed over the modes."""
-    return sum(e[rank:].sum().item() for e, rank in zip(energies, (ranks["layer_rank"], *sides)))
