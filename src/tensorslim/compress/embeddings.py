@@ -144,10 +144,19 @@ def _tied_head(model: PreTrainedModel, tied: bool) -> nn.Module | None:
     return model.get_output_embeddings() if tied else None
 
 
-def _untie(model: PreTrainedModel) -> None:
-    """Stop transformers from tying (its tie_weights() would assign head.weight)."""
+def _tie_map(model: PreTrainedModel, tied: bool) -> dict[str, str]:
+    """transformers' {target: source} parameter ties of `model` with tie_word_embeddings = `tied`."""
+    model.config.tie_word_embeddings = tied
+    return model.get_expanded_tied_weights_keys(all_submodels=True)
+
+
+def _untie(model: PreTrainedModel, full: dict[str, str]) -> None:
+    """Stop transformers from tying the head to the embedding table (its tie_weights() would
+    assign head.weight); the ties of `full` between parameters that still exist (BERT's decoder
+    bias to `cls.predictions.bias`) stay in its mapping."""
     model.config.tie_word_embeddings = False
-    model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
+    names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    model.all_tied_weights_keys = {t: s for t, s in full.items() if t in names and s in names}
 
 
 def install(model: PreTrainedModel, spec: dict) -> FactoredEmbedding:
@@ -163,6 +172,7 @@ def install(model: PreTrainedModel, spec: dict) -> FactoredEmbedding:
     check_rank(spec["rank"], vocab, dim)
     new = FactoredEmbedding(vocab, dim, spec["rank"], old.padding_idx, device=old.weight.device, dtype=old.weight.dtype)
     head = _tied_head(model, spec["tied"])
+    ties = _tie_map(model, spec["tied"])
     model.set_input_embeddings(new)
     new._is_hf_initialized = True
     if head is not None:
@@ -170,7 +180,7 @@ def install(model: PreTrainedModel, spec: dict) -> FactoredEmbedding:
         factored = FactoredHead(new, bias if isinstance(bias, nn.Parameter) else None)
         factored._is_hf_initialized = True
         model.set_output_embeddings(factored)
-    _untie(model)
+    _untie(model, ties)
     return new
 
 
