@@ -134,7 +134,8 @@ def fit(E: torch.Tensor, rank: int, counts: torch.Tensor | None = None) -> tuple
     diff = E64 - low @ up
     record = {"relative_error": (diff.norm() / E64.norm().clamp_min(1e-30)).item()}
     if w is not None:
-        record["weighted_error"] = ((w[:, None] * diff**2).sum() / (w[:, None] * E64**2).sum().clamp_min(1e-30)).sqrt().item()
+        weighted = (w[:, None] * diff**2).sum() / (w[:, None] * E64**2).sum().clamp_min(1e-30)
+        record["weighted_error"] = weighted.sqrt().item()
         record["tokens"] = int(counts.sum().item())
     return low, up, record
 
@@ -193,11 +194,15 @@ def factorize_embeddings(model: PreTrainedModel, rank: int, counts: torch.Tensor
     check_rank(rank, vocab, dim)
     if not torch.isfinite(E).all():
         raise TensorslimError(
-            "the teacher's word embeddings hold NaN or infinite values", "the checkpoint is corrupt; use a finite teacher"
+            "the teacher's word embeddings hold NaN or infinite values",
+            "the checkpoint is corrupt; use a finite teacher",
         )
     low, up, record = fit(E, rank, counts)
-    spec = {"rank": rank, "tied": bool(getattr(model.config, "tie_word_embeddings", False)),
-            "init": "svd" if counts is None else "frequency"}
+    spec = {
+        "rank": rank,
+        "tied": bool(getattr(model.config, "tie_word_embeddings", False)),
+        "init": "svd" if counts is None else "frequency",
+    }
     new = install(model, spec)
     new.low.copy_(low)
     new.up.copy_(up)
@@ -212,12 +217,13 @@ def merge_embeddings(model: PreTrainedModel, spec: dict) -> None:
     emb = model.get_input_embeddings()
     if not isinstance(emb, FactoredEmbedding):
         return
-    dense = nn.Embedding(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, device=emb.low.device, dtype=emb.low.dtype)
+    V, D, device = emb.num_embeddings, emb.embedding_dim, emb.low.device
+    dense = nn.Embedding(V, D, emb.padding_idx, device=device, dtype=emb.low.dtype)
     dense.weight.copy_(emb.dense_weight())
     head = model.get_output_embeddings()
     model.set_input_embeddings(dense)
     if isinstance(head, FactoredHead):
-        linear = nn.Linear(emb.embedding_dim, emb.num_embeddings, bias=head.bias is not None, device=dense.weight.device)
+        linear = nn.Linear(D, V, bias=head.bias is not None, device=device)
         if head.bias is not None:
             linear.bias = head.bias
         linear.weight = dense.weight

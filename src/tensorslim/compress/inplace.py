@@ -262,8 +262,9 @@ def merge(model: PreTrainedModel, keys: list[str] | None = None) -> PreTrainedMo
     (PEFT's merge_and_unload): all of them, or those of `keys` ("<layer>.<path>").
 
     Once none is left (factorised word embeddings merge with the last of them) the model is an
-    ordinary instance of its class (no bank, no section). Otherwise the keys are added to the section's `merged` (loading builds them dense), and the
-    bank drops the groups no factored module reads any more."""
+    ordinary instance of its class (no bank, no section). Otherwise the keys are added to the
+    section's `merged` (loading builds them dense), and the bank drops the groups no factored
+    module reads any more."""
     if not is_decomposed(model):
         raise TensorslimError("the model is not decomposed", "pass a tensorslim student")
     bank = bank_of(model)

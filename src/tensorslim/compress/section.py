@@ -73,6 +73,12 @@ def section_of(config) -> DecompositionConfig | None:
     return None
 
 
+def factored_embeddings(config) -> bool:
+    """Whether a model config describes a student with factorised word embeddings."""
+    section = section_of(config)
+    return section is not None and bool(section.embeddings)
+
+
 def int8_entry(config) -> dict | None:
     """The int8 entry of a model config (None: a float model)."""
     return getattr(config, INT8, None)
