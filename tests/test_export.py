@@ -45,6 +45,7 @@ def session(path):
         ("tucker", {"rank": 8, "layer_rank": 2}, "inductor"),
         ("shared", {"rank": 8}, "aot_eager"),  # the graph capture only: inductor's C++ build takes ~20 s
         ("lowrank", {"rank": 8}, "aot_eager"),
+        ("lowrank", {"rank": 8, "embedding_rank": 12}, "aot_eager"),  # factorised word embeddings
     ],
 )
 def test_a_student_compiles_into_one_graph_that_equals_eager(method, options, backend):

@@ -91,13 +91,16 @@ def test_an_int8_student_is_close_to_the_float_one_smaller_and_reloads_exactly(t
         ours = in_memory(**inputs)[output]
         theirs = reloaded(**inputs)[output]
     assert torch.equal(theirs, ours)
-    assert cosine(ours, expected) > 0.99 and not torch.equal(ours, expected)
+    # 0.98: the int8 word-embedding rows add their rounding to the near-zero logits (|x| ~ 0.05) of a
+    # random two-class head, whose 2-vectors' cosine is the most sensitive measure of it
+    assert cosine(ours, expected) > 0.98 and not torch.equal(ours, expected)
     assert 0 < record["check"]["max_abs_diff"] and record["check"]["min_cosine"] > 0.99
     assert record["reload"] == {"max_abs_diff": 0.0}
     size = record["weights_bytes"]
     assert size["float32"] == (model_dir / "model.safetensors").stat().st_size
     assert size["int8"] == (out / "model_int8.pt").stat().st_size < size["float32"]
-    # every projection is int8; nothing float is left but an output layer tied to the input embeddings
+    # every projection and an untied word-embedding table is int8; nothing float is left but an output
+    # layer tied to the input embeddings (and the table it is tied to)
     modules = list(reloaded.modules())
     assert not any(isinstance(m, FactoredProjection) for m in modules)
     assert sum(isinstance(m, ChainedProjection) for m in modules) == (7 if model_type == "llama" else 6) * 2

@@ -72,6 +72,18 @@ def register(sub) -> None:
         "(or 0.2), as the LLM compression papers state it",
     )
     p.add_argument(
+        "--embedding-rank",
+        type=int,
+        help="also factorise the word embeddings as (vocab x R) @ (R x width), ALBERT-style; a tied output head "
+        "reads the same factors (docs/embeddings.md). Default: the embeddings stay dense",
+    )
+    p.add_argument(
+        "--embedding-compression",
+        type=parse_share,
+        help="factorise the word embeddings at the largest rank that removes this share of their weights, "
+        "e.g. 50%% (or 0.5)",
+    )
+    p.add_argument(
         "--calibration",
         default="none",
         help="data the teacher streams so that the factors fit what the layers compute (their output error on "
@@ -155,6 +167,8 @@ def run(args) -> None:
         calibration_seq_length=args.calibration_seq_length,
         damping=args.calibration_damping,
         seed=args.seed,
+        embedding_rank=args.embedding_rank,
+        embedding_compression=args.embedding_compression,
         **options,
     )
     w = record["decomposed_weights"]
@@ -170,5 +184,15 @@ def run(args) -> None:
         w["ratio"],
         record["relative_error"],
     )
+    if record["embeddings"] is not None:
+        e = record["embeddings"]
+        log.info(
+            "word embeddings: rank %d (%s init), %s -> %s weights, relative error %.4f",
+            e["rank"],
+            e["init"],
+            f"{e['weights']['teacher']:,}",
+            f"{e['weights']['student']:,}",
+            e["relative_error"],
+        )
     if record["calibrated_error"] is not None:
         log.info("calibrated output error %.4f on %s", record["calibrated_error"], args.calibration)

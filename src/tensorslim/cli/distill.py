@@ -112,7 +112,7 @@ def run_general(args) -> None:
     from ..train.run_dir import CHECKPOINTS
     from .flags import parse_training_args
 
-    config = default_objective(args.teacher)
+    config = default_objective(args.teacher, args.student)
     if args.distill_config:
         config = make_config(read_config_file(args.distill_config), config, str(args.distill_config))
     overrides = {}
@@ -143,6 +143,8 @@ def run_general(args) -> None:
 
 
 def run_task(args) -> None:
+    from ..compress.loading import load_config
+    from ..compress.section import factored_embeddings
     from ..data.glue import get_task
     from ..distill.config import make_config, read_config_file
     from ..train import distill_task, recipes
@@ -150,7 +152,7 @@ def run_task(args) -> None:
     from .flags import parse_training_args, passed_flags
 
     task = get_task(args.task)
-    objectives = recipes.task_objectives(task.is_regression)
+    objectives = recipes.task_objectives(task.is_regression, factored_embeddings(load_config(args.student)))
     if args.distill_config:
         data = read_config_file(args.distill_config)
         for s in (1, 2):

@@ -19,6 +19,7 @@ from ..io import atomic_dir, check_output_dir, write_json
 from ..validate import check_finite_weights
 from .calibration import DEFAULT_DAMPING, DEFAULT_SAMPLES, CalibrationData, calibrate, calibration_data
 from .counts import count_parameters, dense_is_faster, flops_per_token, matrix_weights
+from .embeddings import factorize_embeddings, rank_of_embeddings, token_counts
 from .factored import FactoredProjection
 from .inplace import factorize, is_decomposed, merge, targets
 from .loading import check_head, infer_head, load_config, load_model, load_tokenizer, save_tokenizer
@@ -42,6 +43,8 @@ def decompose(
     damping: float = DEFAULT_DAMPING,
     seed: int = 0,
     tokenizer=None,
+    embedding_rank: int | None = None,
+    embedding_compression: float | None = None,
     **options,
 ) -> tuple[PreTrainedModel, dict]:
     """Decompose `teacher` (a directory, or a model changed in place); return it with a record.
@@ -62,6 +65,10 @@ def decompose(
     (1 - compression). The record holds the method and ranks, weights
     before and after, relative errors (overall, per slot, per layer and slot, per group), the
     spectra of the largest group and the seconds taken.
+
+    `embedding_rank`, or `embedding_compression` (the share of the word-embedding weights to
+    remove), also factorises the word embeddings (`compress.embeddings`; with calibration data read
+    here, from its token frequencies); the record's `embeddings` then holds their rank and errors.
     """
     start = time.perf_counter()
     source = teacher
@@ -73,6 +80,7 @@ def decompose(
     if is_decomposed(teacher) or section_of(teacher.config) is not None:
         raise TensorslimError("the teacher is already a decomposed student", "export it with export_dense() first")
     method = method if isinstance(method, Method) else get_method(method, **options)
+    emb_rank = rank_of_embeddings(teacher, embedding_rank, embedding_compression)
     if compression is not None:
         if budget is not None:
             raise TensorslimError("both a budget and a compression were given", "pass one of --budget, --compression")
@@ -105,6 +113,12 @@ def decompose(
     result = factorize(teacher, method, ops, weights=weights)
     result["moments"] = moments
     record = make_record(teacher, method, ops, head, result, time.perf_counter() - fit_start)
+    record["embeddings"] = None
+    if emb_rank is not None:
+        vocab = teacher.get_input_embeddings().weight.shape[0]
+        counts = token_counts(calibration.batches, vocab) if isinstance(calibration, CalibrationData) else None
+        spec, record["embeddings"] = factorize_embeddings(teacher, emb_rank, counts)
+        section_of(teacher.config).embeddings = spec
     record["calibration"] = calibration_record
     record["parameters"] = {"teacher": teacher_parameters, "student": count_parameters(teacher)}
     record["seconds"]["total"] = time.perf_counter() - start
@@ -256,13 +270,23 @@ def skeleton(config, head: str = "base") -> PreTrainedModel:
 
 
 def check_settings(
-    config, method: str, *, ops: str = "all", budget: int | None = None, compression: float | None = None, **options
+    config,
+    method: str,
+    *,
+    ops: str = "all",
+    budget: int | None = None,
+    compression: float | None = None,
+    embedding_rank: int | None = None,
+    embedding_compression: float | None = None,
+    **options,
 ) -> Method:
     """The method with the ranks a decomposition of a `config` model would use; refuses settings that
-    fit no such model (ranks out of range, an unmeetable budget) without loading any weight."""
+    fit no such model (ranks out of range, an unmeetable budget, an embedding rank out of range)
+    without loading any weight."""
     from .inplace import layout
 
     model = skeleton(config)
+    rank_of_embeddings(model, embedding_rank, embedding_compression)
     groups, _, _ = layout(model, ops)
     found = get_method(method, **options)
     if compression is not None:

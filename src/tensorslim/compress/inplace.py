@@ -21,6 +21,8 @@ from ..decomposition.weighted import SliceWeights
 from ..errors import TensorslimError
 from ..families import Projection, get_family, get_path, layers_of, set_path
 from . import chunking
+from .embeddings import install as install_embeddings
+from .embeddings import merge_embeddings
 from .factored import FactorBank, FactoredProjection
 from .section import DecompositionConfig, DecompositionLoader, section_of
 
@@ -175,6 +177,8 @@ def apply_structure(model: PreTrainedModel, section: DecompositionConfig) -> Fac
         )
     kept = [i for i, lay in enumerate(layouts) if lay.key not in merged]  # merged ones stay the class's own
     live = {layouts[i].group for i in kept}
+    if section.embeddings:
+        install_embeddings(model, section.embeddings)
     return _install(
         model,
         method,
@@ -257,9 +261,10 @@ def merge(model: PreTrainedModel, keys: list[str] | None = None) -> PreTrainedMo
     """Replace FactoredProjections by the original dense modules with the reconstructed weights
     (PEFT's merge_and_unload): all of them, or those of `keys` ("<layer>.<path>").
 
-    Once none is left the model is an ordinary instance of its class (no bank, no section).
-    Otherwise the keys are added to the section's `merged` (loading builds them dense), and the
-    bank drops the groups no factored module reads any more."""
+    Once none is left (factorised word embeddings merge with the last of them) the model is an
+    ordinary instance of its class (no bank, no section). Otherwise the keys are added to the
+    section's `merged` (loading builds them dense), and the bank drops the groups no factored
+    module reads any more."""
     if not is_decomposed(model):
         raise TensorslimError("the model is not decomposed", "pass a tensorslim student")
     bank = bank_of(model)
@@ -288,6 +293,9 @@ def merge(model: PreTrainedModel, keys: list[str] | None = None) -> PreTrainedMo
         section.merged = [key for key, _, _ in targets(model, "all") if key in done]
         attach_section(model, section)
         return model
+    section = section_of(model.config)
+    if section is not None and section.embeddings:
+        merge_embeddings(model, section.embeddings)
     detach_bank(model)
     return model
 

@@ -1,7 +1,9 @@
 """Dynamic int8 for CPU serving, on top of a decomposed (or any) float model, with torch's own
 `torch.ao.quantization.quantize_dynamic`: every nn.Linear gets int8 weights (one scale per output
-channel) and quantises its input on each call (one scale per tensor); embeddings, norms, biases
-and an output layer tied to the input embeddings stay float32. docs/quantization.md says why.
+channel) and quantises its input on each call (one scale per tensor); the word-embedding table gets int8
+rows (one scale and offset per row, torch's weight-only quantised nn.Embedding), unless an output
+layer is tied to it: then both stay float32, as do position embeddings, norms and biases.
+docs/quantization.md says why.
 
 A `FactoredProjection` is not an nn.Linear, so `quantize` first writes each one as two nn.Linear
 stages, the input side and the rest (`ChainedProjection`), and then quantises every nn.Linear of the
@@ -34,11 +36,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+from torch.ao.quantization import float_qparams_weight_only_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import TensorslimError
+from .embeddings import FactoredEmbedding, FactoredHead
 from .factored import FactoredProjection
 from .inplace import apply_structure, detach_bank, is_decomposed
 from .loading import HEADS, check_head, infer_head, load_config
@@ -155,6 +158,21 @@ def chain(module: FactoredProjection, sides: SideBank) -> nn.Module:
     return ChainedProjection(stages, module.bias, sides)
 
 
+class ChainedEmbedding(nn.Module):
+    """A FactoredEmbedding as an nn.Embedding of `low` (V, r) then an nn.Linear computing @ up (r, D):
+    the stages `quantize` makes int8 (rows of the table, the linear per output channel)."""
+
+    def __init__(self, embedding: FactoredEmbedding):
+        super().__init__()
+        self.table = nn.Embedding(
+            embedding.num_embeddings, embedding.rank, embedding.padding_idx, _weight=embedding.low.detach().clone()
+        )
+        self.up = linear(embedding.up.detach())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.up(self.table(ids))
+
+
 def check_float(config, path: str | Path | None = None) -> None:
     """Refuse a model that is already quantised: int8 from tensorslim, or any other quantisation method."""
     what = f"{path}" if path is not None else "the model"
@@ -175,8 +193,10 @@ def check_float(config, path: str | Path | None = None) -> None:
 @torch.no_grad()
 def quantize(model: PreTrainedModel) -> PreTrainedModel:
     """`model` (float32, a student or a dense model) in dynamic int8, changed in place and returned:
-    factored projections chained and the bank removed, Conv1D as nn.Linear, then every nn.Linear
-    but an output layer tied to the input embeddings quantised (per_channel_dynamic_qconfig)."""
+    factored projections chained and the bank removed, Conv1D as nn.Linear, factored word
+    embeddings as a table and a linear stage, then every nn.Linear but an output layer tied to the
+    input embeddings quantised (per_channel_dynamic_qconfig) and the word-embedding table, unless a
+    head is tied to it, per row (float_qparams_weight_only_qconfig)."""
     check_float(model.config)
     section = section_of(model.config)
     convert(model)
@@ -199,12 +219,20 @@ def convert(model: PreTrainedModel) -> None:
     for name, module in list(model.named_modules()):
         if isinstance(module, Conv1D):
             model.set_submodule(name, merged(module))
+    word = model.get_input_embeddings()
+    if isinstance(word, FactoredEmbedding) and not isinstance(model.get_output_embeddings(), FactoredHead):
+        word = ChainedEmbedding(word)
+        model.set_input_embeddings(word)
     tied = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
     spec = {
         name: per_channel_dynamic_qconfig
         for name, m in model.named_modules()
         if type(m) is nn.Linear and m.weight.data_ptr() not in tied
     }
+    head = model.get_output_embeddings()
+    table = word.table if isinstance(word, ChainedEmbedding) else word
+    if type(table) is nn.Embedding and getattr(head, "weight", None) is not table.weight:
+        spec.update({name: float_qparams_weight_only_qconfig for name, m in model.named_modules() if m is table})
     with quiet_deprecation():
         quantize_dynamic(model, spec, inplace=True)
 

@@ -42,6 +42,9 @@ class DecompositionConfig(QuantizationConfigMixin):
     groups: dict = field(default_factory=dict)  # name -> {rows, cols, num_slices, ranks}
     inference_chunk_tokens: int = 1024  # encoders on the CPU: groups of at most this many tokens (compress.chunking)
     merged: list = field(default_factory=list)  # "<layer>.<path>" of projections merged back to dense
+    # {} = dense word embeddings; else {"rank", "tied" (the teacher's tie_word_embeddings), "init"}
+    # (compress.embeddings)
+    embeddings: dict = field(default_factory=dict)
     quant_method: str = SECTION
 
     def __post_init__(self):
@@ -56,6 +59,7 @@ class DecompositionConfig(QuantizationConfigMixin):
             "groups": {k: dict(v) for k, v in self.groups.items()},
             "inference_chunk_tokens": self.inference_chunk_tokens,
             "merged": list(self.merged),
+            "embeddings": dict(self.embeddings),
         }
 
 
@@ -67,6 +71,12 @@ def section_of(config) -> DecompositionConfig | None:
     if isinstance(q, dict) and q.get("quant_method") == SECTION:
         return DecompositionConfig.from_dict(q)
     return None
+
+
+def factored_embeddings(config) -> bool:
+    """Whether a model config describes a student with factorised word embeddings."""
+    section = section_of(config)
+    return section is not None and bool(section.embeddings)
 
 
 def int8_entry(config) -> dict | None:

@@ -4,7 +4,8 @@ Two kinds of data: pregenerated shards (`tensorslim pregenerate`, BERT's layout)
 packed into fixed-length sequences (`data.packing`: the healing data of causal LMs). The default
 objective follows the teacher (`recipes.general_objective`): for encoders the paper's MSE on the
 last layer's pre-softmax attention scores (padded keys zeroed) plus MSE on its hidden states; for
-causal LMs the KL of the next-token distributions (`token_kl`). Any other `DistillationConfig`
+causal LMs the KL of the next-token distributions (`token_kl`); both plus TinyBERT's `embedding`
+term when the student's word embeddings are factorised (`compress.embeddings`). Any other `DistillationConfig`
 works, e.g. TinyBERT's ``layer_map: uniform`` with an ``embedding`` term, or ``token_kl`` plus the
 paper's ``attention`` and ``hidden`` terms on a decoder.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from transformers import TrainingArguments, default_data_collator, set_seed
 
+from ..compress.section import factored_embeddings
 from ..distill.config import DistillationConfig
 from ..distill.teacher import check_pair
 from ..distill.trainer import DistillationTrainer
@@ -35,9 +37,11 @@ log = logging.getLogger(__name__)
 DEFAULT_SEQ_LENGTH = 512
 
 
-def default_objective(teacher: str | Path) -> DistillationConfig:
-    """`recipes.general_objective` for the family of the model in directory `teacher`."""
-    return recipes.general_objective(causal=get_family(load_config(teacher)).causal)
+def default_objective(teacher: str | Path, student: str | Path | None = None) -> DistillationConfig:
+    """`recipes.general_objective` for the family of the model in directory `teacher` (with the
+    embedding term when the `student` directory's word embeddings are factorised)."""
+    factored = student is not None and factored_embeddings(load_config(student))
+    return recipes.general_objective(causal=get_family(load_config(teacher)).causal, factored_embeddings=factored)
 
 
 def _check_data(data, corpus, eval_data, eval_corpus, seq_length, max_train_samples) -> None:
@@ -93,7 +97,7 @@ def distill_general(
 ) -> dict:
     """Distill `teacher` into `student` on pregenerated `data` or on `corpus` text; save it to `out`.
 
-    `args` defaults to `recipes.GENERAL_TRAINING`; `config` to `default_objective(teacher)`.
+    `args` defaults to `recipes.GENERAL_TRAINING`; `config` to `default_objective(teacher, student)`.
     `corpus` (text files or directories) is packed into sequences of `seq_length` tokens
     (default `DEFAULT_SEQ_LENGTH`, or the models' context when shorter); `max_train_samples`
     keeps the first N sequences.
@@ -111,7 +115,7 @@ def distill_general(
         inputs = (teacher, student, *([data] if data is not None else corpus), eval_data, *(eval_corpus or ()))
         run_dir.check(out, resume, overwrite, "distill general", inputs)  # fail early, before loading anything
         teacher_config, student_config = load_config(teacher), load_config(student)
-        config = config or default_objective(teacher)
+        config = config or default_objective(teacher, student)
         check_pair(teacher_config, student_config, config.needs)
         if corpus is not None:
             limits = [position_limit(c) for c in (teacher_config, student_config)]

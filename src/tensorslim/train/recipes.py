@@ -61,17 +61,22 @@ def task_epochs(task_name: str) -> tuple[float, float]:
     return TASK_EPOCHS.get(task_name, DEFAULT_TASK_EPOCHS)
 
 
-def general_objective(causal: bool = False) -> DistillationConfig:
+def general_objective(causal: bool = False, factored_embeddings: bool = False) -> DistillationConfig:
     """The paper's general distillation: last-layer attention scores + last-layer hidden states;
-    for a causal-LM teacher, the KL of the next-token distributions at temperature 1 (healing)."""
+    for a causal-LM teacher, the KL of the next-token distributions at temperature 1 (healing).
+    A student with factorised word embeddings also matches the embedding layer's output
+    (TinyBERT's `embedding` term)."""
+    extra = ["embedding"] if factored_embeddings else []
     if causal:
-        return DistillationConfig(losses=["token_kl"], layer_map="last", temperature=1.0)
-    return DistillationConfig(losses=["attention", "hidden"], layer_map="last")
+        return DistillationConfig(losses=["token_kl", *extra], layer_map="last", temperature=1.0)
+    return DistillationConfig(losses=["attention", "hidden", *extra], layer_map="last")
 
 
-def task_objectives(is_regression: bool) -> dict[int, DistillationConfig]:
-    """Stage 1: attention + hidden on every (uniformly mapped) layer; stage 2: logits."""
+def task_objectives(is_regression: bool, factored_embeddings: bool = False) -> dict[int, DistillationConfig]:
+    """Stage 1: attention + hidden on every (uniformly mapped) layer, plus the embedding layer's
+    output for a student with factorised word embeddings; stage 2: logits."""
+    extra = ["embedding"] if factored_embeddings else []
     return {
-        1: DistillationConfig(losses=["attention", "hidden"], layer_map="uniform"),
+        1: DistillationConfig(losses=["attention", "hidden", *extra], layer_map="uniform"),
         2: DistillationConfig(losses=["regression" if is_regression else "logits"], layer_map="last"),
     }

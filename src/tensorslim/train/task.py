@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
+from ..compress.section import factored_embeddings
 from ..data.glue import get_task, task_file
 from ..distill.config import DistillationConfig
 from ..distill.trainer import DistillationTrainer
@@ -103,7 +104,8 @@ def distill_task(
         for s in STAGES[stage]:
             if s not in args:
                 args[s] = stage_training_args(out, task.name, s)
-        objectives = {**recipes.task_objectives(task.is_regression), **(objectives or {})}
+        defaults = recipes.task_objectives(task.is_regression, factored_embeddings(student_config))
+        objectives = {**defaults, **(objectives or {})}
         train = encode_split(glue_dir, task, split, tokenizer, length, max_train_samples)
         dev = encode_split(glue_dir, task, task.dev_splits[0], tokenizer, length)
         with args[STAGES[stage][0]].main_process_first(local=False, desc="preparing --out"):  # inputs loaded: now `out`
