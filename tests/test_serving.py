@@ -21,7 +21,7 @@ from tensorslim.report.run import parse_run, parse_serving
 from tensorslim.report.sections import build_document
 from tensorslim.report.serving import ServingSettings, measure_serving
 from tensorslim.report.serving_table import format_serving, serving_rows
-from tensorslim.report.summary import check_report_settings, describe
+from tensorslim.report.summary import check_report_settings, describe, format_report, model_report
 from tiny_models import TINY, tiny_model, tiny_tokenizer
 
 #: tiny and quick: aot_eager captures the graph without inductor's C++ build
@@ -190,3 +190,24 @@ def test_peak_memory_of_a_fresh_process_holds_the_weights(tiny_bert_dir):
         memory = found["models"]["model"]["engines"][engine]["memory"]
         assert "reason" not in memory, memory
         assert memory["peak_mb"] >= memory["loaded_mb"] > 0 and memory["peak_mb"] >= 0.9 * weights, (engine, memory)
+
+
+def test_tensorslim_reports_json_and_table_carry_the_serving_record(tiny_bert_dir, tmp_path):
+    """`tensorslim report --serving --int8 DIR` (its speed section needs a real vocabulary)."""
+    decompose_to_dir(tiny_bert_dir, tmp_path / "student", "tucker", rank=8, layer_rank=2)
+    export_to_dir(tmp_path / "student", tmp_path / "int8", "int8")
+    settings = ServingSettings(seq_len=16, throughput_batch=4, seconds=0.02, engines=("eager",), memory=False)
+    report = model_report(
+        tmp_path / "student",
+        tiny_bert_dir,
+        seq_len=16,
+        batch_size=4,
+        seconds=0.02,
+        serving=settings,
+        int8_dir=tmp_path / "int8",
+    )
+    served = report["serving"]
+    assert list(served["models"]) == ["teacher", "model", "int8"] and served["baseline"] == "teacher"
+    assert served["models"]["model"]["parameters"] == report["model"]["parameters"]["total"]
+    text = format_report(report)
+    assert "eager b1 ms" in text and f"{served['models']['int8']['disk_bytes']:,}" in text
