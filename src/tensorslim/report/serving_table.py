@@ -14,8 +14,10 @@ NOT_MEASURED = "not measured"
 
 
 def fmt_mb(value) -> str:
-    """Bytes or MiB -> '86.7' (MiB, one decimal; 'n/a' when missing)."""
-    return f"{value:,.1f}" if finite(value) else "n/a"
+    """MiB -> '86.7' (one decimal; two below 10: '0.13'; 'n/a' when missing)."""
+    if not finite(value):
+        return "n/a"
+    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.2f}"
 
 
 def _number(cell: EngineCell, key: str, digits: int) -> str:
