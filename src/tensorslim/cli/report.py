@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -30,18 +31,42 @@ def register(sub) -> None:
     p.add_argument(
         "--threads", type=int, help="CPU threads (default: torch's, capped at the cores available to the process)"
     )
+    p.add_argument(
+        "--serving",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also measure what you ship (CPU): parameters, bytes on disk, batch-1 latency and --batch-size "
+        "throughput in eager PyTorch, torch.compile and ONNX Runtime, and peak memory (docs/report.md)",
+    )
+    p.add_argument("--int8", help="an int8 directory (tensorslim export --format int8) to add to --serving")
     p.add_argument("--json", help="where to write the JSON (default: MODEL/report.json)")
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
     from ..io import write_json
+    from ..report.serving import ServingSettings
     from ..report.summary import check_report_settings, format_report, model_report
     from ..validate import check_output_file
 
     out = Path(args.json) if args.json else Path(args.model) / "report.json"
+    serving = (
+        ServingSettings(
+            seq_len=args.seq_length, throughput_batch=args.batch_size, seconds=args.seconds, threads=args.threads
+        )
+        if args.serving
+        else None
+    )
     check_report_settings(
-        args.model, args.teacher, args.batch_size, args.seq_length, args.seconds, args.device, args.threads
+        args.model,
+        args.teacher,
+        args.batch_size,
+        args.seq_length,
+        args.seconds,
+        args.device,
+        args.threads,
+        serving,
+        args.int8,
     )
     check_output_file(out, "--json", ours=("settings", "model"))  # never over a file another tool wrote
     report = model_report(
@@ -52,6 +77,8 @@ def run(args) -> None:
         seconds=args.seconds,
         device=args.device,
         threads=args.threads,
+        serving=serving,
+        int8_dir=args.int8,
     )
     print(format_report(report))
     write_json(out, report)

@@ -46,6 +46,7 @@ class DemoSettings:
     corpus_documents: int = 3000
     aug_n: int = 2
     throughput_seconds: float = 3.0  # per model and timing attempt (report/timing.py)
+    serving: bool = True  # measure what you ship (report/serving.py): the report's "What you ship" section
     force: bool = False
     overwrite: bool = False
 
@@ -145,6 +146,7 @@ def run_demo(s: DemoSettings) -> dict:
     from ..data.pregenerate import PregenerateConfig, pregenerate
     from ..report.measure import encoder_matrix_weights
     from ..report.render import render_report
+    from ..report.serving import ServingSettings, measure_serving
     from ..report.summary import describe, measure_dirs
     from ..train import recipes, run_dir
     from ..train.args import training_args
@@ -278,7 +280,8 @@ def run_demo(s: DemoSettings) -> dict:
         },
     )
     # teacher and students timed together, interleaved (report/timing.py), after the training stages
-    speed = measure_dirs({"teacher": teacher} | {st.name: st.final for st in students}, seconds=s.throughput_seconds)
+    final = {"teacher": teacher} | {st.name: st.final for st in students}
+    speed = measure_dirs(final, seconds=s.throughput_seconds)
     run = {
         "title": f"tensorslim demo: {'all-MiniLM-L6-v2' if s.teacher is None else teacher_src.name} on {task.name}",
         "task": task.name,
@@ -290,6 +293,8 @@ def run_demo(s: DemoSettings) -> dict:
         "settings": _settings(s, teacher_src),
         "stages": stages.stages(),
     }
+    if s.serving:
+        run["serving"] = measure_serving(final, ServingSettings(seconds=s.throughput_seconds))
     run["report_paths"] = {k: str(v) for k, v in render_report(run, out / "report").items()}
     finish_dir(out, s.out, "demo")
     return run

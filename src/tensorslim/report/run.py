@@ -111,6 +111,73 @@ class Speed:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """Peak resident memory of one model in one engine, in MiB (tensorslim.report.serving.peak_memory)."""
+
+    peak_mb: Number | None = None
+    loaded_mb: Number | None = None
+    how: Text = ""
+    reason: Text = ""  # why it could not be measured
+
+
+@dataclass(frozen=True)
+class EngineCell:
+    """One model in one engine: unavailable with a reason, or its medians, spreads and speed-ups."""
+
+    available: bool
+    reason: Text = ""
+    latency_ms: Number | None = None
+    latency_spread: Number | None = None
+    throughput_seq_per_s: Number | None = None
+    throughput_spread: Number | None = None
+    latency_speedup: Rounds | None = None
+    throughput_speedup: Rounds | None = None
+    max_abs_diff: Number | None = None
+    memory: Memory | None = None
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What is shipped of one model: counts, bytes of its weight files, and a cell per engine."""
+
+    path: PathText
+    parameters: Int
+    disk_bytes: Int
+    matrix_weights: Int | None
+    engines: dict[Text, EngineCell]
+    int8: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    trusted: bool
+    reason: Text
+    attempts: Int = 1
+
+
+@dataclass(frozen=True)
+class ServingSetup:
+    seq_len: Int
+    latency_batch: Int
+    throughput_batch: Int
+    engines: list[Text]
+    threads: Int
+    cores: Int
+    compile_backend: Text = "inductor"
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The serving measurement (tensorslim.report.serving.measure_serving) of the run's models."""
+
+    settings: ServingSetup
+    baseline: Text
+    models: dict[Text, ServedModel]
+    timing: dict[Text, Verdict]  # "latency" and "throughput"
+    warnings: list[Text] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Baseline:
     """The constant predictor's dev scores (tensorslim.train.evaluate.constant_baseline)."""
 
@@ -129,6 +196,7 @@ class Run:
     settings: dict[Text, Any] | None = None
     speed: Speed | None = None
     baseline: Baseline | None = None
+    serving: Serving | None = None
 
     @property
     def models(self) -> list[tuple[str, Teacher | Student]]:
@@ -137,6 +205,7 @@ class Run:
 
 
 _ADAPTER = TypeAdapter(Run)
+_SERVING = TypeAdapter(Serving)
 _EXPECTED = {
     "int_type": "an integer",
     "float_type": "a number",
@@ -148,31 +217,60 @@ _EXPECTED = {
 }
 
 
-def _where(loc: tuple) -> str:
-    return "run" + "".join(f"[{part!r}]" for part in loc)
+def _where(loc: tuple, root: str = "run") -> str:
+    return root + "".join(f"[{part!r}]" for part in loc)
 
 
-def parse_run(run: Any) -> Run:
-    """The typed Run of a run dict; TensorslimError naming the first missing or mistyped key."""
+def _validate(adapter: TypeAdapter, value: Any, root: str):
+    """adapter.validate_python(value); TensorslimError naming the first problem's location under `root`."""
     try:
-        parsed = _ADAPTER.validate_python(run)
+        return adapter.validate_python(value)
     except ValidationError as err:
         first = err.errors()[0]
         loc, kind = tuple(first["loc"]), first["type"]
         more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
         if kind == "missing":
-            parent = _where(loc[:-1])
+            parent = _where(loc[:-1], root)
             raise TensorslimError(
-                f"the run dict is missing key {loc[-1]!r} at {_where(loc)}{more}",
+                f"the run dict is missing key {loc[-1]!r} at {_where(loc, root)}{more}",
                 f"add {loc[-1]!r} to {parent} ({CONTRACT})",
             ) from None
         expected = _EXPECTED.get(kind, first["msg"].removeprefix("Input should be ").lower())
         raise TensorslimError(
-            f"{_where(loc)} must be {expected}, got {first.get('input')!r:.80}{more}",
-            f"fix {_where(loc)} in the run dict ({CONTRACT})",
+            f"{_where(loc, root)} must be {expected}, got {first.get('input')!r:.80}{more}",
+            f"fix {_where(loc, root)} in the run dict ({CONTRACT})",
         ) from None
+
+
+def parse_run(run: Any) -> Run:
+    """The typed Run of a run dict; TensorslimError naming the first missing or mistyped key."""
+    parsed = _validate(_ADAPTER, run, "run")
     _check_consistency(parsed)
     return parsed
+
+
+def parse_serving(serving: Any, root: str = "run['serving']") -> Serving:
+    """The typed Serving of a serving record (measure_serving); errors name locations under `root`."""
+    parsed = _validate(_SERVING, serving, root)
+    _check_serving(parsed, root)
+    return parsed
+
+
+def _check_serving(serving: Serving, root: str) -> None:
+    """Both timings, and a cell per engine of the settings for every model."""
+    missing = [k for k in ("latency", "throughput") if k not in serving.timing]
+    if missing:
+        raise TensorslimError(
+            f"the run dict is missing key {missing[0]!r} at {root}['timing'][{missing[0]!r}]",
+            "pass the record measure_serving returned unchanged",
+        )
+    for name, model in serving.models.items():
+        for engine in serving.settings.engines:
+            if engine not in model.engines:
+                raise TensorslimError(
+                    f"the run dict is missing key {engine!r} at {root}['models'][{name!r}]['engines'][{engine!r}]",
+                    "pass the record measure_serving returned unchanged",
+                )
 
 
 def _check_consistency(run: Run) -> None:
@@ -213,6 +311,14 @@ def _check_consistency(run: Run) -> None:
             raise TensorslimError(
                 f"run['speed'] has no measurement of {missing}",
                 "measure the teacher and every student together (timing.measure_models), named as in the run",
+            )
+    if run.serving is not None:
+        _check_serving(run.serving, "run['serving']")
+        missing = [name for name, _ in run.models if name not in run.serving.models]
+        if missing:
+            raise TensorslimError(
+                f"run['serving'] has no measurement of {missing}",
+                "measure the teacher and every student together (serving.measure_serving), named as in the run",
             )
 
 

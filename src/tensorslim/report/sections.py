@@ -10,6 +10,7 @@ from ..train.evaluate import margin_kept
 from .document import Code, Image, Section, Strong, Table, Text
 from .formats import fmt_int, fmt_percent, fmt_ratio, fmt_seconds, fmt_si, fmt_value, ratio
 from .run import Run, Stage, Student, finite
+from .serving_table import serving_section
 from .timing import speed_note
 
 NOT_MEASURED = "not measured"
@@ -71,7 +72,10 @@ def build_document(run: Run, names: dict) -> tuple[list, list[Section]]:
                 ]
             )
         )
-    sections = [_summary(run, ratios), _parameters(run, ratios), _speed(run, ratios), _scores(run, ratios, names)]
+    sections = [_summary(run, ratios), _parameters(run, ratios), _speed(run, ratios)]
+    if run.serving is not None:
+        sections.append(serving_section(run.serving))
+    sections.append(_scores(run, ratios, names))
     if students:
         sections.append(_decomposition(run, names))
     if names["loss"]:

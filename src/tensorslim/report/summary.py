@@ -7,9 +7,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..compress.loading import load_config, load_model
+from ..compress.section import int8_entry
 from ..errors import TensorslimError
 from ..validate import check_above, check_at_least, check_device
 from .measure import count_parameters, encoder_matrix_weights, flops_per_token
+from .run import parse_serving
+from .serving import ServingSettings, check_serving_settings, measure_serving
+from .serving_table import format_serving
 from .timing import measure_models, speed_note
 
 
@@ -31,7 +35,15 @@ def describe(model_dir: str | Path, seq_len: int = 128, model=None) -> dict:
 
 
 def check_report_settings(
-    model_dir, teacher_dir, batch_size: int, seq_len: int, seconds: float, device: str, threads: int | None
+    model_dir,
+    teacher_dir,
+    batch_size: int,
+    seq_len: int,
+    seconds: float,
+    device: str,
+    threads: int | None,
+    serving: ServingSettings | None = None,
+    int8_dir=None,
 ) -> None:
     """Refuse bad settings and model directories before any model is loaded or measured."""
     check_at_least("--batch-size", batch_size, 1)
@@ -39,7 +51,17 @@ def check_report_settings(
     check_above("--seconds", seconds, 0)
     check_at_least("--threads", threads, 1)
     check_device(device)
-    for path in (model_dir, teacher_dir):
+    if serving is None and int8_dir is not None:
+        raise TensorslimError("--int8 is measured by --serving only", "add --serving, or drop --int8")
+    if serving is not None:
+        check_serving_settings(serving)
+        if device != "cpu":
+            raise TensorslimError(f"--serving measures on the CPU, not --device {device}", "pass --device cpu")
+    if int8_dir is not None and int8_entry(load_config(int8_dir)) is None:
+        raise TensorslimError(
+            f"--int8 {int8_dir} is not an int8 model", f"tensorslim export --model {model_dir} --format int8"
+        )
+    for path in (model_dir, teacher_dir, int8_dir):
         if path is not None:
             config = load_config(path)
             limit = getattr(config, "max_position_embeddings", None)
@@ -55,12 +77,20 @@ def measure_dirs(model_dirs: Mapping[str, str | Path], **measure_kwargs) -> dict
     return measure_models({name: load_model(path) for name, path in model_dirs.items()}, **measure_kwargs)
 
 
-def model_report(model_dir, teacher_dir=None, seq_len: int = 128, **measure_kwargs) -> dict:
+def model_report(
+    model_dir,
+    teacher_dir=None,
+    seq_len: int = 128,
+    serving: ServingSettings | None = None,
+    int8_dir=None,
+    **measure_kwargs,
+) -> dict:
     """Describe the model and, when given, the teacher; measure both interleaved; ratios against the teacher.
 
     `measure_kwargs` (batch_size, seconds, device, threads, ...) go to timing.measure_models. "speed"
     holds the measurement; ratios["speedup"] is None when the machine was too busy to measure it
-    (speed["reason"] says why)."""
+    (speed["reason"] says why). With `serving`, "serving" holds serving.measure_serving of the
+    teacher, the model and `int8_dir` (named teacher, model, int8)."""
     dirs = {"teacher": teacher_dir, "model": model_dir} if teacher_dir is not None else {"model": model_dir}
     models = {name: load_model(path) for name, path in dirs.items()}
     speed = measure_models(models, seq_len=seq_len, **measure_kwargs)
@@ -84,6 +114,9 @@ def model_report(model_dir, teacher_dir=None, seq_len: int = 128, **measure_kwar
             "flops_per_token": t["flops_per_token"] / m["flops_per_token"],
             "speedup": speed["speedups"]["model"]["median"],
         }
+    if serving is not None:
+        served = dirs | ({"int8": int8_dir} if int8_dir is not None else {})
+        report["serving"] = measure_serving(served, serving)
     return report
 
 
@@ -121,4 +154,6 @@ def format_report(report: dict) -> str:
     speed = report["speed"]
     lines.append(speed_note(speed))
     lines += [f"warning: {w}" for w in speed["warnings"]]
+    if "serving" in report:
+        lines += ["", format_serving(parse_serving(report["serving"], "report['serving']"))]
     return "\n".join(lines)
