@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForMaskedLM, T5Config, T5Model
 
 from tensorslim.cli import main
+from tensorslim.compress.loading import load_model
 
 
 def test_decompose_writes_a_loadable_student(tiny_bert_dir, tmp_path):
@@ -250,3 +251,13 @@ def test_compression_outside_zero_and_one_is_refused(tiny_bert_dir, tmp_path, va
     out = tmp_path / "s"
     assert main(["decompose", "--teacher", str(tiny_bert_dir), "--out", str(out), "--compression", value]) == 2
     assert "is not between 0 and 1" in caplog.text and not out.exists()
+
+
+def test_decompose_gives_a_masked_lm_teacher_a_classifier_head_of_num_labels(tiny_bert_dir, tmp_path):
+    """--head with --num-labels on a teacher saved without that head (it used to raise a TypeError)."""
+    out = tmp_path / "s"
+    args = ["--teacher", str(tiny_bert_dir), "--out", str(out), "--rank", "8"]
+    assert main(["decompose", *args, "--head", "sequence_classification", "--num-labels", "3"]) == 0
+    model = load_model(out)
+    assert type(model).__name__.endswith("ForSequenceClassification") and model.config.num_labels == 3
+    assert model.classifier.out_features == 3

@@ -81,8 +81,11 @@ def check_head(head: str) -> str:
 def load_model(path: str | Path, head: str = "auto", **kwargs) -> PreTrainedModel:
     """Load a teacher or student directory with the Auto class of `head`, verifying its weights:
     every weight of the base model (all but a new head and pooler) must come from the file. An int8
-    directory (`compress.int8`) loads as the int8 model it holds (on the CPU; `kwargs` unused)."""
+    directory (`compress.int8`) loads as the int8 model it holds (on the CPU; `kwargs` unused).
+    Keyword arguments that name config attributes (e.g. `num_labels`) update the config."""
     config = kwargs.pop("config", None) or load_config(path)
+    for name in [k for k in kwargs if hasattr(config, k)]:
+        setattr(config, name, kwargs.pop(name))
     if int8_entry(config) is not None:  # `tensorslim export --format int8` wrote it
         from .int8 import load_int8
 
