@@ -1,9 +1,14 @@
-"""Decoder compression before healing: WikiText-2 perplexity of SmolLM2-135M with 10-50% of its
-decoder-layer matrix weights removed, per method (lowrank = per-matrix SVD, shared = a basis shared
+"""Decoder compression before and after healing: WikiText-2 perplexity of SmolLM2-135M with 10-50% of
+its decoder-layer matrix weights removed, per method (lowrank = per-matrix SVD, shared = a basis shared
 across layers, tucker = the cross-layer bank), weight-only against data-aware (`--calibration`),
 all on the same test tokens, plus the dense model.
 
     python benchmarks/bench_llm_compression.py [--levels 10 20 30 50] [--methods lowrank shared tucker]
+        [--modes weights data] [--heal-steps N]
+
+`--heal-steps N` heals every student with the same fixed budget, `distill general --corpus` (the
+next-token KL to the dense model) on WikiText-103 validation packed into `--heal-seq-length` tokens,
+N steps of `--heal-batch` sequences at `--heal-lr`, and scores it again ("healed" columns).
 
 Calibration reads WikiText-103's validation split (disjoint from the test split scored here) once;
 `--cross` adds data-aware rows calibrated on Gutenberg books instead (does the fit overfit its
@@ -18,7 +23,9 @@ import copy
 import gc
 import json
 import logging
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -28,6 +35,9 @@ from tensorslim.compress.calibration import calibrate, calibration_data
 from tensorslim.compress.counts import count_parameters
 from tensorslim.data.packaged_llm import cache_dir, smollm2_dir
 from tensorslim.evaluate.perplexity import perplexity, read_text
+from tensorslim.train.args import training_args
+from tensorslim.train.general import distill_general
+from tensorslim.train.recipes import GENERAL_TRAINING
 
 from common import RESULTS, SHARED_DATA, emit
 
@@ -45,6 +55,10 @@ def main() -> None:
     p.add_argument("--calibration-seq-length", type=int, default=512)
     p.add_argument("--max-iter", type=int, default=8, help="sweeps of HOOI and of the data-aware refinement")
     p.add_argument("--cross", action="store_true", help="also calibrate on Gutenberg (tucker and lowrank at 20%%)")
+    p.add_argument("--heal-steps", type=int, default=0, help="heal every student for this many steps (0: no)")
+    p.add_argument("--heal-batch", type=int, default=2)
+    p.add_argument("--heal-seq-length", type=int, default=256)
+    p.add_argument("--heal-lr", type=float, default=3e-4)
     p.add_argument("--fresh", action="store_true", help="ignore earlier rows in the JSON")
     p.add_argument("--name", default=NAME, help="results/<name>.json (runs side by side write different files)")
     args = p.parse_args()
@@ -85,7 +99,7 @@ def main() -> None:
                 "fit_s": 0.0,
             }
         )
-    sources = {"weights": None}
+    sources = {"weights": None} if "weights" in args.modes else {}
     if "data" in args.modes:
         sources["wikitext-valid"] = SHARED_DATA / "corpus" / "wikitext_raw" / "wiki.valid.raw"
     if args.cross:
@@ -122,6 +136,7 @@ def main() -> None:
         )
         fit = time.perf_counter() - start
         result = score(student)
+        healed = heal(student, teacher, tokenizer, args, score) if args.heal_steps else {}
         add(
             {
                 "method": method,
@@ -136,10 +151,47 @@ def main() -> None:
                 "perplexity": result["perplexity"],
                 "bits_per_byte": result["bits_per_byte"],
                 "fit_s": fit,
+                **healed,
             }
         )
         del student
         gc.collect()
+
+
+def heal(student, teacher, tokenizer, args, score) -> dict:
+    """Heal a copy of `student` for `args.heal_steps` steps (distill general on WikiText-103 validation,
+    through a temporary directory) and `score` it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for model, name in ((teacher, "teacher"), (student, "student")):
+            model.save_pretrained(tmp / name)
+            tokenizer.save_pretrained(tmp / name)
+        settings = dict(
+            max_steps=args.heal_steps,
+            per_device_train_batch_size=args.heal_batch,
+            learning_rate=args.heal_lr,
+            save_strategy="no",
+            disable_tqdm=True,
+        )
+        start = time.perf_counter()
+        distill_general(
+            tmp / "teacher",
+            tmp / "student",
+            None,
+            tmp / "healed",
+            training_args(tmp / "healed", GENERAL_TRAINING, **settings),
+            corpus=[SHARED_DATA / "corpus" / "wikitext_raw" / "wiki.valid.raw"],
+            seq_length=args.heal_seq_length,
+            max_train_samples=args.heal_steps * args.heal_batch,
+        )
+        seconds = time.perf_counter() - start
+        result = score(AutoModelForCausalLM.from_pretrained(tmp / "healed", dtype=torch.float32).eval())
+    return {
+        "heal_steps": args.heal_steps,
+        "heal_tokens": args.heal_steps * args.heal_batch * args.heal_seq_length,
+        "healed_perplexity": result["perplexity"],
+        "heal_s": seconds,
+    }
 
 
 if __name__ == "__main__":
