@@ -187,7 +187,6 @@ def write_text(path: Path, text: str) -> None:
 def run_llm_demo(s: LlmDemoSettings) -> dict:
     """Run every stage (reusing finished ones); return the run the report is made from."""
     from ..compress.api import decompose_to_dir
-    from ..compress.calibration import calibrate, calibration_data
     from ..compress.loading import load_model, load_tokenizer
     from ..evaluate.perplexity import read_text, score, windows_of
     from ..report.decode import continuations, decode_speed
@@ -231,49 +230,33 @@ def run_llm_demo(s: LlmDemoSettings) -> dict:
         "seq_length": s.calibration_seq_length,
         "seed": s.seed,
     }
-    moments: list = []  # the (moments, record) of one calibration pass, made when a student needs it
-
-    def calibrated() -> tuple:
-        if not moments:
-            model = load_model(teacher, "causal_lm")
-            found = calibration_data(
-                model.config,
-                data / "train.txt",
-                tokenizer,
-                samples=s.calibration_samples,
-                seq_length=s.calibration_seq_length,
-                seed=s.seed,
-            )
-
-            def work() -> dict:
-                moments.append(calibrate(model, found, ops="all"))
-                return moments[0][1]
-
-            stages.run("calibration", data, None, work, calibration)
-        return moments[0]
-
-    students, decomposed = {}, {}
+    made = lambda p: (p / "decomposition.json").is_file()  # noqa: E731
+    plan = []
     for level in s.compressions:
         for method in s.methods:
-            name, key = label(method, level), slug(method, level)
-            student = out / "students" / key
             options = {} if method == "lowrank" else {"max_iter": s.max_iter}
             inputs = dense_inputs | {"calibration": calibration, "method": method, "compression": level, **options}
-            decomposed[name] = stages.run(
-                f"decompose {name}",
-                student,
-                lambda p: (p / "decomposition.json").is_file(),
-                lambda student=student, method=method, level=level, options=options: _decomposed(
-                    decompose_to_dir(
-                        teacher, student, method, compression=level, calibration=calibrated(), overwrite=True, **options
-                    )
-                ),
-                inputs,
-            )
-            students[name] = student
-            perplexities[name] = perplexity_stage(name, key, student, inputs)
-    # the stage record keeps the calibration's record only; the moments are not kept
-    moments.clear()
+            plan.append((label(method, level), out / "students" / slug(method, level), method, level, options, inputs))
+    moments = None  # one pass of the dense model, only when a student is still to be made
+    if not all(stages.finished(f"decompose {name}", student, made, inputs) for name, student, *_, inputs in plan):
+        moments = _calibrate(stages, teacher, tokenizer, calibration)
+
+    students, decomposed = {}, {}
+    for name, student, method, level, options, inputs in plan:
+        decomposed[name] = stages.run(
+            f"decompose {name}",
+            student,
+            made,
+            lambda student=student, method=method, level=level, options=options: _decomposed(
+                decompose_to_dir(
+                    teacher, student, method, compression=level, calibration=moments, overwrite=True, **options
+                )
+            ),
+            inputs,
+        )
+        students[name] = student
+        perplexities[name] = perplexity_stage(name, student.name, student, inputs)
+    moments = None  # about 1 GB for SmolLM2
 
     healed, curves = {}, {}
     heal_level = s.compressions[0]
@@ -335,7 +318,7 @@ def run_llm_demo(s: LlmDemoSettings) -> dict:
         upstream | {"prompt_tokens": s.decode_prompt_tokens, "new_tokens": s.decode_new_tokens},
     )
     said_path = out / "continuations.json"
-    speakers = {"dense": teacher} | students | healed
+    speakers = {"dense": teacher} | {n: students[n] for n in curves} | healed
     said = stages.run(
         "continuations",
         said_path,
@@ -367,6 +350,31 @@ def run_llm_demo(s: LlmDemoSettings) -> dict:
     run["report_paths"] = {k: str(v) for k, v in render_llm_report(run, out / "report").items()}
     finish_dir(out, s.out, COMMAND)
     return run
+
+
+def _calibrate(stages: StageRunner, teacher: Path, tokenizer, calibration: dict) -> tuple:
+    """Stage `calibration`: the (moments, record) of the dense model streamed over the calibration
+    text (compress.calibration); stages.json keeps the record, the moments stay in memory."""
+    from ..compress.calibration import calibrate, calibration_data
+    from ..compress.loading import load_model
+
+    found: list = []
+
+    def work() -> dict:
+        model = load_model(teacher, "causal_lm")
+        data = calibration_data(
+            model.config,
+            calibration["data"],
+            tokenizer,
+            samples=calibration["samples"],
+            seq_length=calibration["seq_length"],
+            seed=calibration["seed"],
+        )
+        found.append(calibrate(model, data, ops="all"))
+        return found[0][1]
+
+    stages.run("calibration", Path(calibration["data"]), None, work, calibration)
+    return found[0]
 
 
 def _decomposed(record: dict) -> dict:
