@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..io import atomic_dir, atomic_file
 from . import plots
-from .document import PLOTS_DIR, Image, Section, Strong, Table, Text, to_html, to_markdown
+from .document import PLOTS_DIR, Code, Image, Section, Strong, Table, Text, to_html, to_markdown
 from .formats import fmt_int, fmt_percent, fmt_ratio, fmt_seconds, fmt_value
 from .run import Stage, finite
 from .sections import flatten_settings, stages_section
@@ -59,8 +59,18 @@ def _last(history: list[dict], key: str) -> tuple[float | None, float | None]:
 
 def _perplexity_section(run: dict) -> Section:
     ppl, dense = run["perplexity"], run["perplexity"]["dense"]
+    teacher = (next(iter(run["decomposition"].values()), {}).get("parameters") or {}).get("teacher", {})
     rows = [
-        ["dense", "0%", "n/a", fmt_int(None), fmt_value(dense["perplexity"]), fmt_value(dense["bits_per_byte"]), "", ""]
+        [
+            "dense",
+            "0%",
+            "n/a",
+            fmt_int(teacher.get("total")),
+            fmt_value(dense["perplexity"]),
+            fmt_value(dense["bits_per_byte"]),
+            "",
+            "",
+        ]
     ]
     for level in run["compressions"]:
         for method in run["methods"]:
@@ -114,11 +124,12 @@ def _healing_section(run: dict) -> Section:
                 fmt_value(last),
             ]
         )
-    text = (
-        f"The students with {fmt_percent(heal['level'])} removed, distilled from the dense model "
-        f"(`distill general --corpus`, token KL) for {heal['steps']} steps; the eval loss (token KL to the dense "
-        f"model on held-out WikiText-2 training text) every {heal['eval_steps']} steps, from step 0."
-    )
+    text = [
+        f"The students with {fmt_percent(heal['level'])} removed, distilled from the dense model (",
+        Code("distill general --corpus"),
+        f", token KL) for {heal['steps']} steps; the eval loss (token KL to the dense model on held-out "
+        f"WikiText-2 training text) every {heal['eval_steps']} steps, from step 0.",
+    ]
     blocks = [
         Text(text),
         Table(
@@ -179,7 +190,7 @@ def build_llm_document(run: dict) -> tuple[list, list[Section]]:
     """(intro blocks, sections) of the decoder demo's report."""
     ppl = run["perplexity"]
     dense = ppl["dense"]["perplexity"]
-    intro = [Text(["Dense model: ", run["teacher"], f"; perplexity {fmt_value(dense)} on WikiText-2 test."])]
+    intro = [Text(["Dense model: ", Code(run["teacher"]), f"; perplexity {fmt_value(dense)} on WikiText-2 test."])]
     healed = {n: r["perplexity"] for n, r in ppl.items() if n.endswith(" healed") and finite(r["perplexity"])}
     if healed:
         best = min(healed, key=healed.get)
@@ -196,7 +207,9 @@ def build_llm_document(run: dict) -> tuple[list, list[Section]]:
     stages = [Stage(name=s["name"], seconds=s["seconds"], path=s.get("path")) for s in run["stages"]]
     sections.append(stages_section(stages))
     settings = flatten_settings(run["settings"])
-    sections.append(Section("Settings", [Table(["setting", "value"], [[k, v] for k, v in settings], [False, False])]))
+    sections.append(
+        Section("Settings", [Table(["setting", "value"], [[k, Code(v)] for k, v in settings], [False, False])])
+    )
     return intro, sections
 
 
