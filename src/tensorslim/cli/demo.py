@@ -35,6 +35,7 @@ LLM_FLAGS = {
     "calibration_samples": "--calibration-samples",
     "calibration_seq_length": "--calibration-seq-length",
     "max_iter": "--max-iter",
+    "heal_methods": "--heal-method",
     "heal_steps": "--heal-steps",
     "eval_steps": "--eval-steps",
     "new_tokens": "--new-tokens",

@@ -48,17 +48,18 @@ class LlmDemoSettings:
     max_tokens: int = 2048  # of wiki.test.raw scored
     calibration_samples: int = 16
     calibration_seq_length: int = 512
-    heal_steps: int = 40
-    eval_steps: int = 10
-    batch_size: int = 4
+    heal_methods: list[str] | None = None  # students of the first level to heal; None: the one of lowest perplexity
+    heal_steps: int = 24
+    eval_steps: int = 6
+    batch_size: int = 2
     heal_seq_length: int = 256
-    heal_eval_sequences: int = 4
+    heal_eval_sequences: int = 2
     learning_rate: float = 1e-4
     prompts: list[str] = field(default_factory=lambda: list(PROMPTS))
     new_tokens: int = 16  # per continuation
     decode_prompt_tokens: int = 16
     decode_new_tokens: int = 32
-    decode_seconds: float = 2.0  # per model and timing attempt
+    decode_seconds: float = 1.0  # per model and timing attempt
     seed: int = 0
     force: bool = False
     overwrite: bool = False
@@ -127,6 +128,11 @@ def check_settings(s: LlmDemoSettings) -> tuple[Path, dict[str, Path]]:
         check_at_least(flag, value, low)
     check_above("--learning-rate", s.learning_rate, 0)
     check_above("--decode-seconds", s.decode_seconds, 0)
+    if s.heal_methods and not set(s.heal_methods) <= set(s.methods):
+        raise TensorslimError(
+            f"--heal-method {' '.join(s.heal_methods)} is not among --method {' '.join(s.methods)}",
+            "heal students the demo makes",
+        )
     if not s.methods or not s.compressions:
         raise TensorslimError("no --method or no --compression given", "pass e.g. --method tucker --compression 20%")
     if not s.prompts or not all(p.strip() for p in s.prompts):
@@ -260,7 +266,9 @@ def run_llm_demo(s: LlmDemoSettings) -> dict:
 
     healed, curves = {}, {}
     heal_level = s.compressions[0]
-    for method in s.methods:
+    first = [label(m, heal_level) for m in s.methods]
+    to_heal = s.heal_methods or [min(s.methods, key=lambda m: perplexities[label(m, heal_level)]["perplexity"])]
+    for method in to_heal:
         name, key = label(method, heal_level), slug(method, heal_level)
         dest = out / "healed" / key
         settings = dict(
@@ -299,7 +307,10 @@ def run_llm_demo(s: LlmDemoSettings) -> dict:
             f"{name} healed", f"{key}-healed", dest, stages.inputs(f"heal {name}")
         )
 
-    finals = {"dense": teacher} | healed
+    # the students of the first level, healed where they were (a student's speed does not change with healing)
+    finals = {"dense": teacher}
+    for n in first:
+        finals |= {f"{n} healed": healed[f"{n} healed"]} if f"{n} healed" in healed else {n: students[n]}
     upstream = {n: str(p) for n, p in finals.items()} | {"heal": [stages.inputs(f"heal {n}") for n in curves]}
     speed_path = out / "decode_speed.json"
     speed = stages.run(
@@ -318,7 +329,7 @@ def run_llm_demo(s: LlmDemoSettings) -> dict:
         upstream | {"prompt_tokens": s.decode_prompt_tokens, "new_tokens": s.decode_new_tokens},
     )
     said_path = out / "continuations.json"
-    speakers = {"dense": teacher} | {n: students[n] for n in curves} | healed
+    speakers = {"dense": teacher} | {n: students[n] for n in first} | healed
     said = stages.run(
         "continuations",
         said_path,
