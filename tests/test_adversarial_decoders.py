@@ -169,6 +169,9 @@ CASES = [
     case("demo-seq-length-beyond-context", DEMO, ["--seq-length", "65"], "beyond the model's context of 64 tokens"),
     case("demo-max-tokens-below-window", DEMO, ["--seq-length", "32", "--max-tokens", "16"], "--max-tokens 16"),
     case("demo-heal-steps-0", DEMO, ["--heal-steps", "0"], "--heal-steps 0 is out of range"),
+    case(
+        "demo-heal-method-not-made", DEMO, ["--method", "lowrank", "--heal-method", "tucker"], "is not among --method"
+    ),
     case("demo-out-is-input", DEMO, [], "the input", {OUT: x("wikitext")}),
 ]
 

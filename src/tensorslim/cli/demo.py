@@ -57,7 +57,7 @@ def register(sub) -> None:
         "distill it (general on packaged Wikipedia paragraphs, then two-stage task distillation on augmented "
         "data), evaluate teacher and student on the same dev set and write a report with plots; about 15 "
         "minutes on 2 CPU cores. --model llm: compress the packaged SmolLM2-135M with each --method at each "
-        "--compression (data-aware), score WikiText-2 perplexity, heal the students of the first level by "
+        "--compression (data-aware), score WikiText-2 perplexity, heal the best student of the first level by "
         "distillation, time batch-1 decoding and compare greedy continuations; under 30 minutes on 2 CPU "
         "cores (docs/demo.md). A rerun reuses finished stages.",
     )
@@ -138,6 +138,13 @@ def register(sub) -> None:
     )
     g.add_argument(
         "--heal-steps", type=int, help=f"healing (distill general) steps per student (default {llm.heal_steps})"
+    )
+    g.add_argument(
+        "--heal-method",
+        nargs="+",
+        dest="heal_methods",
+        choices=list(METHODS),
+        help="students of the first --compression to heal (default: the one of lowest perplexity)",
     )
     g.add_argument("--eval-steps", type=int, help=f"healing eval loss every N steps (default {llm.eval_steps})")
     g.add_argument("--new-tokens", type=int, help=f"tokens per greedy continuation (default {llm.new_tokens})")
