@@ -118,16 +118,16 @@ def check_settings(s: LlmDemoSettings) -> tuple[Path, dict[str, Path]]:
         ("--heal-steps", s.heal_steps, 1),
         ("--eval-steps", s.eval_steps, 1),
         ("--batch-size", s.batch_size, 1),
-        ("--heal-seq-length", s.heal_seq_length, 2),
-        ("--heal-eval-sequences", s.heal_eval_sequences, 1),
+        ("heal_seq_length", s.heal_seq_length, 2),
+        ("heal_eval_sequences", s.heal_eval_sequences, 1),
         ("--new-tokens", s.new_tokens, 1),
-        ("--decode-new-tokens", s.decode_new_tokens, 1),
-        ("--decode-prompt-tokens", s.decode_prompt_tokens, 1),
+        ("decode_new_tokens", s.decode_new_tokens, 1),
+        ("decode_prompt_tokens", s.decode_prompt_tokens, 1),
         ("--seed", s.seed, 0),
     ):
         check_at_least(flag, value, low)
-    check_above("--learning-rate", s.learning_rate, 0)
-    check_above("--decode-seconds", s.decode_seconds, 0)
+    check_above("learning_rate", s.learning_rate, 0)
+    check_above("decode_seconds", s.decode_seconds, 0)
     if s.heal_methods and not set(s.heal_methods) <= set(s.methods):
         raise TensorslimError(
             f"--heal-method {' '.join(s.heal_methods)} is not among --method {' '.join(s.methods)}",
@@ -149,7 +149,7 @@ def check_settings(s: LlmDemoSettings) -> tuple[Path, dict[str, Path]]:
     if infer_head(config) != "causal_lm":
         raise TensorslimError(f"{teacher} is not a causal language model", "pass a decoder (a ...ForCausalLM)")
     resolve_seq_length(config, s.seq_length)
-    check_max_length(s.heal_seq_length, config, "--heal-seq-length")
+    check_max_length(s.heal_seq_length, config, "heal_seq_length")
     check_max_length(s.calibration_seq_length, config, "--calibration-seq-length")
     for method in s.methods:
         for level in s.compressions:
@@ -162,38 +162,11 @@ def check_settings(s: LlmDemoSettings) -> tuple[Path, dict[str, Path]]:
     return teacher, files
 
 
-def split_text(source: Path, dest: Path, tokenizer, held_out_tokens: int) -> dict:
-    """Write dest/heldout.txt (the first lines of `source` holding at least `held_out_tokens` tokens,
-    cut at a blank line) and dest/train.txt (the rest); return their line counts."""
-    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
-    tokens, cut = 0, None
-    for i, line in enumerate(lines):
-        tokens += len(tokenizer(line, add_special_tokens=False)["input_ids"])
-        if tokens >= held_out_tokens and not line.strip():
-            cut = i + 1
-            break
-    if cut is None or cut >= len(lines):
-        raise TensorslimError(
-            f"{source} is too short to hold out {held_out_tokens} tokens and train on the rest",
-            "pass a longer text or fewer --heal-eval-sequences",
-        )
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, part in (("heldout.txt", lines[:cut]), ("train.txt", lines[cut:])):
-        write_text(dest / name, "".join(part))
-    return {"heldout_lines": cut, "train_lines": len(lines) - cut}
-
-
-def write_text(path: Path, text: str) -> None:
-    from ..io import atomic_file
-
-    with atomic_file(path, encoding="utf-8") as handle:
-        handle.write(text)
-
-
 def run_llm_demo(s: LlmDemoSettings) -> dict:
     """Run every stage (reusing finished ones); return the run the report is made from."""
     from ..compress.api import decompose_to_dir
     from ..compress.loading import load_model, load_tokenizer
+    from ..data.packing import split_held_out
     from ..evaluate.perplexity import read_text, score, windows_of
     from ..report.decode import continuations, decode_speed
     from ..report.llm import render_llm_report
@@ -211,7 +184,7 @@ def run_llm_demo(s: LlmDemoSettings) -> dict:
         "data",
         data,
         lambda p: (p / "train.txt").is_file() and (p / "heldout.txt").is_file(),
-        lambda: split_text(files["train"], data, tokenizer, held_out),
+        lambda: split_held_out(files["train"], data, tokenizer, held_out),
         {"source": files["train"], "held_out_tokens": held_out, "teacher": teacher},
     )
     windows = windows_of(tokenizer, read_text(files["test"]), s.seq_length, s.max_tokens)
