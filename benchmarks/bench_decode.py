@@ -7,8 +7,8 @@ takes no more work per token merged back; listed only where it merged something)
 For every model, eager and `torch.compile` (inductor with freezing, so that the products of factors
 are folded into constants once; docs/decomposition.md, section 4):
 - decode: batch-1 greedy generation with the KV cache, a `--prompt-tokens` prompt (random ids) and
-  exactly `--new-tokens` new tokens (`generate(do_sample=False, min_new_tokens=N, max_new_tokens=N)`);
-  tokens/s = new tokens / seconds of the whole call (the prompt's prefill included);
+  exactly `--new-tokens` new tokens, tokens/s of the whole call (tensorslim.report.decode, the call
+  `tensorslim demo --model llm` times too);
 - prefill: one forward of `--prefill-batch` x `--prefill-length` tokens building the KV cache (logits
   of the last position only, as generate's prefill), in tokens/s;
 - weights: parameter bytes; MACs/token: multiply-adds of the layers' projections per token;
@@ -46,6 +46,7 @@ from tensorslim.compress.api import decompose, merge_where_faster
 from tensorslim.compress.counts import flops_per_token
 from tensorslim.compress.factored import FactoredProjection
 from tensorslim.compress.inplace import targets
+from tensorslim.report.decode import decode_call, prompt_ids
 from tensorslim.report.timing import Spread, measuring_threads
 
 from common import NOT_MEASURED, emit, timed, verdict
@@ -107,22 +108,6 @@ def projections(model) -> str:
 
 
 # ----------------------------------------------------------------------------- work
-
-
-def prompt_ids(vocab: int, batch: int, length: int) -> torch.Tensor:
-    return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
-
-
-def decode_call(model, prompt: torch.Tensor, new_tokens: int):
-    """A callable generating exactly `new_tokens` greedily after `prompt` (batch 1, KV cache)."""
-    mask = torch.ones_like(prompt)
-    kwargs = dict(do_sample=False, min_new_tokens=new_tokens, max_new_tokens=new_tokens, pad_token_id=0)
-
-    def run() -> None:
-        out = model.generate(prompt, attention_mask=mask, **kwargs)
-        assert out.shape[1] == prompt.shape[1] + new_tokens
-
-    return run
 
 
 def prefill_call(model, batch: torch.Tensor):

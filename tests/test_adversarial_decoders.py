@@ -33,6 +33,7 @@ class Decoders:
     short: Path  # 10 words
     binary: Path  # not UTF-8
     foreign: Path  # a directory holding a perplexity_results.json tensorslim did not write
+    wikitext: Path  # wiki.valid.raw and wiki.test.raw of 600 words each (the decoder demo's text)
 
     def inputs(self) -> list[Path]:
         return [getattr(self, name) for name in self.__dataclass_fields__]
@@ -79,7 +80,10 @@ def decoders(tmp_path_factory) -> Decoders:
     (binary := root / "binary.txt").write_bytes(b"\xff\xfe\x00w3 w4" * 40)
     (foreign := root / "foreign").mkdir()
     (foreign / "perplexity_results.json").write_text('{"mine": true}\n')
-    return Decoders(llama, student, neox, bert, gguf, gguf_dir, text, short, binary, foreign)
+    (wikitext := root / "wikitext").mkdir()
+    for name in ("wiki.valid.raw", "wiki.test.raw"):
+        (wikitext / name).write_text("\n\n".join(words(60) for _ in range(10)) + "\n")
+    return Decoders(llama, student, neox, bert, gguf, gguf_dir, text, short, binary, foreign, wikitext)
 
 
 def x(name):
@@ -90,6 +94,7 @@ def x(name):
 OUT = ("out",)
 PPL = ["evaluate", "--model", x("llama"), "--perplexity", x("text"), "--out", OUT]
 DECOMPOSE = ["decompose", "--teacher", x("llama"), "--out", OUT]
+DEMO = ["demo", "--model", "llm", "--teacher", x("llama"), "--text-dir", x("wikitext"), "--out", OUT]
 
 
 def case(id, base, extra, message, replace=None):
@@ -154,6 +159,20 @@ CASES = [
     case("ppl-with-max-eval-samples", PPL, ["--max-eval-samples", "0"], "does not take --max-eval-samples"),
     case("seq-length-without-perplexity", PPL[:3] + PPL[5:], ["--seq-length", "16"], "only apply with --perplexity"),
     case("evaluate-neither-glue-nor-perplexity", PPL[:3] + PPL[5:], [], "needs --task and --glue-dir"),
+    # the decoder demo (demo --model llm)
+    case("demo-compression-0", DEMO, ["--compression", "0%"], "compression 0 is not between 0 and 1"),
+    case("demo-compression-100", DEMO, ["--compression", "20%", "100%"], "compression 1 is not between 0 and 1"),
+    case("demo-compression-unreadable", DEMO, ["--compression", "half"], "cannot read the compression 'half'"),
+    case("demo-encoder-flag", DEMO, ["--task", "SST-2"], "--model llm does not take --task"),
+    case("demo-not-causal", DEMO, [], "is not a causal language model", {x("llama"): x("bert")}),
+    case("demo-text-dir-missing", DEMO, [], "wiki.valid.raw not found", {x("wikitext"): x("foreign")}),
+    case("demo-seq-length-beyond-context", DEMO, ["--seq-length", "65"], "beyond the model's context of 64 tokens"),
+    case("demo-max-tokens-below-window", DEMO, ["--seq-length", "32", "--max-tokens", "16"], "--max-tokens 16"),
+    case("demo-heal-steps-0", DEMO, ["--heal-steps", "0"], "--heal-steps 0 is out of range"),
+    case(
+        "demo-heal-method-not-made", DEMO, ["--method", "lowrank", "--heal-method", "tucker"], "is not among --method"
+    ),
+    case("demo-out-is-input", DEMO, [], "the input", {OUT: x("wikitext")}),
 ]
 
 

@@ -312,16 +312,18 @@ def decompose_to_dir(
     head: str = "auto",
     num_labels: int | None = None,
     overwrite: bool = False,
-    calibration: str | Path | None = None,
+    calibration: str | Path | tuple | None = None,
     **options,
 ) -> dict:
     """Decompose the teacher in directory `teacher` and write a loadable student directory `out`
-    (config, safetensors, tokenizer, decomposition.json). Returns the decomposition record."""
+    (config, safetensors, tokenizer, decomposition.json). Returns the decomposition record.
+    `calibration` may also be the (moments, record) pair of an earlier `calibrate` of this teacher."""
     config = load_config(teacher)
     check_head(infer_head(config) if head == "auto" else head)
     check_settings(config, method, ops=ops, budget=budget, compression=compression, **options)  # before loading
-    inputs = [teacher] if calibration is None or str(calibration) == "none" else [teacher, calibration]
-    if len(inputs) > 1:  # read the calibration data before the teacher loads: bad data is refused first
+    read = calibration is not None and not isinstance(calibration, tuple) and str(calibration) != "none"
+    inputs = [teacher, calibration] if read else [teacher]
+    if read:  # read the calibration data before the teacher loads: bad data is refused first
         calibration = calibration_data(
             config,
             calibration,

@@ -39,7 +39,7 @@ class StageRunner:
     ):
         previous = self.record.get(name)
         inputs = _jsonable(inputs or {})
-        if not self.force and previous and done is not None and previous.get("inputs") == inputs and done(output):
+        if self.finished(name, output, done, inputs):
             log.info("stage %s: reusing %s (finished in %.0fs; --force redoes it)", name, output, previous["seconds"])
             previous["reused"] = True
             self.touched.append(name)
@@ -59,6 +59,17 @@ class StageRunner:
         self.touched.append(name)
         log.info("stage %s: done in %.0fs", name, seconds)
         return self.record[name]["result"]
+
+    def finished(self, name: str, output: Path, done: Callable[[Path], bool] | None, inputs: dict | None) -> bool:
+        """Whether `run` with these arguments would reuse the stage instead of running it."""
+        previous = self.record.get(name)
+        return bool(
+            not self.force
+            and previous
+            and done is not None
+            and previous.get("inputs") == _jsonable(inputs or {})
+            and done(output)
+        )
 
     def stages(self) -> list[dict]:
         """[{name, seconds, path, reused}] of the stages this job ran or reused, in that order

@@ -218,3 +218,57 @@ def score_vs_size(
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def perplexity_vs_compression(
+    points: Sequence[Mapping], dense: float | None, path: str | Path, title: str = ""
+) -> Path:
+    """Perplexity (log y) against the share of matrix weights removed, one line per method.
+
+    `points` are {"method", "removed" (fraction), "perplexity", "healed": bool}; the students before
+    healing are joined by a line per method, healed ones are stars in the method's colour; the dense
+    model's finite perplexity is a dotted line. Points without a finite perplexity are left out.
+    """
+    fig = _figure(6.4, 4.2)
+    ax = fig.subplots()
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    for i, method in enumerate(methods):
+        mine = sorted(
+            (p for p in points if p["method"] == method and _finite(p["perplexity"])), key=lambda p: p["removed"]
+        )
+        plain = [p for p in mine if not p.get("healed")]
+        if plain:
+            ax.plot(
+                [100 * p["removed"] for p in plain],
+                [p["perplexity"] for p in plain],
+                marker="o",
+                color=f"C{i}",
+                lw=1.2,
+                label=method,
+            )
+        healed = [p for p in mine if p.get("healed")]
+        if healed:
+            ax.plot(
+                [100 * p["removed"] for p in healed],
+                [p["perplexity"] for p in healed],
+                marker="*",
+                ms=12,
+                ls="none",
+                color=f"C{i}",
+                label=f"{method} healed",
+            )
+    if _finite(dense):
+        ax.axhline(dense, color="black", ls=":", lw=1, label="dense")
+    values = [v for line in ax.get_lines() for v in line.get_ydata() if v > 0]
+    if values:
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no finite perplexity", transform=ax.transAxes, ha="center", va="center", color="gray")
+    ax.set_xlabel("matrix weights removed (%)")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.set_title(title or "perplexity against compression", fontsize=11)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.margins(x=0.15)
+    if values:
+        ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)

@@ -92,7 +92,7 @@ def build_document(run: Run, names: dict) -> tuple[list, list[Section]]:
                 ],
             )
         )
-    sections.append(_stages(run.stages))
+    sections.append(stages_section(run.stages))
     sections.append(
         Section(
             "Models",
@@ -105,7 +105,7 @@ def build_document(run: Run, names: dict) -> tuple[list, list[Section]]:
             ],
         )
     )
-    settings = _flatten(run.settings or {})
+    settings = flatten_settings(run.settings or {})
     if settings:
         sections.append(
             Section("Settings", [Table(["setting", "value"], [[k, Code(v)] for k, v in settings], [False, False])])
@@ -363,7 +363,7 @@ def _decomposition(run: Run, names: dict) -> Section:
     return section
 
 
-def _stages(stages: Sequence[Stage]) -> Section:
+def stages_section(stages: Sequence[Stage]) -> Section:
     total = sum(s.seconds for s in stages if finite(s.seconds))
     rows = [
         [s.name, fmt_seconds(s.seconds), fmt_percent(ratio(s.seconds, total)), Code(s.path) if s.path else ""]
@@ -373,12 +373,12 @@ def _stages(stages: Sequence[Stage]) -> Section:
     return Section("Time per stage", [Table(["stage", "time", "share", "output"], rows, [False, True, True, False])])
 
 
-def _flatten(settings: Mapping, prefix: str = "") -> list[tuple[str, str]]:
+def flatten_settings(settings: Mapping, prefix: str = "") -> list[tuple[str, str]]:
     items = []
     for key, value in settings.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
-            items += _flatten(value, f"{name}.")
+            items += flatten_settings(value, f"{name}.")
         else:
             items.append((name, value if isinstance(value, str) else json.dumps(value, default=str)))
     return items
