@@ -283,10 +283,13 @@ def test_int8_of_a_factored_embedding_student_quantises_the_table_and_reloads_ex
     assert ((table.dequantize() - low).abs() <= step / 2 + 1e-6).all()
 
 
-def test_int8_quantises_a_dense_untied_word_embedding_and_keeps_a_tied_one_float():
+def test_int8_quantises_untied_embedding_tables_and_keeps_a_tied_one_float():
     from torch.ao.nn.quantized import Embedding as QuantizedEmbedding
 
     dense = quantize(tiny_model("bert", "sequence_classification"))
     assert isinstance(dense.get_input_embeddings(), QuantizedEmbedding)
+    tables = dense.base_model.embeddings
+    assert isinstance(tables.position_embeddings, QuantizedEmbedding)
+    assert isinstance(tables.token_type_embeddings, QuantizedEmbedding)
     tied = quantize(copy.deepcopy(student("llama", "causal_lm")[0]))
     assert type(tied.get_input_embeddings()) is FactoredEmbedding and type(tied.get_output_embeddings()) is FactoredHead

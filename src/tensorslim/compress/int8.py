@@ -1,8 +1,8 @@
 """Dynamic int8 for CPU serving, on top of a decomposed (or any) float model, with torch's own
 `torch.ao.quantization.quantize_dynamic`: every nn.Linear gets int8 weights (one scale per output
-channel) and quantises its input on each call (one scale per tensor); the word-embedding table gets int8
-rows (one scale and offset per row, torch's weight-only quantised nn.Embedding), unless an output
-layer is tied to it: then both stay float32, as do position embeddings, norms and biases.
+channel) and quantises its input on each call (one scale per tensor); every embedding table (word,
+position, token type) gets int8 rows (one scale and offset per row, torch's weight-only quantised
+nn.Embedding), except one an output layer is tied to: then both stay float32, as do norms and biases.
 docs/quantization.md says why.
 
 A `FactoredProjection` is not an nn.Linear, so `quantize` first writes each one as two nn.Linear
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.ao.nn.quantized import Embedding as QuantizedEmbedding
 from torch.ao.quantization import float_qparams_weight_only_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
@@ -195,8 +196,8 @@ def quantize(model: PreTrainedModel) -> PreTrainedModel:
     """`model` (float32, a student or a dense model) in dynamic int8, changed in place and returned:
     factored projections chained and the bank removed, Conv1D as nn.Linear, factored word
     embeddings as a table and a linear stage, then every nn.Linear but an output layer tied to the
-    input embeddings quantised (per_channel_dynamic_qconfig) and the word-embedding table, unless a
-    head is tied to it, per row (float_qparams_weight_only_qconfig)."""
+    input embeddings quantised (per_channel_dynamic_qconfig) and every embedding table but one a
+    head is tied to, per row (float_qparams_weight_only_qconfig)."""
     check_float(model.config)
     section = section_of(model.config)
     convert(model)
@@ -229,12 +230,19 @@ def convert(model: PreTrainedModel) -> None:
         for name, m in model.named_modules()
         if type(m) is nn.Linear and m.weight.data_ptr() not in tied
     }
-    head = model.get_output_embeddings()
-    table = word.table if isinstance(word, ChainedEmbedding) else word
-    if type(table) is nn.Embedding and getattr(head, "weight", None) is not table.weight:
-        spec.update({name: float_qparams_weight_only_qconfig for name, m in model.named_modules() if m is table})
+    head_weight = getattr(model.get_output_embeddings(), "weight", None)
+    spec.update(
+        {
+            name: float_qparams_weight_only_qconfig
+            for name, m in model.named_modules()
+            if type(m) is nn.Embedding and m.weight is not head_weight
+        }
+    )
     with quiet_deprecation():
         quantize_dynamic(model, spec, inplace=True)
+    for m in model.modules():
+        if isinstance(m, QuantizedEmbedding):  # its kernel refuses views (position / token-type ids are)
+            m.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
 
 
 def save_int8(model: PreTrainedModel, out: str | Path) -> None:
