@@ -91,24 +91,26 @@ def weight_files(model_dir: str | Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(Path(model_dir).iterdir()) if p.suffix in WEIGHT_SUFFIXES}
 
 
-def _quantized_linears(model: nn.Module):
-    """(name, module) of torch's dynamically quantised Linear layers in `model`."""
+def _quantized_modules(model: nn.Module):
+    """(name, module) of torch's quantised layers in `model`: dynamic int8 Linear, int8-row Embedding."""
+    from torch.ao.nn.quantized import Embedding
     from torch.ao.nn.quantized.dynamic import Linear
 
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, Linear)]
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (Linear, Embedding))]
 
 
 def stored_counts(model) -> tuple[int, int]:
     """(parameters, matrix weights as the paper counts them) of a loaded model. Float models:
     counts.count_parameters()["total"] and counts.matrix_weights(). An int8 model's quantised
-    Linear layers hold their weights in packed form, outside .parameters(): they are added to the
-    total, and its matrices are the quantised layers in the layer stack and the shared input sides."""
+    Linear and Embedding layers hold their weights in packed form, outside .parameters(): they are
+    added to the total, and its matrices are the quantised layers in the layer stack and the shared
+    input sides."""
     if int8_entry(model.config) is None:
         return count_parameters(model)["total"], matrix_weights(model)
     total, matrices = count_parameters(model)["total"], 0
     stack = (f"{model.base_model_prefix}.{get_family(model.config).layers}.", f"{model.base_model_prefix}.tensorslim_")
-    for name, module in _quantized_linears(model):
-        weight, bias = module.weight(), module.bias()
+    for name, module in _quantized_modules(model):
+        weight, bias = module.weight(), getattr(module, "bias", lambda: None)()
         total += weight.numel() + (bias.numel() if bias is not None else 0)
         if name.startswith(stack):
             matrices += weight.numel()
