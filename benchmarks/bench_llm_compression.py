@@ -42,6 +42,7 @@ from tensorslim.train.recipes import GENERAL_TRAINING
 from common import RESULTS, SHARED_DATA, emit
 
 NAME = "llm_compression"
+VALID = SHARED_DATA / "corpus" / "wikitext_raw" / "wiki.valid.raw"  # calibration and healing, never scored
 
 
 def main() -> None:
@@ -101,7 +102,7 @@ def main() -> None:
         )
     sources = {"weights": None} if "weights" in args.modes else {}
     if "data" in args.modes:
-        sources["wikitext-valid"] = SHARED_DATA / "corpus" / "wikitext_raw" / "wiki.valid.raw"
+        sources["wikitext-valid"] = VALID
     if args.cross:
         sources["gutenberg"] = SHARED_DATA / "corpus" / "gutenberg"
     moments = {}
@@ -136,7 +137,7 @@ def main() -> None:
         )
         fit = time.perf_counter() - start
         result = score(student)
-        healed = heal(student, teacher, tokenizer, args, score) if args.heal_steps else {}
+        healed = heal(student, directory, tokenizer, args, score) if args.heal_steps else {}
         add(
             {
                 "method": method,
@@ -158,14 +159,13 @@ def main() -> None:
         gc.collect()
 
 
-def heal(student, teacher, tokenizer, args, score) -> dict:
-    """Heal a copy of `student` for `args.heal_steps` steps (distill general on WikiText-103 validation,
-    through a temporary directory) and `score` it."""
+def heal(student, teacher_dir: Path, tokenizer, args, score) -> dict:
+    """Heal a copy of `student` for `args.heal_steps` steps (distill general from the teacher's own
+    directory on WikiText-103 validation, the student through a temporary directory) and `score` it."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for model, name in ((teacher, "teacher"), (student, "student")):
-            model.save_pretrained(tmp / name)
-            tokenizer.save_pretrained(tmp / name)
+        student.save_pretrained(tmp / "student")
+        tokenizer.save_pretrained(tmp / "student")
         settings = dict(
             max_steps=args.heal_steps,
             per_device_train_batch_size=args.heal_batch,
@@ -175,12 +175,12 @@ def heal(student, teacher, tokenizer, args, score) -> dict:
         )
         start = time.perf_counter()
         distill_general(
-            tmp / "teacher",
+            teacher_dir,
             tmp / "student",
             None,
             tmp / "healed",
             training_args(tmp / "healed", GENERAL_TRAINING, **settings),
-            corpus=[SHARED_DATA / "corpus" / "wikitext_raw" / "wiki.valid.raw"],
+            corpus=[VALID],
             seq_length=args.heal_seq_length,
             max_train_samples=args.heal_steps * args.heal_batch,
         )

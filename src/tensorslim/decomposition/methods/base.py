@@ -190,7 +190,7 @@ class Method(ABC):
         as given). `stacks` ({group: (n, R, C)}, whitened for a data-aware fit) lets a method with
         several ways to spend the budget pick the one that fits the weights best: with shared sides
         and `sides` unset, the side policy with the smallest HOSVD error bound."""
-        if stacks is not None and self.shared and self.values.get("sides", "") is None:
+        if stacks is not None and "sides" in self.values and self.sides is None:
             candidates = []
             for policy in SIDES.choices:
                 try:
