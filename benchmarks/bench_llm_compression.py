@@ -83,7 +83,9 @@ def main() -> None:
             args.name,
             rows,
             notes=f"SmolLM2-135M, WikiText-2 test, first {args.max_tokens} tokens in windows of "
-            f"{args.seq_length}; calibration {args.calibration_samples} x {args.calibration_seq_length} tokens",
+            f"{args.seq_length}; calibration {args.calibration_samples} x {args.calibration_seq_length} tokens; "
+            "ranks by ratio allocation (every group keeps the same share), shared bases fitted to relative "
+            "output errors (the defaults for causal LMs)",
         )
 
     if ("dense", 0, "none") not in done:

@@ -11,6 +11,7 @@ from tensorslim.decomposition.slices import Group
 from tensorslim.decomposition.weighted import (
     SliceWeights,
     refine,
+    relative_weights,
     sylvester_pcg,
     unique_moments,
     weighted_error,
@@ -152,7 +153,8 @@ def test_whitened_svd_at_full_rank_is_exact_and_a_singular_moment_after_damping_
 def test_refine_lowers_the_calibrated_error_monotonically(method):
     W, _, w = problem(n=8, R=12, C=12, tokens=60)
     W32, w32 = W.float(), w.damped(0.0)
-    m = get_method(method, rank=5, tol=1e-7, max_iter=60, **({"layer_rank": 4} if method == "tucker" else {}))
+    extra = {"layer_rank": 4} if method == "tucker" else {}
+    m = get_method(method, rank=5, tol=1e-7, max_iter=60, weighting="absolute", **extra)
     group = Group("12x12", 12, 12, 8)
     ranks = m.group_ranks(group, 12)
     start, _ = m.fit(W32, group, ranks)
@@ -164,6 +166,39 @@ def test_refine_lowers_the_calibrated_error_monotonically(method):
     assert after < 0.8 * before
     assert errors[-1] == pytest.approx(after / weighted_error(W32, None, w32), rel=1e-4)
     assert set(refined) == set(start) and all(refined[k].shape == start[k].shape for k in start)
+
+
+@pytest.mark.parametrize("method", ["shared", "tucker"])
+def test_relative_weighting_minimises_the_sum_of_relative_output_errors(method):
+    """weighting="relative" divides each slice's moment by its output energy f_i(0): the fit then
+    lowers sum_i f_i / f_i(0) (computed here slice by slice from the raw moments), monotonically,
+    and ends below the absolute fit on that objective."""
+    W, X, w = problem(n=8, R=12, C=12, tokens=60)
+    W32, w32 = W.float(), w.damped(0.0)
+    rows = set(w.rows_index.tolist())
+
+    def output(i, M):  # slice i's outputs on its own inputs
+        return X[i] @ M.double() if i in rows else M.double() @ X[i].T
+
+    def relative_objective(W_hat):
+        return sum((output(i, W[i] - W_hat[i]).norm() / output(i, W[i]).norm()).item() ** 2 for i in range(8))
+
+    scaled = relative_weights(W32, w32)
+    assert weighted_error(W32, None, scaled) == pytest.approx(8.0, rel=1e-4)  # every f_i(0) is now 1
+
+    extra = {"layer_rank": 4} if method == "tucker" else {}
+    group = Group("12x12", 12, 12, 8)
+    fits = {}
+    for weighting in ("relative", "absolute"):
+        m = get_method(method, rank=5, tol=1e-7, max_iter=60, weighting=weighting, **extra)
+        ranks = m.group_ranks(group, 12)
+        refined, record = m.fit_calibrated(W32, group, ranks, w32)
+        fits[weighting] = relative_objective(m.reconstruct(refined))
+        if weighting == "relative":
+            errors = record["calibrated_errors"]
+            assert all(b <= a * (1 + 1e-5) for a, b in zip(errors, errors[1:]))
+            assert errors[-1] == pytest.approx(fits[weighting] / 8, rel=1e-4)
+    assert fits["relative"] < fits["absolute"]
 
 
 def test_refine_with_identity_moments_keeps_the_weight_only_optimum():

@@ -55,6 +55,8 @@ def register(sub) -> None:
         + " (default: tucker)",
     )
     for option in all_options().values():
+        if not option.cli:
+            continue
         p.add_argument(
             "--" + option.name.replace("_", "-"),
             type=option.type,
@@ -144,7 +146,7 @@ def run(args) -> None:
         )
 
     accepted = {o.name for o in METHODS[args.method].options}
-    given = {name: getattr(args, name) for name in all_options() if getattr(args, name) is not None}
+    given = {name: getattr(args, name, None) for name in all_options() if getattr(args, name, None) is not None}
     flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in sorted(names))  # noqa: E731
     if set(given) - accepted:
         raise TensorslimError(

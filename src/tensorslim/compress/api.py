@@ -15,6 +15,7 @@ from ..decomposition.methods import Method, get_method
 from ..decomposition.slices import stack
 from ..decomposition.weighted import pooled_whitened, weighted_error
 from ..errors import TensorslimError
+from ..families import get_family
 from ..io import atomic_dir, check_output_dir, write_json
 from ..validate import check_finite_weights
 from .calibration import DEFAULT_DAMPING, DEFAULT_SAMPLES, CalibrationData, calibrate, calibration_data
@@ -80,6 +81,11 @@ def decompose(
     if is_decomposed(teacher) or section_of(teacher.config) is not None:
         raise TensorslimError("the teacher is already a decomposed student", "export it with export_dense() first")
     method = method if isinstance(method, Method) else get_method(method, **options)
+    causal = get_family(teacher.config).causal
+    if method.values.get("allocation", "rank") is None:  # the convention of the papers for this kind of model
+        method = method.with_values(allocation="ratio" if causal else "rank")
+    if "weighting" in method.values and method.weighting is None:  # what measured best per kind (decomposition.md)
+        method = method.with_values(weighting="relative" if causal else "absolute")
     emb_rank = rank_of_embeddings(teacher, embedding_rank, embedding_compression)
     if compression is not None:
         if budget is not None:

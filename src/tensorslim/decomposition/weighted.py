@@ -66,6 +66,26 @@ class SliceWeights:
         return SliceWeights(*(t.to(device) for t in (self.rows_index, self.rows_cov, self.cols_index, self.cols_cov)))
 
 
+def relative_weights(W: torch.Tensor, weights: SliceWeights) -> SliceWeights:
+    """`weights` with each slice's moment divided by that slice's f_i(0) = f_i at W_hat_i = 0 (its
+    output energy), so that F sums relative output errors: every projection counts alike, whatever
+    the scale of its inputs (slices that shared a moment then no longer do)."""
+
+    def scale(index, cov, on_rows):
+        if not len(index):
+            return cov
+        D = W[index].to(cov.dtype)
+        energy = ((cov @ D) * D).sum((1, 2)) if on_rows else ((D @ cov) * D).sum((1, 2))
+        return cov / energy.clamp_min(1e-30)[:, None, None]
+
+    return SliceWeights(
+        weights.rows_index,
+        scale(weights.rows_index, weights.rows_cov, True),
+        weights.cols_index,
+        scale(weights.cols_index, weights.cols_cov, False),
+    )
+
+
 def weighted_error(W: torch.Tensor, W_hat: torch.Tensor | None, w: SliceWeights) -> float:
     """F = sum_i f_i (module docstring) for the (n, R, C) stacks W and W_hat (None: all zeros)."""
     total = 0.0

@@ -6,7 +6,10 @@ U_i: (R, r1), S_i: (r1, r2), V_i: (r2, C). Methods with `shared = True` use one 
 the whole group (so that x @ U is computed once for all the slices a module's input meets).
 
 Ranks are given relative to the hidden size D: `rank` d is the rank of a D-wide side, and a group
-whose smaller side m differs from D gets round(d m / D). A rank at or above a group's smaller side
+whose smaller side m differs from D gets round(d m / D) (the paper's rule, `allocation` "rank").
+With `allocation` "ratio" a budget is spread so that every group keeps the same share of its
+weights (`keep`), as the LLM compression papers state a compression (SVD-LLM, Basis Sharing): each
+group takes the largest rank whose factors fit that share. A rank at or above a group's smaller side
 keeps that group exact (`side_ranks`). Methods with shared sides record the rank of each side
 (`sides`): a rectangular group's sides scale with their size, or one of them stays full (`SIDES`).
 """
@@ -22,7 +25,7 @@ import torch
 from ...errors import TensorslimError
 from ..hooi import unfolding_energies
 from ..slices import Group
-from ..weighted import SliceWeights, pooled_start, refine
+from ..weighted import SliceWeights, pooled_start, refine, relative_weights
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Option:
     default: Any
     help: str
     choices: tuple | None = None
+    cli: bool = True  # False: set by the library (e.g. from a budget), not a flag of its own
 
 
 RANK = Option(
@@ -44,6 +48,35 @@ RANK = Option(
     "d, the rank of a hidden-size side (other sides scale with their size); default: D/2, or from --budget",
 )
 
+
+ALLOCATION = Option(
+    "allocation",
+    str,
+    None,
+    "how a budget is spread over the slice groups: rank (one rank d for the hidden size, other sides "
+    "scaled: the paper's rule) or ratio (every group keeps the same share of its weights, as SVD-LLM and "
+    "Basis Sharing state a compression); default: ratio for causal LMs, rank otherwise",
+    ("rank", "ratio"),
+)
+
+WEIGHTING = Option(
+    "weighting",
+    str,
+    None,
+    "what a data-aware fit of a shared basis minimises: the sum of the projections' relative output "
+    "errors (each divided by the projection's output energy, so every projection counts alike) or of "
+    "their absolute output errors (projections with large inputs dominate); default: relative for causal "
+    "LMs, absolute otherwise",
+    ("relative", "absolute"),
+)
+
+KEEP = Option(
+    "keep",
+    float,
+    None,
+    "the share of every group's weights its factors keep (allocation ratio), set from --budget / --compression",
+    cli=False,
+)
 
 SIDES = Option(
     "sides",
@@ -62,7 +95,7 @@ class Method(ABC):
     name: ClassVar[str]
     paper: ClassVar[str] = ""
     shared: ClassVar[bool] = True
-    options: ClassVar[tuple[Option, ...]] = (RANK,)
+    options: ClassVar[tuple[Option, ...]] = (RANK, ALLOCATION, KEEP)
     factor_names: ClassVar[tuple[str, ...]]
 
     def __init__(self, **values):
@@ -107,16 +140,32 @@ class Method(ABC):
 
     def group_ranks(self, group: Group, hidden_size: int) -> dict[str, int]:
         """This method's ranks for `group` (recorded per group in the student's config)."""
+        smaller = min(group.rows, group.cols)
+        if self.values.get("keep") is not None and self.rank is None:
+            return self._ranks_for_share(group, self.keep)
         d = self.rank if self.rank is not None else max(1, hidden_size // 2)
         if not 1 <= d <= hidden_size:
             raise TensorslimError(
                 f"rank {d} is out of range for hidden size {hidden_size}", f"choose a rank between 1 and {hidden_size}"
             )
-        smaller = min(group.rows, group.cols)
-        ranks = {"rank": max(1, min(smaller, round(d * smaller / hidden_size)))}
+        return self.ranks_at(group, max(1, min(smaller, round(d * smaller / hidden_size))))
+
+    def ranks_at(self, group: Group, rank: int) -> dict[str, int]:
+        """The ranks of `group` when its smaller side takes rank `rank`."""
+        ranks = {"rank": rank}
         if self.shared:
-            ranks["sides"] = list(self._sides(group, ranks["rank"]))
+            ranks["sides"] = list(self._sides(group, rank))
         return ranks
+
+    def _ranks_for_share(self, group: Group, keep: float) -> dict[str, int]:
+        """The largest ranks whose factors hold at most `keep` of the group's weights (rank 1 if none
+        does; the budget check refuses that)."""
+        limit = keep * group.num_slices * group.rows * group.cols
+        lo, hi = 1, min(group.rows, group.cols)
+        while lo < hi:  # weights grow with the rank: the largest rank that fits
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.num_params(group, self.ranks_at(group, mid)) <= limit else (lo, mid - 1)
+        return self.ranks_at(group, lo)
 
     def _sides(self, group: Group, rank: int) -> tuple[int, int]:
         """(r1, r2) for the smaller side's rank `rank` under the `sides` option."""
@@ -164,6 +213,8 @@ class Method(ABC):
         methods override this with their closed form)."""
         if self.is_exact(group, ranks):
             return self.fit(W, group, ranks)  # nothing to refine
+        if self.values.get("weighting") == "relative":
+            weights = relative_weights(W, weights)
         factors, record = pooled_start(W, weights, lambda Ww: self.fit(Ww, group, ranks))
         refined, calibrated = refine(
             W, weights, factors, tol=self.values.get("tol", 1e-4), max_iter=self.values.get("max_iter", 100)
@@ -190,6 +241,8 @@ class Method(ABC):
         as given). `stacks` ({group: (n, R, C)}, whitened for a data-aware fit) lets a method with
         several ways to spend the budget pick the one that fits the weights best: with shared sides
         and `sides` unset, the side policy with the smallest HOSVD error bound."""
+        if self.values.get("allocation") == "ratio" and self.rank is None:
+            return self._for_share(groups, hidden_size, budget, stacks)
         if stacks is not None and "sides" in self.values and self.sides is None:
             candidates = []
             for policy in SIDES.choices:
@@ -206,6 +259,25 @@ class Method(ABC):
         if not fits:
             unmeetable(self.name, budget, self.with_values(rank=1).total_params(groups, hidden_size))
         return self.with_values(rank=max(fits))
+
+    def _for_share(self, groups: dict[str, Group], hidden_size: int, budget: int, stacks=None) -> Method:
+        """Ratio allocation: every group keeps the share budget / dense weights (with shared sides
+        and `sides` unset, the side policy with the smallest HOSVD bound on `stacks`)."""
+        if stacks is not None and "sides" in self.values and self.sides is None:
+            candidates = []
+            for policy in SIDES.choices:
+                try:
+                    candidates.append(self.with_values(sides=policy)._for_share(groups, hidden_size, budget))
+                except TensorslimError:
+                    continue
+            if not candidates:
+                unmeetable(self.name, budget, self.with_values(keep=0.0).total_params(groups, hidden_size))
+            return best_by_bound(candidates, groups, hidden_size, stacks)
+        dense = sum(g.num_slices * g.rows * g.cols for g in groups.values())
+        found = self.with_values(keep=budget / dense)
+        if found.total_params(groups, hidden_size) > budget:
+            unmeetable(self.name, budget, self.with_values(keep=0.0).total_params(groups, hidden_size))
+        return found
 
     def error_bound(self, groups: dict[str, Group], hidden_size: int, energies: dict) -> float:
         """Upper bound on sum ||W - W_hat||^2 of the truncated HOSVD at this method's ranks, from each
@@ -231,7 +303,7 @@ def unmeetable(method: str, budget: int, smallest: int):
 def best_by_bound(candidates: list[Method], groups, hidden_size: int, stacks: dict) -> Method:
     """The candidate with the smallest `error_bound` on `stacks` (full-rank candidates, which
     compress only a bank and do more work per token than the dense layers, only if nothing else)."""
-    below = [c for c in candidates if c.rank < hidden_size]
+    below = [c for c in candidates if c.rank is None or c.rank < hidden_size]
     energies = {n: unfolding_energies(W) for n, W in stacks.items()}
     return min(below or candidates, key=lambda m: m.error_bound(groups, hidden_size, energies))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..slices import Group
-from .base import RANK, SIDES, Method
+from .base import ALLOCATION, KEEP, RANK, SIDES, WEIGHTING, Method
 from .hooi_options import HOOI_OPTIONS, run_hooi
 
 
@@ -12,7 +12,7 @@ class Shared(Method):
 
     name = "shared"
     paper = "III"
-    options = (RANK, SIDES, *HOOI_OPTIONS)
+    options = (RANK, ALLOCATION, KEEP, SIDES, WEIGHTING, *HOOI_OPTIONS)
     factor_names = ("U", "S", "V")
 
     def shapes(self, group: Group, ranks):

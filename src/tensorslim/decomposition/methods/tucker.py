@@ -8,7 +8,7 @@ import torch
 
 from ...errors import TensorslimError
 from ..slices import Group
-from .base import RANK, SIDES, Method, Option, best_by_bound, unmeetable
+from .base import ALLOCATION, KEEP, RANK, SIDES, WEIGHTING, Method, Option, best_by_bound, unmeetable
 from .hooi_options import HOOI_OPTIONS, run_hooi
 
 LAYER_RANK = Option(
@@ -24,7 +24,7 @@ class Tucker(Method):
 
     name = "tucker"
     paper = "IV"
-    options = (RANK, SIDES, LAYER_RANK, *HOOI_OPTIONS)
+    options = (RANK, ALLOCATION, KEEP, SIDES, LAYER_RANK, WEIGHTING, *HOOI_OPTIONS)
     factor_names = ("U", "P", "C", "V")
 
     def validate(self, groups, hidden_size):
@@ -36,13 +36,12 @@ class Tucker(Method):
             )
         super().validate(groups, hidden_size)
 
-    def group_ranks(self, group, hidden_size):
-        ranks = super().group_ranks(group, hidden_size)
+    def ranks_at(self, group, rank):
         n = group.num_slices
         l = self.layer_rank if self.layer_rank is not None else max(1, n // 2)
         if l < 1:
             raise TensorslimError(f"layer rank {l} is not positive", f"choose --layer-rank between 1 and {n}")
-        return {**ranks, "layer_rank": min(l, n)}
+        return {**super().ranks_at(group, rank), "layer_rank": min(l, n)}
 
     def shapes(self, group: Group, ranks):
         r1, r2 = self.side_ranks(group, ranks)
@@ -87,7 +86,7 @@ class Tucker(Method):
             return best_by_bound(candidates, groups, hidden_size, stacks)
         if self.rank is None:
             found = super().for_budget(groups, hidden_size, budget)
-            if found.rank < hidden_size:
+            if found.rank is None or found.rank < hidden_size:  # ratio allocation, or below full
                 return found
             return found.for_budget(groups, hidden_size, budget)  # rank now fixed at the hidden size
         largest = max(g.num_slices for g in groups.values())
