@@ -52,6 +52,7 @@ METHODS = [
     ("tucker", dict(rank=6, layer_rank=10)),
     ("shared", dict(rank=6)),
     ("lowrank", dict(rank=6)),
+    ("svd", dict(rank=6)),
     ("tucker", dict(rank=24, layer_rank=8)),
 ]
 
@@ -73,7 +74,7 @@ def test_factored_forward_equals_dense_reconstruction(method, options, ops):
         torch.testing.assert_close(h1, h2, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["tucker", "shared", "lowrank"])
+@pytest.mark.parametrize("method", ["tucker", "shared", "lowrank", "svd"])
 @pytest.mark.parametrize("cls", [BertForSequenceClassification, BertForMaskedLM])
 def test_full_rank_student_equals_teacher(method, cls):
     t = teacher(cls)

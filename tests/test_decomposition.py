@@ -250,8 +250,8 @@ def test_auto_precision_uses_bfloat16_for_large_tensors_where_the_cpu_multiplies
 
 
 def test_bad_ranks_and_names():
-    with pytest.raises(TensorslimError, match="unknown decomposition method 'svd'"):
-        get_method("svd", rank=8)
+    with pytest.raises(TensorslimError, match="unknown decomposition method 'cp'"):
+        get_method("cp", rank=8)
     groups = {"16x16": Group("16x16", 16, 16, 24)}
     for rank in (0, -1, 17):
         with pytest.raises(TensorslimError, match="out of range"):
@@ -381,3 +381,26 @@ def test_budget_keeps_whole_the_side_a_rectangular_stack_needs(method):
         assert chosen.error_bound(group, D, {"24x8": unfolding_energies(W)}) <= other.error_bound(
             group, D, {"24x8": unfolding_energies(W)}
         )
+
+
+def test_svd_is_lowrank_without_its_middle():
+    """svd (SVD-LLM's two factors) reconstructs what lowrank does at the same rank, weight-only and
+    data-aware, with r^2 fewer weights per slice; weight-only, its factors carry the singular values
+    evenly."""
+    from tensorslim.decomposition.weighted import SliceWeights
+
+    torch.manual_seed(0)
+    group, W = Group("12x8", 12, 8, 5), torch.randn(5, 12, 8)
+    X = torch.randn(5, 40, 12).double()
+    w = SliceWeights(torch.arange(5), X.mT @ X / 40, torch.zeros(0, dtype=torch.long), torch.zeros(0, 8, 8))
+    svd, lowrank = get_method("svd", rank=3), get_method("lowrank", rank=3)
+    ranks = svd.group_ranks(group, 8)
+    for fit in ("fit", "fit_calibrated"):
+        args = (W, group, ranks) + ((w.damped(0.0),) if fit == "fit_calibrated" else ())
+        two, _ = getattr(svd, fit)(*args)
+        three, _ = getattr(lowrank, fit)(*args)
+        assert set(two) == {"U", "V"}
+        torch.testing.assert_close(svd.reconstruct(two), lowrank.reconstruct(three), atol=1e-5, rtol=1e-4)
+        if fit == "fit":  # orthonormal singular vectors: each side carries sqrt(s)
+            torch.testing.assert_close(two["U"].norm(dim=1), two["V"].norm(dim=2), atol=1e-4, rtol=1e-4)
+    assert svd.num_params(group, ranks) == 5 * (12 + 8) * 3 == lowrank.num_params(group, ranks) - 5 * 3 * 3

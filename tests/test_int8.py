@@ -52,6 +52,7 @@ def student_dir(tmp_path, model_type: str, head: str, ranks=None, **overrides):
         ("bert", "base", "lowrank", {"rank": 16}, True),  # 2 x 32 x 16 factor weights: no fewer than 32 x 32
         ("gpt2", "causal_lm", "tucker", {"rank": 8, "layer_rank": 2}, False),  # fused q k v: one input, 3 tiles
         ("llama", "causal_lm", "lowrank", {"rank": 8}, False),
+        ("llama", "causal_lm", "svd", {"rank": 8}, False),
     ],
 )
 def test_a_chain_computes_the_dense_matrix_of_its_projection(model_type, head, method, options, merged):
@@ -70,7 +71,7 @@ def test_a_chain_computes_the_dense_matrix_of_its_projection(model_type, head, m
             expected = xi @ module.dense_weight() + (module.bias if module.bias is not None else 0)
             torch.testing.assert_close(chained(xi), expected, atol=1e-5, rtol=1e-4)
     groups = student.base_model.tensorslim_factors.groups
-    assert (len(sides.linears) > 0) == (method != "lowrank") and len(sides.linears) <= 2 * len(groups)
+    assert (len(sides.linears) > 0) == (method not in ("lowrank", "svd")) and len(sides.linears) <= 2 * len(groups)
 
 
 @pytest.mark.parametrize(

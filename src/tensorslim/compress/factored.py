@@ -170,14 +170,23 @@ class FactoredProjection(nn.Module):
         """This module's slices (g, ., .) of a per-slice stack (n, ., .): a view, no copy per call."""
         return stack[self.first : self.first + self.g]
 
-    def _middles(self) -> torch.Tensor:
-        S = self.take(self.bank.cores(self.layout.group))
-        return S.transpose(-2, -1) if self.layout.transposed else S  # (g, r_in, r_out)
+    def _middles(self) -> torch.Tensor | None:
+        """(g, r_in, r_out), or None when the method has no middle factor."""
+        S = self.bank.cores(self.layout.group)
+        if S is None:
+            return None
+        S = self.take(S)
+        return S.transpose(-2, -1) if self.layout.transposed else S
+
+    def through_middles(self, B: torch.Tensor) -> torch.Tensor:
+        """M B per block (B itself for a method without a middle factor)."""
+        M = self._middles()
+        return B if M is None else M @ B
 
     def _lowrank_sides(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, G = M B) of a per-slice method: one cache entry, so a warm call does only its products."""
         A, B = self.bank.sides(self.layout.group, self.layout.transposed, self.take)
-        return A, self._middles() @ B
+        return A, self.through_middles(B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bank, group, transposed = self.bank, self.layout.group, self.layout.transposed
@@ -197,11 +206,11 @@ class FactoredProjection(nn.Module):
         r_in, r_out = A.shape[-1], B.shape[0]
         if not self.fan_in:
             h = bank.shared_input((group, transposed), x, A)
-            G = bank.memo(key, lambda: (self._middles() @ B).transpose(0, 1).reshape(r_in, -1))
+            G = bank.memo(key, lambda: self.through_middles(B).transpose(0, 1).reshape(r_in, -1))
             return affine(h, G, self.bias)
         h = (x.unflatten(-1, (self.g, self.block_in)) @ A).flatten(-2)  # (..., g r_in)
         if self.g * self.block_out <= self.g * r_out + self.block_out:  # merging vstack(M) @ B is cheaper per token
-            return affine(h, bank.memo(key, lambda: (self._middles() @ B).reshape(-1, self.block_out)), self.bias)
+            return affine(h, bank.memo(key, lambda: self.through_middles(B).reshape(-1, self.block_out)), self.bias)
         M = bank.memo(key, lambda: self._middles().reshape(-1, r_out))
         return affine(h @ M, B, self.bias)
 

@@ -139,7 +139,7 @@ def chain(module: FactoredProjection, sides: SideBank) -> nn.Module:
     bank, lay, g = module.bank, module.layout, module.g
     if bank.method.shared:
         A, B = bank.sides(lay.group, lay.transposed)  # (block_in, r_in), (r_out, block_out)
-        G = module._middles() @ B  # (g, r_in, block_out)
+        G = module.through_middles(B)  # (g, r_in, block_out)
         if A.shape[1] >= A.shape[0]:
             return merged(module)
         key = f"{lay.group}_{'t' if lay.transposed else 'n'}"
@@ -149,7 +149,7 @@ def chain(module: FactoredProjection, sides: SideBank) -> nn.Module:
         rest = linear(G.transpose(0, 1).reshape(G.shape[1], -1))
         return ChainedProjection([(1, key), (1, [rest])], module.bias, sides)
     A, B = bank.sides(lay.group, lay.transposed, module.take)
-    G = module._middles() @ B  # A (g, block_in, r), G (g, r, block_out)
+    G = module.through_middles(B)  # A (g, block_in, r), G (g, r, block_out)
     if A.numel() + G.numel() >= module.in_features * module.out_features:
         return merged(module)
     if module.fan_in:

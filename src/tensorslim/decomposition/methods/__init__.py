@@ -2,6 +2,7 @@
 
     name     | paper | factors of a group of n slices R x C                   | weights
     lowrank  | II    | U (n, R, r), S (n, r, r), V (n, r, C)                  | n (R + C) r + n r^2
+    svd      | -     | U (n, R, r), V (n, r, C) (SVD-LLM's two factors)       | n (R + C) r
     shared   | III   | U (R, r1), S (n, r1, r2), V (r2, C)                    | R r1 + C r2 + n r1 r2
     tucker   | IV    | U (R, r1), P (n, l), C (l, r1, r2), V (r2, C); S = P C | R r1 + C r2 + n l + l r1 r2
 
@@ -14,9 +15,10 @@ from ...errors import TensorslimError
 from .base import Method, Option
 from .lowrank import LowRank
 from .shared import Shared
+from .svd import SVD
 from .tucker import Tucker
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (LowRank, Shared, Tucker)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (LowRank, SVD, Shared, Tucker)}
 
 
 def get_method(name: str, **values) -> Method:

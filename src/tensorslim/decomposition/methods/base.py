@@ -221,8 +221,8 @@ class Method(ABC):
         )
         return refined, {**record, **calibrated}
 
-    def cores(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """S (n, r1, r2)."""
+    def cores(self, factors: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """S (n, r1, r2), or None for a method without a middle factor (U_i V_i)."""
         return factors["S"]
 
     def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
