@@ -6,7 +6,7 @@ import torch
 
 from tensorslim.decomposition import weighted
 from tensorslim.decomposition.hooi import tucker_hooi
-from tensorslim.decomposition.methods import get_method
+from tensorslim.decomposition.methods import Method, get_method
 from tensorslim.decomposition.slices import Group
 from tensorslim.decomposition.weighted import (
     SliceWeights,
@@ -216,3 +216,21 @@ def test_unique_moments_share_identical_moments():
     a, b = moment(inputs(5, 10, 1)), moment(inputs(5, 10, 2))
     distinct, inverse = unique_moments(torch.stack([a, a.clone(), b, a]))
     assert len(distinct) == 2 and inverse.tolist() == [0, 0, 1, 0]
+
+
+def test_a_full_bank_fits_as_the_shared_method_does():
+    """Tucker with l = n is shared's model with P = I; its data-aware fit is shared's (each core
+    solved exactly), and it ends no worse than the bank refinement would."""
+    W, _, w = problem(n=6, R=10, C=10, tokens=50)
+    W32, w32 = W.float(), w.damped(0.0)
+    group = Group("10x10", 10, 10, 6)
+    tucker = get_method("tucker", rank=4, layer_rank=6, max_iter=20, tol=1e-8)
+    shared = get_method("shared", rank=4, max_iter=20, tol=1e-8)
+    ranks = tucker.group_ranks(group, 10)
+    bank, _ = tucker.fit_calibrated(W32, group, ranks, w32)
+    alone, _ = shared.fit_calibrated(W32, group, shared.group_ranks(group, 10), w32)
+    torch.testing.assert_close(bank["P"], torch.eye(6))
+    torch.testing.assert_close(tucker.reconstruct(bank), shared.reconstruct(alone), atol=1e-5, rtol=1e-4)
+    refined, _ = Method.fit_calibrated(tucker, W32, group, ranks, w32)  # the bank's C and P refinement
+    assert "P" in refined and not torch.allclose(refined["P"], torch.eye(6))
+    assert weighted_error(W32, tucker.reconstruct(bank), w32) <= weighted_error(W32, tucker.reconstruct(refined), w32)

@@ -8,8 +8,9 @@ import torch
 
 from ...errors import TensorslimError
 from ..slices import Group
-from .base import ALLOCATION, KEEP, RANK, SIDES, WEIGHTING, Method, Option, best_by_bound, unmeetable
+from .base import ALLOCATION, KEEP, RANK, SIDES, WEIGHTING, Method, Option, best_by_bound, option_values, unmeetable
 from .hooi_options import HOOI_OPTIONS, run_hooi
+from .shared import Shared
 
 LAYER_RANK = Option(
     "layer_rank",
@@ -55,6 +56,17 @@ class Tucker(Method):
 
     def is_exact(self, group, ranks):
         return super().is_exact(group, ranks) and ranks["layer_rank"] >= group.num_slices
+
+    def fit_calibrated(self, W, group, ranks, weights):
+        """A full bank (l = n) is the shared method's model with P = I: fitted as shared fits it (each
+        slice's core solved exactly, where the bank's C and P updates are approximate); a smaller bank
+        by the refinement of the base class."""
+        if ranks["layer_rank"] < group.num_slices or self.is_exact(group, ranks):
+            return super().fit_calibrated(W, group, ranks, weights)
+        shared = Shared(**option_values(Shared, self.values))
+        factors, record = shared.fit_calibrated(W, group, ranks, weights)
+        P = torch.eye(group.num_slices, dtype=factors["S"].dtype, device=factors["S"].device)
+        return {"U": factors["U"], "P": P, "C": factors["S"], "V": factors["V"]}, record
 
     def cores(self, factors):
         return torch.einsum("nl,lab->nab", factors["P"], factors["C"])
