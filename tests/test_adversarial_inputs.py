@@ -137,7 +137,7 @@ CASES = [
     case("decompose-budget-0", DECOMPOSE, ["--budget", "0"], "--budget 0 is out of range"),
     case("decompose-budget-unreadable", DECOMPOSE, ["--budget", "lots"], "cannot read the budget"),
     case("decompose-budget-too-small", DECOMPOSE, ["--budget", "10"], "no tucker rank setting fits"),
-    case("decompose-method-unknown", DECOMPOSE, ["--method", "svd"], "invalid choice"),
+    case("decompose-method-unknown", DECOMPOSE, ["--method", "cp"], "invalid choice"),
     case("decompose-unknown-flag", DECOMPOSE, ["--ranks", "8"], "unrecognized arguments"),
     case("decompose-teacher-missing", DECOMPOSE, [], "does not exist", {x(T): "/nonexistent/teacher"}),
     case("decompose-teacher-is-file", DECOMPOSE, [], "is a file", {x(T): x(C)}),
@@ -299,7 +299,7 @@ CASES = [
     case("demo-task-not-in-glue-dir", DEMO, [], "no RTE train file", {"SST-2": "RTE"}),
     case("demo-teacher-missing", DEMO, [], "does not exist", {x(T): "/nonexistent/teacher"}),
     case("demo-teacher-nan", DEMO, [], "NaN", {x(T): dmg(T, "nan")}),
-    case("demo-method-unknown", DEMO, ["--method", "svd"], "invalid choice"),
+    case("demo-method-unknown", DEMO, ["--method", "cp"], "invalid choice"),
     # sweep
     case("sweep-ranks-unreadable", SWEEP, [], "cannot read the rank setting", {"8": "eight"}),
     case("sweep-ranks-0", SWEEP, [], "rank 0 is out of range", {"8": "0"}),
