@@ -66,7 +66,10 @@ def test_every_group_keeps_the_same_share_and_no_more(name, share):
 
 def test_a_fixed_rank_wins_over_the_ratio_rule():
     method = get_method("lowrank", allocation="ratio", rank=64).for_budget(DECODER, 576, 10**9)
-    assert method.rank is not None and method.group_ranks(DECODER["576x576"], 576) == {"rank": method.rank}
+    assert method.rank is not None and method.keep is None
+    assert method.group_ranks(DECODER["576x576"], 576) == {"rank": method.rank}
+    both = get_method("lowrank", allocation="ratio", rank=64, keep=0.5)  # a share set as well: the rank decides
+    assert both.group_ranks(DECODER["576x576"], 576) == {"rank": 64}
 
 
 def test_a_share_too_small_for_rank_one_is_refused():

@@ -146,7 +146,8 @@ def run(args) -> None:
         )
 
     accepted = {o.name for o in METHODS[args.method].options}
-    given = {name: getattr(args, name, None) for name in all_options() if getattr(args, name, None) is not None}
+    flagged = [name for name, option in all_options().items() if option.cli]
+    given = {name: getattr(args, name) for name in flagged if getattr(args, name) is not None}
     flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in sorted(names))  # noqa: E731
     if set(given) - accepted:
         raise TensorslimError(

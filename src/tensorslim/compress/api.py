@@ -82,7 +82,7 @@ def decompose(
         raise TensorslimError("the teacher is already a decomposed student", "export it with export_dense() first")
     method = method if isinstance(method, Method) else get_method(method, **options)
     causal = get_family(teacher.config).causal
-    if method.values.get("allocation", "rank") is None:  # the convention of the papers for this kind of model
+    if "allocation" in method.values and method.allocation is None:  # the papers' convention for this kind
         method = method.with_values(allocation="ratio" if causal else "rank")
     if "weighting" in method.values and method.weighting is None:  # what measured best per kind (decomposition.md)
         method = method.with_values(weighting="relative" if causal else "absolute")

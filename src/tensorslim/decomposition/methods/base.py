@@ -240,9 +240,8 @@ class Method(ABC):
         """This method with the largest rank whose factors fit in `budget` weights (other options
         as given). `stacks` ({group: (n, R, C)}, whitened for a data-aware fit) lets a method with
         several ways to spend the budget pick the one that fits the weights best: with shared sides
-        and `sides` unset, the side policy with the smallest HOSVD error bound."""
-        if self.values.get("allocation") == "ratio" and self.rank is None:
-            return self._for_share(groups, hidden_size, budget, stacks)
+        and `sides` unset, the side policy with the smallest HOSVD error bound. With `allocation`
+        ratio (and no rank given) the rank rule gives way to one share for every group (`keep`)."""
         if stacks is not None and "sides" in self.values and self.sides is None:
             candidates = []
             for policy in SIDES.choices:
@@ -253,31 +252,18 @@ class Method(ABC):
             if not candidates:
                 unmeetable(self.name, budget, self.with_values(rank=1).total_params(groups, hidden_size))
             return best_by_bound(candidates, groups, hidden_size, stacks)
+        if self.values.get("allocation") == "ratio" and self.rank is None:  # every group keeps one share
+            dense = sum(g.num_slices * g.rows * g.cols for g in groups.values())
+            found = self.with_values(keep=budget / dense)
+            if found.total_params(groups, hidden_size) > budget:
+                unmeetable(self.name, budget, self.with_values(rank=1).total_params(groups, hidden_size))
+            return found
         fits = [
             d for d in range(1, hidden_size + 1) if self.with_values(rank=d).total_params(groups, hidden_size) <= budget
         ]
         if not fits:
             unmeetable(self.name, budget, self.with_values(rank=1).total_params(groups, hidden_size))
         return self.with_values(rank=max(fits))
-
-    def _for_share(self, groups: dict[str, Group], hidden_size: int, budget: int, stacks=None) -> Method:
-        """Ratio allocation: every group keeps the share budget / dense weights (with shared sides
-        and `sides` unset, the side policy with the smallest HOSVD bound on `stacks`)."""
-        if stacks is not None and "sides" in self.values and self.sides is None:
-            candidates = []
-            for policy in SIDES.choices:
-                try:
-                    candidates.append(self.with_values(sides=policy)._for_share(groups, hidden_size, budget))
-                except TensorslimError:
-                    continue
-            if not candidates:
-                unmeetable(self.name, budget, self.with_values(keep=0.0).total_params(groups, hidden_size))
-            return best_by_bound(candidates, groups, hidden_size, stacks)
-        dense = sum(g.num_slices * g.rows * g.cols for g in groups.values())
-        found = self.with_values(keep=budget / dense)
-        if found.total_params(groups, hidden_size) > budget:
-            unmeetable(self.name, budget, self.with_values(keep=0.0).total_params(groups, hidden_size))
-        return found
 
     def error_bound(self, groups: dict[str, Group], hidden_size: int, energies: dict) -> float:
         """Upper bound on sum ||W - W_hat||^2 of the truncated HOSVD at this method's ranks, from each
