@@ -56,6 +56,8 @@ def main() -> None:
     p.add_argument("--calibration-seq-length", type=int, default=512)
     p.add_argument("--max-iter", type=int, default=8, help="sweeps of HOOI and of the data-aware refinement")
     p.add_argument("--cross", action="store_true", help="also calibrate on Gutenberg (tucker and lowrank at 20%%)")
+    p.add_argument("--layer-window", type=int, help="shared and tucker: share among this many layers (default all)")
+    p.add_argument("--sides", help="shared and tucker: the side policy (default: chosen by the budget search)")
     p.add_argument("--heal-steps", type=int, default=0, help="heal every student for this many steps (0: no)")
     p.add_argument("--heal-batch", type=int, default=2)
     p.add_argument("--heal-seq-length", type=int, default=256)
@@ -68,7 +70,7 @@ def main() -> None:
 
     out = RESULTS / f"{args.name}.json"
     rows = [] if args.fresh or not out.exists() else json.loads(out.read_text())["rows"]
-    done = {(r["method"], r["removed_%"], r["calibration"]) for r in rows}
+    done = {(r["method"], r["removed_%"], r["calibration"], r.get("layer_window"), r.get("sides")) for r in rows}
     directory = smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     teacher = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
@@ -88,7 +90,7 @@ def main() -> None:
             "output errors (the defaults for causal LMs)",
         )
 
-    if ("dense", 0, "none") not in done:
+    if ("dense", 0, "none", None, None) not in done:
         result = score(teacher)
         add(
             {
@@ -113,11 +115,16 @@ def main() -> None:
         plan = [(lvl, m, src) for lvl, m, src in plan if src != "gutenberg" or (lvl == 20 and m != "shared")]
     for level, method, source in plan:
         label = "none" if source == "weights" else source
-        if (method, level, label) in done:
+        options = {} if method in ("lowrank", "svd") else {"max_iter": args.max_iter}
+        if method in ("shared", "tucker"):
+            options.update(layer_window=args.layer_window, sides=args.sides)
+        if (method, level, label, options.get("layer_window"), options.get("sides")) in done:
             continue
         if source != "weights" and source not in moments:
             # one pass of the teacher per source, kept between runs of the benchmark
-            cache = cache_dir() / f"moments-{source}-{args.calibration_samples}x{args.calibration_seq_length}.pt"
+            cache = (
+                cache_dir() / f"moments-by-module-{source}-{args.calibration_samples}x{args.calibration_seq_length}.pt"
+            )
             if cache.exists():
                 moments[source] = torch.load(cache, weights_only=False)
             else:
@@ -133,7 +140,6 @@ def main() -> None:
                 torch.save(moments[source], cache)
         student = copy.deepcopy(teacher)
         start = time.perf_counter()
-        options = {} if method == "lowrank" else {"max_iter": args.max_iter}
         student, record = decompose(
             student, method, compression=level / 100, calibration=moments.get(source), **options
         )
@@ -149,6 +155,8 @@ def main() -> None:
                 "parameters": count_parameters(student)["total"],
                 "rank": record["rank"],
                 "layer_rank": record["layer_rank"],
+                "layer_window": options.get("layer_window"),
+                "sides": options.get("sides"),
                 "weight_error": record["relative_error"],
                 "calibrated_error": record["calibrated_error"],
                 "perplexity": result["perplexity"],

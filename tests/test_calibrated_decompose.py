@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tensorslim.compress.api import decompose
-from tensorslim.compress.calibration import calibrate, calibration_data
+from tensorslim.compress.calibration import calibrate, calibration_data, slice_covariances
 from tensorslim.compress.inplace import bank_of, layout, matrix_of
 from tensorslim.decomposition.slices import stack
 from tensorslim.decomposition.weighted import weighted_error
@@ -26,6 +26,7 @@ def output_error(teacher, student, moments) -> float:
     """sqrt(F / F(0)) of the student's factors against the teacher's weights (an independent sum)."""
     groups, layouts, found = layout(teacher)
     stacks = stack({k: matrix_of(m) for k, m, _ in found}, groups, layouts)
+    moments = slice_covariances(moments, layouts)
     bank = bank_of(student)
     err = sum(weighted_error(W, bank.reconstruct(n).detach(), moments[n]) for n, W in stacks.items())
     total = sum(weighted_error(W, None, moments[n]) for n, W in stacks.items())

@@ -54,6 +54,8 @@ METHODS = [
     ("lowrank", dict(rank=6)),
     ("svd", dict(rank=6)),
     ("tucker", dict(rank=24, layer_rank=8)),
+    ("shared", dict(rank=6, layer_window=1, sides="output-full")),  # per-layer groups, no output factor
+    ("tucker", dict(rank=6, layer_rank=3, layer_window=1, sides="output-full")),
 ]
 
 

@@ -343,10 +343,24 @@ def test_tucker_budget_spends_on_the_mode_the_stack_needs():
 
 def test_rectangular_sides_scale_or_stay_whole():
     """A 48 x 12 group at d = 4 of D = 12: proportional sides (16, 4); longer-full keeps the 48 rows,
-    shorter-full the 12 columns; students saved before `sides` existed read `rank` on both sides."""
-    group, D = Group("48x12", 48, 12, 5), 12
-    sides = {p: get_method("shared", rank=4, sides=p).group_ranks(group, D)["sides"] for p in SIDES.choices}
-    assert sides == {"proportional": [16, 4], "longer-full": [48, 4], "shorter-full": [16, 12]}
+    shorter-full the 12 columns, output-full the side the inputs are not on (and stores no factor for
+    it); students saved before `sides` existed read `rank` on both sides."""
+    D = 12
+    for inputs, output_full, omitted in (("rows", [16, 12], "V"), ("cols", [48, 4], "U")):
+        group = Group("48x12", 48, 12, 5, inputs)
+        sides = {p: get_method("shared", rank=4, sides=p).group_ranks(group, D)["sides"] for p in SIDES.choices}
+        assert sides == {
+            "proportional": [16, 4],
+            "longer-full": [48, 4],
+            "shorter-full": [16, 12],
+            "output-full": output_full,
+        }
+        method = get_method("tucker", rank=4, sides="output-full")
+        shapes = method.shapes(group, method.group_ranks(group, D))
+        assert omitted not in shapes and set(shapes) == {"U", "P", "C", "V"} - {omitted}
+    with pytest.raises(TensorslimError, match="mixes"):
+        get_method("shared", rank=4, sides="output-full").group_ranks(Group("48x12", 48, 12, 5), D)
+    group = Group("48x12", 48, 12, 5)
     assert get_method("shared").side_ranks(group, {"rank": 4}) == (4, 4)
     assert get_method("tucker", rank=12).group_ranks(group, D)["sides"] == [48, 12]  # exact
     with pytest.raises(TensorslimError, match="sides must be one of"):

@@ -44,6 +44,7 @@ def session(path):
     [
         ("tucker", {"rank": 8, "layer_rank": 2}, "inductor"),
         ("shared", {"rank": 8}, "aot_eager"),  # the graph capture only: inductor's C++ build takes ~20 s
+        ("tucker", {"rank": 8, "layer_rank": 2, "layer_window": 1, "sides": "output-full"}, "aot_eager"),
         ("lowrank", {"rank": 8}, "aot_eager"),
         ("lowrank", {"rank": 8, "embedding_rank": 12}, "aot_eager"),  # factorised word embeddings
     ],

@@ -53,6 +53,14 @@ def student_dir(tmp_path, model_type: str, head: str, ranks=None, **overrides):
         ("gpt2", "causal_lm", "tucker", {"rank": 8, "layer_rank": 2}, False),  # fused q k v: one input, 3 tiles
         ("llama", "causal_lm", "lowrank", {"rank": 8}, False),
         ("llama", "causal_lm", "svd", {"rank": 8}, False),
+        ("bert", "base", "shared", {"rank": 8, "layer_window": 1, "sides": "output-full"}, False),  # no B
+        (
+            "llama",
+            "causal_lm",
+            "tucker",
+            {"rank": 8, "layer_rank": 2, "layer_window": 1, "sides": "output-full"},
+            False,
+        ),
     ],
 )
 def test_a_chain_computes_the_dense_matrix_of_its_projection(model_type, head, method, options, merged):

@@ -184,7 +184,13 @@ def step_flops(model) -> int:
 
 
 @pytest.mark.parametrize(
-    "method,options", [("lowrank", {"rank": 12}), ("shared", {"rank": 12}), ("tucker", {"rank": 12, "layer_rank": 2})]
+    "method,options",
+    [
+        ("lowrank", {"rank": 12}),
+        ("shared", {"rank": 12}),
+        ("tucker", {"rank": 12, "layer_rank": 2}),
+        ("shared", {"rank": 4, "layer_window": 1, "sides": "output-full"}),
+    ],
 )
 def test_a_decode_step_does_the_projection_work_the_counts_say(method, options):
     """Through the KV cache at batch 1, a student's step differs from the dense model's by exactly the

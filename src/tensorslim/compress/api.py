@@ -18,11 +18,18 @@ from ..errors import TensorslimError
 from ..families import get_family
 from ..io import atomic_dir, check_output_dir, write_json
 from ..validate import check_finite_weights
-from .calibration import DEFAULT_DAMPING, DEFAULT_SAMPLES, CalibrationData, calibrate, calibration_data
+from .calibration import (
+    DEFAULT_DAMPING,
+    DEFAULT_SAMPLES,
+    CalibrationData,
+    calibrate,
+    calibration_data,
+    slice_covariances,
+)
 from .counts import count_parameters, dense_is_faster, flops_per_token, matrix_weights
 from .embeddings import factorize_embeddings, rank_of_embeddings, token_counts
 from .factored import FactoredProjection
-from .inplace import factorize, is_decomposed, merge, targets
+from .inplace import factorize, is_decomposed, layout, matrix_of, merge, targets, window_of
 from .loading import check_head, infer_head, load_config, load_model, load_tokenizer, save_tokenizer
 from .section import section_of
 
@@ -113,6 +120,8 @@ def decompose(
     if calibration_record is not None:
         calibration_record["damping"] = damping
     fit_start = time.perf_counter()
+    if moments is not None:  # each group's slices of the moments, as the method groups them
+        moments = slice_covariances(moments, layout(teacher, ops, window_of(method))[1])
     weights = {n: w.damped(damping) for n, w in moments.items()} if moments else None
     if budget is not None:
         method = method_for_budget(teacher, method, ops, budget, weights)
@@ -145,9 +154,7 @@ def decompose(
 def method_for_budget(model, method: Method, ops: str, budget: int, weights: dict | None) -> Method:
     """`method` with the ranks that fit `budget`, chosen on the model's stacks (whitened by each
     side's mean input moment for a data-aware fit)."""
-    from .inplace import layout, matrix_of
-
-    groups, layouts, found = layout(model, ops)
+    groups, layouts, found = layout(model, ops, window_of(method))
     with torch.no_grad():
         stacks = stack({key: matrix_of(module) for key, module, _ in found}, groups, layouts)
     if weights:
@@ -166,8 +173,6 @@ def check_compression(compression: float) -> float:
 
 def budget_for_compression(model: PreTrainedModel, ops: str, compression: float) -> int:
     """Weights left when `compression` of the `ops` matrices' weights is removed."""
-    from .inplace import layout
-
     groups, _, _ = layout(model, ops)
     dense = sum(g.num_slices * g.rows * g.cols for g in groups.values())
     return int(dense * (1 - check_compression(compression)))
@@ -289,12 +294,10 @@ def check_settings(
     """The method with the ranks a decomposition of a `config` model would use; refuses settings that
     fit no such model (ranks out of range, an unmeetable budget, an embedding rank out of range)
     without loading any weight."""
-    from .inplace import layout
-
     model = skeleton(config)
     rank_of_embeddings(model, embedding_rank, embedding_compression)
-    groups, _, _ = layout(model, ops)
     found = get_method(method, **options)
+    groups, _, _ = layout(model, ops, window_of(found))
     if compression is not None:
         if budget is not None:
             raise TensorslimError("both a budget and a compression were given", "pass one of --budget, --compression")

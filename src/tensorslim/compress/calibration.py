@@ -187,13 +187,10 @@ def calibration_data(config, data, tokenizer, *, samples: int, seq_length: int |
     return CalibrationData(str(data), batches, seq_length, seed)
 
 
-def calibrate(model: PreTrainedModel, data: CalibrationData, *, ops: str) -> tuple[dict[str, SliceWeights], dict]:
-    """Each group's slice moments (`slice_covariances`) of `model` streamed over `data`, and a
-    record of the run."""
-    from .inplace import layout
-
+def calibrate(model: PreTrainedModel, data: CalibrationData, *, ops: str) -> tuple[Moments, dict]:
+    """The input moments of `model`'s projections streamed over `data` (`input_moments`; cut into
+    each group's slices by `slice_covariances` once the grouping is known), and a record of the run."""
     moments = input_moments(model, data.batches, ops)
-    _, layouts, _ = layout(model, ops)
     record = {
         "data": data.source,
         "sequences": sum(len(b["input_ids"]) for b in data.batches),
@@ -203,4 +200,4 @@ def calibrate(model: PreTrainedModel, data: CalibrationData, *, ops: str) -> tup
         "seconds": moments.seconds,
         "moment_bytes": moments.bytes,
     }
-    return slice_covariances(moments, layouts), record
+    return moments, record

@@ -5,6 +5,8 @@ dense weight in the forward pass.
 A module's [in, out] matrix is made of slices (see `decomposition.slices`); slice i of a group is
 U_i S_i V_i. A block stored [in, out] is U S V: its input side is A = U, the middle S, the output
 side B = V. A block stored [out, in] (transposed) is V^T S^T U^T: A = V^T, middle S^T, B = U^T.
+A method that keeps every slice's output side whole (`sides` output-full) stores no B: the middles
+map straight to the outputs.
 
 With a shared basis (one A for the whole group) a module computes, for input x (..., in):
 
@@ -115,11 +117,12 @@ class FactorBank(nn.Module):
 
     def sides(self, group: str, transposed: bool, take: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """(A, B): the input-side and output-side factors; batched (g, ., .) through `take` (a
-        module's slices) for lowrank."""
-        U, V = self.groups[group].U, self.groups[group].V
+        module's slices) for lowrank. B is None when the method keeps the output side whole (the
+        middles then map straight to the outputs)."""
+        U, V = getattr(self.groups[group], "U", None), getattr(self.groups[group], "V", None)
         if take is not None:
             U, V = take(U), take(V)
-        return (V.transpose(-2, -1), U.transpose(-2, -1)) if transposed else (U, V)
+        return (V.transpose(-2, -1), None if U is None else U.transpose(-2, -1)) if transposed else (U, V)
 
     def shared_input(self, key, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         """x @ A, computed once for the modules of one forward that read the same x with the same A."""
@@ -178,10 +181,10 @@ class FactoredProjection(nn.Module):
         S = self.take(S)
         return S.transpose(-2, -1) if self.layout.transposed else S
 
-    def through_middles(self, B: torch.Tensor) -> torch.Tensor:
-        """M B per block (B itself for a method without a middle factor)."""
+    def through_middles(self, B: torch.Tensor | None) -> torch.Tensor:
+        """M B per block (B itself for a method without a middle factor, M itself without B)."""
         M = self._middles()
-        return B if M is None else M @ B
+        return B if M is None else M if B is None else M @ B
 
     def _lowrank_sides(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, G = M B) of a per-slice method: one cache entry, so a warm call does only its products."""
@@ -203,7 +206,7 @@ class FactoredProjection(nn.Module):
                 y = torch.einsum("...gr,gro->...o", h, G)
             return y if self.bias is None else y + self.bias
         A, B = bank.sides(group, transposed)
-        r_in, r_out = A.shape[-1], B.shape[0]
+        r_in, r_out = A.shape[-1], self.block_out if B is None else B.shape[0]
         if not self.fan_in:
             h = bank.shared_input((group, transposed), x, A)
             G = bank.memo(key, lambda: self.through_middles(B).transpose(0, 1).reshape(r_in, -1))
@@ -218,8 +221,8 @@ class FactoredProjection(nn.Module):
         """Multiply-adds per token as forward() computes them (bias excluded; x A counted here
         even where another module of the same input shares it)."""
         A, B = self.bank.sides(self.layout.group, self.layout.transposed)
-        r_in, r_out = A.shape[-1], B.shape[-2]
         g, i, o = self.g, self.block_in, self.block_out
+        r_in, r_out = A.shape[-1], o if B is None else B.shape[-2]
         if not self.bank.method.shared:
             return g * (i * r_in + r_in * o)
         if not self.fan_in:

@@ -64,8 +64,11 @@ def matrix_of(module: nn.Module) -> torch.Tensor:
     return module.weight if isinstance(module, Conv1D) else module.weight.T
 
 
-def layout(model: PreTrainedModel, ops: str = "all") -> tuple[dict[str, Group], list[ModuleLayout], list]:
-    """Slice groups and module layouts of `model` (see decomposition.slices), with the targets."""
+def layout(
+    model: PreTrainedModel, ops: str = "all", window: int | None = None
+) -> tuple[dict[str, Group], list[ModuleLayout], list]:
+    """Slice groups and module layouts of `model` (see decomposition.slices; `window`: layers per
+    group, None for all), with the targets."""
     found = targets(model, ops)
     if not found:
         raise TensorslimError(f"ops={ops!r} selects no projection of this model", "use --ops all")
@@ -83,8 +86,19 @@ def layout(model: PreTrainedModel, ops: str = "all") -> tuple[dict[str, Group], 
                 "this checkpoint's modules differ from its family's table entry",
             )
         matrices.append(Matrix(key, fan_in, (fan_out // len(proj.parts),) * len(proj.parts), proj.transposed))
-    groups, layouts = plan(matrices, model.config.hidden_size)
+    num_layers = len(layers_of(model.base_model, get_family(model.config)))
+    if window is not None and not 1 <= window <= num_layers:
+        raise TensorslimError(
+            f"layer window {window} is out of range for a model of {num_layers} layers",
+            f"choose --layer-window between 1 and {num_layers}",
+        )
+    groups, layouts = plan(matrices, model.config.hidden_size, window)
     return groups, layouts, found
+
+
+def window_of(method: Method) -> int | None:
+    """The method's layer window (`layer_window`; None: every layer in one group per shape)."""
+    return method.values.get("layer_window")
 
 
 def is_decomposed(model: nn.Module) -> bool:
@@ -160,7 +174,7 @@ def attach_section(model: PreTrainedModel, section: DecompositionConfig) -> None
 def apply_structure(model: PreTrainedModel, section: DecompositionConfig) -> FactorBank:
     """Give `model` the factored structure `section` describes (factors uninitialised): the loading path."""
     method = get_method(section.method, **section.options)
-    groups, layouts, found = layout(model, section.ops)
+    groups, layouts, found = layout(model, section.ops, window_of(method))
     expected = {n: (g["rows"], g["cols"], g["num_slices"]) for n, g in section.groups.items()}
     if expected != {n: (g.rows, g.cols, g.num_slices) for n, g in groups.items()}:
         raise TensorslimError(
@@ -207,7 +221,7 @@ def factorize(
         raise TensorslimError(
             "the model is already decomposed", "merge it first (model.dequantize()) or pass the teacher"
         )
-    groups, layouts, found = layout(model, ops)
+    groups, layouts, found = layout(model, ops, window_of(method))
     hidden = model.config.hidden_size
     method.validate(groups, hidden)
     ranks = {n: method.group_ranks(g, hidden) for n, g in groups.items()}
@@ -226,7 +240,7 @@ def factorize(
             factors, record = method.fit(W.to(device), groups[name], ranks[name])
         else:
             factors, record = method.fit_calibrated(W.to(device), groups[name], ranks[name], weights[name].to(device))
-        fits[name] = (factors, record, W)
+        fits[name] = (method.finish(groups[name], factors), record, W)
     bank = _install(model, method, groups, ranks, layouts, found, chunk_tokens)
     with torch.no_grad():
         for name, (factors, _, _) in fits.items():

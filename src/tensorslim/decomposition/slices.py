@@ -13,6 +13,11 @@ logical matrix is *oriented* (transposed to [out, in] when its projection says s
 Slices of equal shape (R, C) form one group, stacked in that order; each group is decomposed with
 its own factors. For BERT every slice is D x D, so there is one group of n = L (4 + 2k) slices in
 the paper's order: q, k, v, o, ffn_in.0..k-1, ffn_out.0..k-1 for each layer.
+
+With a layer window w (Basis Sharing's grouping) the slices of each run of w consecutive layers
+form groups of their own, split by orientation too, so that every slice of a windowed group reads
+its input on the same side (`Group.inputs`): group "<R>x<C>_<first>-<last>" holds the [in, out]
+slices of layers first..last, "<R>x<C>t_<first>-<last>" the [out, in] ones.
 """
 
 from __future__ import annotations
@@ -56,12 +61,14 @@ class ModuleLayout:
 
 @dataclass(frozen=True)
 class Group:
-    """n slices of shape (rows, cols)."""
+    """n slices of shape (rows, cols); `inputs` is the side every slice reads its input on ("rows"
+    for [in, out] slices, "cols" for [out, in] ones), or None when the group mixes both."""
 
     name: str
     rows: int
     cols: int
     num_slices: int
+    inputs: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,13 +82,23 @@ class Matrix:
     transposed: bool
 
 
-def group_name(rows: int, cols: int) -> str:
-    return f"{rows}x{cols}"
+def group_name(rows: int, cols: int, transposed: bool | None = None, layers: tuple[int, int] | None = None) -> str:
+    """ "<R>x<C>" for a group of every layer; with a layer window, "<R>x<C>[t]_<first>-<last>"."""
+    if layers is None:
+        return f"{rows}x{cols}"
+    return f"{rows}x{cols}{'t' if transposed else ''}_{layers[0]}-{layers[1]}"
 
 
-def plan(matrices: list[Matrix], hidden_size: int) -> tuple[dict[str, Group], list[ModuleLayout]]:
-    """Groups and per-module layouts for `matrices` in stacking order (see the module docstring)."""
-    counts: dict[tuple[int, int], int] = {}
+def plan(
+    matrices: list[Matrix], hidden_size: int, window: int | None = None
+) -> tuple[dict[str, Group], list[ModuleLayout]]:
+    """Groups and per-module layouts for `matrices` in stacking order (see the module docstring);
+    `window`: layers per group (None: every layer in one group per shape)."""
+    if window is not None and window < 1:
+        raise ValueError(f"layer window {window} is not positive")
+    last = max(layer_of(m.key) for m in matrices) if window is not None else 0
+    counts: dict[str, int] = {}
+    groups: dict[str, Group] = {}
     layouts = []
     for m in matrices:
         blocks, out_start = [], 0
@@ -89,21 +106,34 @@ def plan(matrices: list[Matrix], hidden_size: int) -> tuple[dict[str, Group], li
             R, C = (width, m.in_features) if m.transposed else (m.in_features, width)
             tile = hidden_size if R % hidden_size == 0 and C % hidden_size == 0 else None
             tr, tc = (tile, tile) if tile else (R, C)
+            if window is None:
+                name = group_name(tr, tc)
+            else:
+                first = layer_of(m.key) // window * window
+                name = group_name(tr, tc, m.transposed, (first, min(first + window, last + 1) - 1))
             for a in range(R // tr):
                 for b in range(C // tc):
-                    index = counts.get((tr, tc), 0)
-                    counts[(tr, tc)] = index + 1
+                    index = counts.get(name, 0)
+                    counts[name] = index + 1
                     # rows/cols of the oriented part -> in/out ranges of the module's [in, out] matrix
                     (i0, isz), (o0, osz) = (
                         ((b * tc, tc), (a * tr, tr)) if m.transposed else ((a * tr, tr), (b * tc, tc))
                     )
-                    blocks.append(Block(group_name(tr, tc), index, i0, out_start + o0, isz, osz, m.transposed))
+                    blocks.append(Block(name, index, i0, out_start + o0, isz, osz, m.transposed))
+            side = "cols" if m.transposed else "rows"
+            known = groups.get(name)
+            inputs = side if known is None or known.inputs == side else None
+            groups[name] = Group(name, tr, tc, counts[name], inputs)
             out_start += width
         layouts.append(ModuleLayout(m.key, m.in_features, out_start, tuple(blocks)))
         if len({(b.group, b.transposed) for b in blocks}) > 1:
             raise ValueError(f"{m.key}: the parts of a fused module fall into different slice groups")
-    groups = {group_name(r, c): Group(group_name(r, c), r, c, n) for (r, c), n in counts.items()}
     return groups, layouts
+
+
+def layer_of(key: str) -> int:
+    """The layer index of a module key "<layer>.<path>"."""
+    return int(key.partition(".")[0])
 
 
 def slice_of(matrix: torch.Tensor, block: Block) -> torch.Tensor:

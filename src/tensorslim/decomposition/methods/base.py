@@ -82,10 +82,20 @@ SIDES = Option(
     "sides",
     str,
     None,
-    "how a rectangular group's two sides take the rank: proportional (each side's rank scales with its "
-    "size), longer-full or shorter-full (that side kept whole, the other reduced); default: proportional, "
-    "or from --budget",
-    ("proportional", "longer-full", "shorter-full"),
+    "how a group's two sides take the rank: proportional (each side's rank scales with its size), "
+    "longer-full or shorter-full (that side of a rectangular group kept whole, the other reduced), or "
+    "output-full (Basis Sharing: one shared basis of the inputs, each slice's output side whole and its "
+    "own; needs groups that read their input on one side, e.g. with --layer-window); default: "
+    "proportional, or from --budget",
+    ("proportional", "longer-full", "shorter-full", "output-full"),
+)
+
+LAYER_WINDOW = Option(
+    "layer_window",
+    int,
+    None,
+    "share factors among this many consecutive layers only (Basis Sharing's grouping: each window's "
+    "slices of one shape and input side form a group); default: all layers share (the paper)",
 )
 
 
@@ -169,10 +179,13 @@ class Method(ABC):
 
     def _sides(self, group: Group, rank: int) -> tuple[int, int]:
         """(r1, r2) for the smaller side's rank `rank` under the `sides` option."""
+        output_side = self.whole_side(group)  # checks that output-full fits the group
         if rank >= min(group.rows, group.cols):
             return group.rows, group.cols  # exact
         smaller = min(group.rows, group.cols)
         scaled = [min(side, max(1, round(rank * side / smaller))) for side in (group.rows, group.cols)]
+        if output_side is not None:
+            return (scaled[0], group.cols) if output_side == "V" else (group.rows, scaled[1])
         policy = self.values.get("sides") or "proportional"
         if group.rows == group.cols or policy == "proportional":
             return tuple(scaled)
@@ -188,10 +201,39 @@ class Method(ABC):
         d = ranks["rank"]
         return (group.rows, group.cols) if d >= min(group.rows, group.cols) else (d, d)
 
+    def whole_side(self, group: Group) -> str | None:
+        """The factor that `sides` output-full leaves out, the output side of every slice (V for
+        [in, out] slices, U for [out, in] ones: that side is whole and folded into each slice's core),
+        or None under the other policies."""
+        if self.values.get("sides") != "output-full":
+            return None
+        if group.inputs is None:
+            raise TensorslimError(
+                f"--sides output-full needs slices that all read their input on one side; group "
+                f"{group.name} mixes [in, out] and [out, in] slices",
+                "pass --layer-window (windowed groups are split by input side), or another --sides",
+            )
+        return "V" if group.inputs == "rows" else "U"
+
     # factors ----------------------------------------------------------------------------------
     @abstractmethod
     def shapes(self, group: Group, ranks: dict[str, int]) -> dict[str, tuple[int, ...]]:
         """Factor name -> shape for a group."""
+
+    def stored_shapes(self, group: Group, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """`shapes` without the factor of a side kept whole (`whole_side`)."""
+        whole = self.whole_side(group)
+        return {name: shape for name, shape in shapes.items() if name != whole}
+
+    def finish(self, group: Group, factors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The factors as stored: a fit's orthogonal factor of a whole side (`whole_side`) folded into
+        the cores (S, or tucker's bank C), which then map straight to that side."""
+        whole = self.whole_side(group)
+        if whole is None:
+            return factors
+        core = "C" if "C" in factors else "S"
+        folded = factors[core] @ factors["V"] if whole == "V" else factors["U"] @ factors[core]
+        return {name: f for name, f in factors.items() if name != whole} | {core: folded.contiguous()}
 
     def num_params(self, group: Group, ranks: dict[str, int]) -> int:
         return sum(torch.Size(s).numel() for s in self.shapes(group, ranks).values())
@@ -226,8 +268,11 @@ class Method(ABC):
         return factors["S"]
 
     def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The dense (n, R, C) stack U_i S_i V_i (for checks and merging; never in forward)."""
-        return factors["U"] @ self.cores(factors) @ factors["V"]
+        """The dense (n, R, C) stack U_i S_i V_i (for checks and merging; never in forward); a factor
+        left out (`whole_side`) is the identity."""
+        W = self.cores(factors)
+        W = W if "U" not in factors else factors["U"] @ W
+        return W if "V" not in factors else W @ factors["V"]
 
     # budgets ----------------------------------------------------------------------------------
     def total_params(self, groups: dict[str, Group], hidden_size: int) -> int:

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from ..slices import Group
-from .base import ALLOCATION, KEEP, RANK, SIDES, WEIGHTING, Method
+from .base import ALLOCATION, KEEP, LAYER_WINDOW, RANK, SIDES, WEIGHTING, Method
 from .hooi_options import HOOI_OPTIONS, run_hooi
 
 
 class Shared(Method):
-    """U (R, r1), S (n, r1, r2), V (r2, C); (R r1 + C r2) + n r1 r2 weights."""
+    """U (R, r1), S (n, r1, r2), V (r2, C); (R r1 + C r2) + n r1 r2 weights (without the side
+    that `sides` output-full keeps whole)."""
 
     name = "shared"
     paper = "III"
-    options = (RANK, ALLOCATION, KEEP, SIDES, WEIGHTING, *HOOI_OPTIONS)
+    options = (RANK, ALLOCATION, KEEP, SIDES, LAYER_WINDOW, WEIGHTING, *HOOI_OPTIONS)
     factor_names = ("U", "S", "V")
 
     def shapes(self, group: Group, ranks):
         r1, r2 = self.side_ranks(group, ranks)
-        return {"U": (group.rows, r1), "S": (group.num_slices, r1, r2), "V": (r2, group.cols)}
+        return self.stored_shapes(
+            group, {"U": (group.rows, r1), "S": (group.num_slices, r1, r2), "V": (r2, group.cols)}
+        )
 
     def fit(self, W, group, ranks):
         r1, r2 = self.side_ranks(group, ranks)

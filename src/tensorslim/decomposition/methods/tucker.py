@@ -8,7 +8,19 @@ import torch
 
 from ...errors import TensorslimError
 from ..slices import Group
-from .base import ALLOCATION, KEEP, RANK, SIDES, WEIGHTING, Method, Option, best_by_bound, option_values, unmeetable
+from .base import (
+    ALLOCATION,
+    KEEP,
+    LAYER_WINDOW,
+    RANK,
+    SIDES,
+    WEIGHTING,
+    Method,
+    Option,
+    best_by_bound,
+    option_values,
+    unmeetable,
+)
 from .hooi_options import HOOI_OPTIONS, run_hooi
 from .shared import Shared
 
@@ -21,11 +33,12 @@ LAYER_RANK = Option(
 
 
 class Tucker(Method):
-    """U (R, r1), P (n, l), C (l, r1, r2), V (r2, C); R r1 + C r2 + n l + l r1 r2 weights."""
+    """U (R, r1), P (n, l), C (l, r1, r2), V (r2, C); R r1 + C r2 + n l + l r1 r2 weights (without
+    the side that `sides` output-full keeps whole)."""
 
     name = "tucker"
     paper = "IV"
-    options = (RANK, ALLOCATION, KEEP, SIDES, LAYER_RANK, WEIGHTING, *HOOI_OPTIONS)
+    options = (RANK, ALLOCATION, KEEP, SIDES, LAYER_RANK, LAYER_WINDOW, WEIGHTING, *HOOI_OPTIONS)
     factor_names = ("U", "P", "C", "V")
 
     def validate(self, groups, hidden_size):
@@ -47,7 +60,8 @@ class Tucker(Method):
     def shapes(self, group: Group, ranks):
         r1, r2 = self.side_ranks(group, ranks)
         l = ranks["layer_rank"]
-        return {"U": (group.rows, r1), "P": (group.num_slices, l), "C": (l, r1, r2), "V": (r2, group.cols)}
+        shapes = {"U": (group.rows, r1), "P": (group.num_slices, l), "C": (l, r1, r2), "V": (r2, group.cols)}
+        return self.stored_shapes(group, shapes)
 
     def fit(self, W, group, ranks):
         r1, r2 = self.side_ranks(group, ranks)

@@ -1,0 +1,125 @@
+"""Layer windows (Basis Sharing's grouping) and the output-full side policy: groups of consecutive
+layers split by input side, factors of a whole output side never stored, the data-aware fit of one
+slice equal to the whitened SVD, and students that save, load, merge and count like any other."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import tensorslim  # noqa: F401  (registers the loader with transformers)
+from tensorslim.compress.api import decompose, export_dense
+from tensorslim.compress.counts import matrix_weights
+from tensorslim.compress.inplace import bank_of, layout, matrix_of
+from tensorslim.decomposition.methods import METHODS, get_method
+from tensorslim.decomposition.slices import Group, assemble, stack
+from tensorslim.decomposition.weighted import SliceWeights, weighted_error
+from tensorslim.errors import TensorslimError
+from tiny_models import tiny_inputs, tiny_model
+
+WINDOWED = {"layer_window": 2, "sides": "output-full"}
+
+
+def llama(layers=5):
+    return tiny_model("llama", "causal_lm", num_hidden_layers=layers)
+
+
+def test_windows_split_groups_by_layers_and_input_side():
+    """5 layers in windows of 2: layers 0-1, 2-3 and 4, each with q/o and k/v ([in, out], inputs on the
+    rows), gate/up ([out, in], inputs on the columns) and down ([in, out]) groups; stacking inverts."""
+    model = llama()
+    groups, layouts, found = layout(model, "all", 2)
+    D, F, KV = 32, 80, 16
+    expected = {}
+    for first, last in ((0, 1), (2, 3), (4, 4)):
+        k = last - first + 1
+        expected[f"{D}x{D}_{first}-{last}"] = (D, D, 2 * k, "rows")
+        expected[f"{D}x{KV}_{first}-{last}"] = (D, KV, 2 * k, "rows")
+        expected[f"{F}x{D}t_{first}-{last}"] = (F, D, 2 * k, "cols")
+        expected[f"{F}x{D}_{first}-{last}"] = (F, D, k, "rows")
+    assert {n: (g.rows, g.cols, g.num_slices, g.inputs) for n, g in groups.items()} == expected
+    for lay in layouts:  # every module's slices lie in the window of its layer
+        first = int(lay.key.split(".")[0]) // 2 * 2
+        assert all(b.group.endswith(f"_{first}-{min(first + 1, 4)}") for b in lay.blocks)
+    matrices = {key: matrix_of(module) for key, module, _ in found}
+    stacks = stack(matrices, groups, layouts)
+    for lay in layouts:
+        torch.testing.assert_close(assemble(stacks, lay), matrices[lay.key].detach(), atol=0, rtol=0)
+    assert layout(model, "all")[0]["32x32"].inputs == "rows"  # q and o: one side without a window too
+    assert layout(model, "all")[0]["80x32"].inputs is None  # gate, up and down mix both
+
+
+def test_bad_windows_and_sides_are_refused():
+    with pytest.raises(TensorslimError, match="layer window 6 is out of range for a model of 5 layers"):
+        decompose(llama(), "tucker", rank=8, layer_window=6)
+    with pytest.raises(TensorslimError, match="must be a whole number"):
+        get_method("shared", layer_window=1.5)
+    with pytest.raises(TensorslimError, match="group 80x32 mixes"):  # gate/up and down in one group
+        decompose(llama(), "shared", rank=8, sides="output-full")
+    with pytest.raises(TensorslimError, match="has no option"):  # per-matrix methods share nothing
+        METHODS["lowrank"](layer_window=2)
+
+
+@pytest.mark.parametrize("method,options", [("shared", {"rank": 8}), ("tucker", {"rank": 8, "layer_rank": 2})])
+def test_a_whole_output_side_is_not_stored_and_the_student_is_its_reconstruction(tmp_path, method, options):
+    """No V for groups read on the rows, no U for those read on the columns; the counts are the bank's
+    parameters; the student equals its dense export and reloads identically through transformers."""
+    student, record = decompose(llama(), method, **options, **WINDOWED)
+    bank = bank_of(student)
+    for name, group in bank.groups.items():
+        stored = dict(group.named_parameters())
+        assert ("V" if name.split("_")[0].endswith("t") else "U") in stored
+        assert ("U" if name.split("_")[0].endswith("t") else "V") not in stored
+    assert record["decomposed_weights"]["student"] == sum(p.numel() for p in bank.parameters())
+    assert matrix_weights(student) == record["decomposed_weights"]["student"]
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ours = student(**inputs).logits
+        torch.testing.assert_close(export_dense(student)(**inputs).logits, ours, atol=1e-5, rtol=1e-4)
+        student.save_pretrained(tmp_path)
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+        torch.testing.assert_close(loaded(**inputs).logits, ours, atol=0, rtol=0)
+    assert loaded.config.quantization_config.options["layer_window"] == 2
+
+
+def test_full_rank_output_full_student_is_the_teacher():
+    teacher = llama()
+    student, record = decompose(llama(), "tucker", rank=32, layer_rank=4, **WINDOWED)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(student(**inputs).logits, teacher(**inputs).logits, atol=1e-4, rtol=1e-4)
+    assert record["relative_error"] < 1e-5
+
+
+@pytest.mark.parametrize("inputs", ["rows", "cols"])
+def test_the_data_aware_fit_of_one_slice_is_the_whitened_svd(inputs):
+    """A group of one slice with its output side whole: the best input basis of rank r is the
+    whitened truncated SVD, computed here independently (Cholesky, SVD, least squares)."""
+    g = torch.Generator().manual_seed(0)
+    R, C, r = (24, 10, 6) if inputs == "rows" else (10, 24, 6)
+    W = torch.randn(1, R, C, generator=g, dtype=torch.float64).float()
+    m = R if inputs == "rows" else C
+    X = torch.randn(200, m, generator=g, dtype=torch.float64) * torch.logspace(0, 2, m, dtype=torch.float64)
+    cov = (X.T @ X / 200)[None]
+    empty = torch.zeros(0, dtype=torch.long)
+    on_rows = inputs == "rows"
+    weights = SliceWeights(
+        torch.tensor([0]) if on_rows else empty,
+        cov.float() if on_rows else torch.zeros(0, R, R),
+        empty if on_rows else torch.tensor([0]),
+        torch.zeros(0, C, C) if on_rows else cov.float(),
+    )
+    group = Group("g", R, C, 1, inputs)
+    method = get_method("shared", sides="output-full", max_iter=20)
+    ranks = {"rank": min(R, C), "sides": [r, C] if on_rows else [R, r]}
+    factors, _ = method.fit_calibrated(W, group, ranks, weights)
+    fitted = method.reconstruct(method.finish(group, factors))
+    # reference: y = x W (rows) or y = x W^T (columns); best rank-r map in the metric of the inputs
+    A = W[0].double() if on_rows else W[0].double().T  # (in, out)
+    L = torch.linalg.cholesky(cov[0])
+    U, s, Vh = torch.linalg.svd(L.T @ A, full_matrices=False)
+    best = torch.linalg.solve_triangular(L.T, U[:, :r] * s[:r] @ Vh[:r], upper=True)
+    best = best if on_rows else best.T
+    ours = weighted_error(W, fitted, weights)
+    reference = weighted_error(W, best[None].float(), weights)
+    assert ours == pytest.approx(reference, rel=1e-3)
+    assert set(method.finish(group, factors)) == {"U", "S"} if on_rows else {"S", "V"}
