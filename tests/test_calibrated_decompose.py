@@ -6,7 +6,8 @@ import torch
 
 from tensorslim.compress.api import decompose
 from tensorslim.compress.calibration import calibrate, calibration_data, slice_covariances
-from tensorslim.compress.inplace import bank_of, layout, matrix_of
+from tensorslim.compress.inplace import bank_of, layout, matrix_of, window_of
+from tensorslim.decomposition.methods import get_method
 from tensorslim.decomposition.slices import stack
 from tensorslim.decomposition.weighted import weighted_error
 from tiny_models import tiny_model, tiny_tokenizer
@@ -24,7 +25,9 @@ def text_file(path, words=4000, seed=0):
 
 def output_error(teacher, student, moments) -> float:
     """sqrt(F / F(0)) of the student's factors against the teacher's weights (an independent sum)."""
-    groups, layouts, found = layout(teacher)
+    section = student.config.quantization_config
+    window = window_of(get_method(section.method, **section.options))  # the student's groups
+    groups, layouts, found = layout(teacher, "all", window)
     stacks = stack({k: matrix_of(m) for k, m, _ in found}, groups, layouts)
     moments = slice_covariances(moments, layouts)
     bank = bank_of(student)

@@ -23,19 +23,21 @@ def llama(layers=5):
     return tiny_model("llama", "causal_lm", num_hidden_layers=layers)
 
 
-def test_windows_split_groups_by_layers_and_input_side():
-    """5 layers in windows of 2: layers 0-1, 2-3 and 4, each with q/o and k/v ([in, out], inputs on the
-    rows), gate/up ([out, in], inputs on the columns) and down ([in, out]) groups; stacking inverts."""
+def test_windows_split_groups_by_layers_and_input():
+    """5 layers in windows of 2: layers 0-1, 2-3 and 4, each with groups of the slices that read one
+    input: q; k and v (the attention input, [in, out], inputs on the rows); o; gate and up ([out, in],
+    inputs on the columns); down. Stacking inverts."""
     model = llama()
     groups, layouts, found = layout(model, "all", 2)
     D, F, KV = 32, 80, 16
     expected = {}
     for first, last in ((0, 1), (2, 3), (4, 4)):
         k = last - first + 1
-        expected[f"{D}x{D}_{first}-{last}"] = (D, D, 2 * k, "rows")
-        expected[f"{D}x{KV}_{first}-{last}"] = (D, KV, 2 * k, "rows")
-        expected[f"{F}x{D}t_{first}-{last}"] = (F, D, 2 * k, "cols")
-        expected[f"{F}x{D}_{first}-{last}"] = (F, D, k, "rows")
+        expected[f"{D}x{D}_x_{first}-{last}"] = (D, D, k, "rows")
+        expected[f"{D}x{KV}_x_{first}-{last}"] = (D, KV, 2 * k, "rows")
+        expected[f"{D}x{D}_o_{first}-{last}"] = (D, D, k, "rows")
+        expected[f"{F}x{D}_h_{first}-{last}"] = (F, D, 2 * k, "cols")
+        expected[f"{F}x{D}_down_{first}-{last}"] = (F, D, k, "rows")
     assert {n: (g.rows, g.cols, g.num_slices, g.inputs) for n, g in groups.items()} == expected
     for lay in layouts:  # every module's slices lie in the window of its layer
         first = int(lay.key.split(".")[0]) // 2 * 2
@@ -54,7 +56,7 @@ def test_bad_windows_and_sides_are_refused():
     with pytest.raises(TensorslimError, match="must be a whole number"):
         get_method("shared", layer_window=1.5)
     with pytest.raises(TensorslimError, match="group 80x32 mixes"):  # gate/up and down in one group
-        decompose(llama(), "shared", rank=8, sides="output-full")
+        decompose(llama(), "shared", rank=8, sides="output-full", layer_window=0)  # 0: the paper's groups
     with pytest.raises(TensorslimError, match="has no option"):  # per-matrix methods share nothing
         METHODS["lowrank"](layer_window=2)
 
@@ -67,8 +69,9 @@ def test_a_whole_output_side_is_not_stored_and_the_student_is_its_reconstruction
     bank = bank_of(student)
     for name, group in bank.groups.items():
         stored = dict(group.named_parameters())
-        assert ("V" if name.split("_")[0].endswith("t") else "U") in stored
-        assert ("U" if name.split("_")[0].endswith("t") else "V") not in stored
+        inputs_on_columns = "_h_" in name  # gate and up, [out, in]
+        assert ("V" if inputs_on_columns else "U") in stored
+        assert ("U" if inputs_on_columns else "V") not in stored
     assert record["decomposed_weights"]["student"] == sum(p.numel() for p in bank.parameters())
     assert matrix_weights(student) == record["decomposed_weights"]["student"]
     inputs = tiny_inputs()

@@ -88,11 +88,7 @@ def decompose(
     if is_decomposed(teacher) or section_of(teacher.config) is not None:
         raise TensorslimError("the teacher is already a decomposed student", "export it with export_dense() first")
     method = method if isinstance(method, Method) else get_method(method, **options)
-    causal = get_family(teacher.config).causal
-    if "allocation" in method.values and method.allocation is None:  # the papers' convention for this kind
-        method = method.with_values(allocation="ratio" if causal else "rank")
-    if "weighting" in method.values and method.weighting is None:  # what measured best per kind (decomposition.md)
-        method = method.with_values(weighting="relative" if causal else "absolute")
+    method = kind_defaults(method, teacher.config)
     emb_rank = rank_of_embeddings(teacher, embedding_rank, embedding_compression)
     if compression is not None:
         if budget is not None:
@@ -149,6 +145,27 @@ def decompose(
         record["seconds"]["total"],
     )
     return teacher, record
+
+
+DECODER_WINDOW = 2  # layers per shared basis of a causal LM (docs/decomposition.md, section 1)
+
+
+def kind_defaults(method: Method, config) -> Method:
+    """`method` with the options left unset filled in for the model kind (docs/decomposition.md): for
+    causal LMs ratio allocation, relative weighting and shared bases over windows of DECODER_WINDOW
+    layers with the output side whole (Basis Sharing); for encoders the paper's rank rule, absolute
+    weighting and one basis for all layers (layer window 0)."""
+    causal = get_family(config).causal
+    values = {}
+    if "allocation" in method.values and method.allocation is None:
+        values["allocation"] = "ratio" if causal else "rank"
+    if "weighting" in method.values and method.weighting is None:
+        values["weighting"] = "relative" if causal else "absolute"
+    if "layer_window" in method.values and method.layer_window is None:
+        values["layer_window"] = min(DECODER_WINDOW, config.num_hidden_layers) if causal else 0
+        if causal and method.sides is None:
+            values["sides"] = "output-full"
+    return method.with_values(**values) if values else method
 
 
 def method_for_budget(model, method: Method, ops: str, budget: int, weights: dict | None) -> Method:
@@ -296,7 +313,7 @@ def check_settings(
     without loading any weight."""
     model = skeleton(config)
     rank_of_embeddings(model, embedding_rank, embedding_compression)
-    found = get_method(method, **options)
+    found = kind_defaults(get_method(method, **options), config)
     groups, _, _ = layout(model, ops, window_of(found))
     if compression is not None:
         if budget is not None:

@@ -85,7 +85,8 @@ def layout(
                 f"{key} has {fan_out} outputs, not divisible into {proj.parts}",
                 "this checkpoint's modules differ from its family's table entry",
             )
-        matrices.append(Matrix(key, fan_in, (fan_out // len(proj.parts),) * len(proj.parts), proj.transposed))
+        widths = (fan_out // len(proj.parts),) * len(proj.parts)
+        matrices.append(Matrix(key, fan_in, widths, proj.transposed, proj.reads or "-".join(proj.parts)))
     num_layers = len(layers_of(model.base_model, get_family(model.config)))
     if window is not None and not 1 <= window <= num_layers:
         raise TensorslimError(
@@ -97,8 +98,9 @@ def layout(
 
 
 def window_of(method: Method) -> int | None:
-    """The method's layer window (`layer_window`; None: every layer in one group per shape)."""
-    return method.values.get("layer_window")
+    """The method's layer window (`layer_window`), or None for every layer in one group per shape
+    (the option unset, or 0)."""
+    return method.values.get("layer_window") or None
 
 
 def is_decomposed(model: nn.Module) -> bool:

@@ -15,9 +15,10 @@ its own factors. For BERT every slice is D x D, so there is one group of n = L (
 the paper's order: q, k, v, o, ffn_in.0..k-1, ffn_out.0..k-1 for each layer.
 
 With a layer window w (Basis Sharing's grouping) the slices of each run of w consecutive layers
-form groups of their own, split by orientation too, so that every slice of a windowed group reads
-its input on the same side (`Group.inputs`): group "<R>x<C>_<first>-<last>" holds the [in, out]
-slices of layers first..last, "<R>x<C>t_<first>-<last>" the [out, in] ones.
+that read the same input form groups of their own: group "<R>x<C>_<input>_<first>-<last>" holds the
+R x C slices of layers first..last whose modules read input `input` (`Matrix.input`: the family's
+`reads`, such as q, k and v reading the attention input, or the module's own parts). So every slice
+of a windowed group reads its input on the same side (`Group.inputs`).
 """
 
 from __future__ import annotations
@@ -74,19 +75,21 @@ class Group:
 @dataclass(frozen=True)
 class Matrix:
     """A module to decompose: `key` names it, its input width, the output widths of its logical
-    parts (fused modules have several) and whether its slices are [out, in]."""
+    parts (fused modules have several), whether its slices are [out, in], and what it reads
+    (modules of a layer with the same `input` read the same tensor)."""
 
     key: str
     in_features: int
     part_widths: tuple[int, ...]
     transposed: bool
+    input: str = ""
 
 
-def group_name(rows: int, cols: int, transposed: bool | None = None, layers: tuple[int, int] | None = None) -> str:
-    """ "<R>x<C>" for a group of every layer; with a layer window, "<R>x<C>[t]_<first>-<last>"."""
+def group_name(rows: int, cols: int, input: str = "", layers: tuple[int, int] | None = None) -> str:
+    """ "<R>x<C>" for a group of every layer; with a layer window, "<R>x<C>_<input>_<first>-<last>"."""
     if layers is None:
         return f"{rows}x{cols}"
-    return f"{rows}x{cols}{'t' if transposed else ''}_{layers[0]}-{layers[1]}"
+    return f"{rows}x{cols}_{input}_{layers[0]}-{layers[1]}"
 
 
 def plan(
@@ -110,7 +113,7 @@ def plan(
                 name = group_name(tr, tc)
             else:
                 first = layer_of(m.key) // window * window
-                name = group_name(tr, tc, m.transposed, (first, min(first + window, last + 1) - 1))
+                name = group_name(tr, tc, m.input, (first, min(first + window, last + 1) - 1))
             for a in range(R // tr):
                 for b in range(C // tc):
                     index = counts.get(name, 0)

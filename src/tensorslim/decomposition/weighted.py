@@ -181,11 +181,15 @@ def pcg(apply: Callable, rhs: torch.Tensor, X: torch.Tensor, precondition: Calla
     start = residual.norm()
     z = precondition(residual)
     direction, rz = z, (residual * z).sum()
+    floor = 10 * torch.finfo(X.dtype).eps  # a system solved to rounding (small ones are, in a few steps)
     for _ in range(CG_STEPS):
-        if residual.norm() <= 1e-7 * start or rz <= 0:
+        if residual.norm() <= floor * start or rz <= 0:
             break
         Ad = apply(direction)
-        step = rz / (direction * Ad).sum().clamp_min(1e-30)
+        curvature = (direction * Ad).sum()
+        if curvature <= 0:  # only rounding left along `direction`: a step would divide by noise
+            break
+        step = rz / curvature
         X = X + step * direction
         residual = residual - step * Ad
         z = precondition(residual)
