@@ -25,7 +25,8 @@ def test_smollm2_converts_speaks_and_decomposes_exactly_at_full_rank(smollm2_dir
     dense = perplexity(model, tokenizer, text, seq_length=512, max_tokens=1024)
     assert 5 < dense["perplexity"] < 100 and dense["windows"] == 2
     # tucker with every slice and both sides whole: the three slice groups of a Llama-shaped decoder
-    student, record = decompose(copy.deepcopy(model), "tucker", rank=576, layer_rank=90, max_iter=0)
+    # in the paper's grouping (layer window 0)
+    student, record = decompose(copy.deepcopy(model), "tucker", rank=576, layer_rank=90, layer_window=0, max_iter=0)
     assert {n: g["num_slices"] for n, g in record["groups"].items()} == {"576x576": 60, "576x192": 60, "1536x576": 90}
     with torch.no_grad():
         torch.testing.assert_close(student(**prompt).logits, model(**prompt).logits, atol=1e-3, rtol=1e-3)

@@ -46,7 +46,8 @@ class Tucker(Method):
         if self.layer_rank is not None and not 1 <= self.layer_rank <= largest:
             raise TensorslimError(
                 f"layer rank {self.layer_rank} is out of range for {largest} slices",
-                f"choose --layer-rank between 1 and {largest}",
+                f"choose --layer-rank between 1 and {largest} (a group holds the slices of its --layer-window "
+                "layers; --layer-window 0 puts all layers in one group per shape)",
             )
         super().validate(groups, hidden_size)
 
