@@ -86,7 +86,7 @@ class Matrix:
 
 
 def group_name(rows: int, cols: int, input: str = "", layers: tuple[int, int] | None = None) -> str:
-    """ "<R>x<C>" for a group of every layer; with a layer window, "<R>x<C>_<input>_<first>-<last>"."""
+    """A group's name: "<R>x<C>" over every layer; with a layer window "<R>x<C>_<input>_<first>-<last>"."""
     if layers is None:
         return f"{rows}x{cols}"
     return f"{rows}x{cols}_{input}_{layers[0]}-{layers[1]}"
