@@ -125,4 +125,4 @@ def test_the_data_aware_fit_of_one_slice_is_the_whitened_svd(inputs):
     ours = weighted_error(W, fitted, weights)
     reference = weighted_error(W, best[None].float(), weights)
     assert ours == pytest.approx(reference, rel=1e-3)
-    assert set(method.finish(group, factors)) == {"U", "S"} if on_rows else {"S", "V"}
+    assert set(method.finish(group, factors)) == ({"U", "S"} if on_rows else {"S", "V"})

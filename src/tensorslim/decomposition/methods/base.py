@@ -95,7 +95,7 @@ LAYER_WINDOW = Option(
     int,
     None,
     "share factors among this many consecutive layers only (Basis Sharing's grouping: each window's "
-    "slices of one shape and input side form a group); 0: all layers share one group per shape (the "
+    "slices of one shape that read one input form a group); 0: all layers share one group per shape (the "
     "paper); default: 2 for causal LMs (with --sides output-full unless given), 0 otherwise",
 )
 
