@@ -17,6 +17,7 @@ from tensorslim.decomposition.weighted import (
     weighted_error,
     whitened_svd,
 )
+from tensorslim.errors import TensorslimError
 
 
 def inputs(m: int, tokens: int, seed: int) -> torch.Tensor:
@@ -234,3 +235,16 @@ def test_a_full_bank_fits_as_the_shared_method_does():
     refined, _ = Method.fit_calibrated(tucker, W32, group, ranks, w32)  # the bank's C and P refinement
     assert "P" in refined and not torch.allclose(refined["P"], torch.eye(6))
     assert weighted_error(W32, tucker.reconstruct(bank), w32) <= weighted_error(W32, tucker.reconstruct(refined), w32)
+
+
+def test_cholesky_of_a_singular_moment_takes_the_smallest_jitter_that_works():
+    """A rank-2 PSD matrix fails a plain Cholesky on rounding; the factor comes with a jitter far
+    below its scale, and a matrix with a NaN is refused by name."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    M = A @ A.T * 1e3
+    assert torch.linalg.cholesky_ex(M)[1] != 0
+    L = weighted._chol(M)
+    torch.testing.assert_close(L @ L.T, M, rtol=0, atol=1e-4 * M.diagonal().mean().item())
+    with pytest.raises(TensorslimError, match="not positive semi-definite"):
+        weighted._chol(torch.full((3, 3), float("nan"), dtype=torch.float64))

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import TensorslimError
+
 log = logging.getLogger(__name__)
 
 CG_STEPS = 6  # conjugate-gradient steps per factor update (warm-started; each step lowers F)
@@ -139,12 +141,24 @@ def unique_moments(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(distinct), torch.tensor(inverse, device=cov.device)
 
 
+JITTERS = (1e-10, 1e-8, 1e-6, 1e-4)  # relative to the mean diagonal, tried in turn
+
+
 def _chol(M: torch.Tensor) -> torch.Tensor:
-    """Cholesky factor (float64) of each symmetric PSD matrix in M (..., m, m), with a 1e-10 relative
-    jitter on the diagonal."""
+    """Cholesky factor (float64) of each symmetric PSD matrix in M (..., m, m), with the smallest
+    relative jitter on the diagonal (JITTERS) that makes all of them positive definite: a singular
+    M (factors of deficient rank, an input confined to a subspace) fails on rounding without it."""
     M = M.double()
-    jitter = 1e-10 * M.diagonal(dim1=-2, dim2=-1).mean(-1).abs().clamp_min(1e-30)
-    return torch.linalg.cholesky(M + jitter[..., None, None] * torch.eye(M.shape[-1], dtype=M.dtype))
+    scale = M.diagonal(dim1=-2, dim2=-1).mean(-1).abs().clamp_min(1e-30)[..., None, None]
+    eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
+    for jitter in JITTERS:
+        L, info = torch.linalg.cholesky_ex(M + jitter * scale * eye)
+        if not info.any():
+            return L
+    raise TensorslimError(
+        "a moment matrix of the data-aware fit is not positive semi-definite",
+        "check the calibration data and the teacher for NaN or infinite values",
+    )
 
 
 def _spd_inverse(M: torch.Tensor) -> torch.Tensor:
