@@ -238,13 +238,15 @@ def test_a_full_bank_fits_as_the_shared_method_does():
 
 
 def test_cholesky_of_a_singular_moment_takes_the_smallest_jitter_that_works():
-    """A rank-2 PSD matrix fails a plain Cholesky on rounding; the factor comes with a jitter far
-    below its scale, and a matrix with a NaN is refused by name."""
+    """A rank-4 moment formed in float32 (as the large products are) is indefinite by rounding: a
+    1e-10 relative jitter does not make it factor; the guard finds one that does, at most 1e-6 of its
+    scale, and refuses a matrix with a NaN by name."""
     g = torch.Generator().manual_seed(0)
-    A = torch.randn(6, 2, generator=g, dtype=torch.float64)
-    M = A @ A.T * 1e3
-    assert torch.linalg.cholesky_ex(M)[1] != 0
+    A = torch.randn(64, 4, generator=g)
+    M = (A @ A.T).double() * 1e3
+    scale = M.diagonal().mean().item()
+    assert torch.linalg.cholesky_ex(M + 1e-10 * scale * torch.eye(64, dtype=M.dtype))[1] != 0
     L = weighted._chol(M)
-    torch.testing.assert_close(L @ L.T, M, rtol=0, atol=1e-4 * M.diagonal().mean().item())
+    torch.testing.assert_close(L @ L.T, M, rtol=0, atol=2e-6 * scale)
     with pytest.raises(TensorslimError, match="not positive semi-definite"):
         weighted._chol(torch.full((3, 3), float("nan"), dtype=torch.float64))
