@@ -21,7 +21,8 @@ dense rows give the median over those pairs. A speed-up is "not measured" when t
 busy to trust it.
 
     python benchmarks/bench_decode.py [--methods lowrank shared tucker] [--levels 30 50]
-        [--new-tokens 128] [--no-compile] [--no-memory] [--forms factored merged] [--quick]
+        [--layouts default 2:down 1] [--new-tokens 128] [--no-compile] [--no-memory]
+        [--forms factored merged] [--quick]
 """
 
 from __future__ import annotations
@@ -79,20 +80,38 @@ def teacher(quick: bool) -> LlamaForCausalLM:
     return AutoModelForCausalLM.from_pretrained(smollm2_dir(), dtype=torch.float32).eval()
 
 
-def models(dense, methods: list[str], levels: list[int], forms: list[str]):
+def grouping(spec: str) -> tuple[str, dict]:
+    """A --layouts entry -> (name suffix, shared/tucker options): "default" (the model kind's), or
+    "<layer window>[:<private parts>]" such as "2:down"."""
+    if spec == "default":
+        return "", {}
+    window, _, parts = spec.partition(":")
+    return f" w{window}" + (f" private {parts}" if parts else ""), {
+        "layer_window": int(window),
+        "private_parts": parts or "none",
+    }
+
+
+def models(dense, methods: list[str], levels: list[int], forms: list[str], layouts: list[str]):
     """(name, model) of each student in the forms asked for, made one at a time from `dense`."""
     for level in levels:
         for method in methods:
-            options = {} if method == "lowrank" else {"max_iter": 0}
-            student, _ = decompose(copy.deepcopy(dense), method, compression=level / 100, **options)
-            student.eval()
-            if "factored" in forms:
-                yield f"{method} {level}%", student
-            if "merged" in forms:
-                merged = copy.deepcopy(student) if "factored" in forms else student
-                record = merge_where_faster(merged)
-                if record["merged"] or "factored" not in forms:
-                    yield f"{method} {level}% merged", merged
+            for suffix, layout in map(grouping, layouts if method != "lowrank" else ["default"]):
+                options = {} if method == "lowrank" else {"max_iter": 0, **layout}
+                student, _ = decompose(copy.deepcopy(dense), method, compression=level / 100, **options)
+                student.eval()
+                yield from forms_of(f"{method} {level}%{suffix}", student, forms)
+
+
+def forms_of(name: str, student, forms: list[str]):
+    """The student as decomposed and / or after merge_where_faster (when that merged something)."""
+    if "factored" in forms:
+        yield name, student
+    if "merged" in forms:
+        merged = copy.deepcopy(student) if "factored" in forms else student
+        record = merge_where_faster(merged)
+        if record["merged"] or "factored" not in forms:
+            yield f"{name} merged", merged
 
 
 def weight_bytes(model) -> int:
@@ -248,7 +267,7 @@ def main(args) -> None:
         baseline = {key: work(dense, key[1], key[0], prompt, batch, args.new_tokens) for key in dense_seconds}
         # one student at a time, in interleaved rounds with the dense model: only the dense model, the
         # student and their compiled graphs (each with its own folded, prepacked constants) are in memory
-        for name, model in models(dense, args.methods, args.levels, args.forms):
+        for name, model in models(dense, args.methods, args.levels, args.forms, args.layouts):
             for mode in modes:
                 row = size(name, model, mode)
                 for measure in tokens:
@@ -306,6 +325,12 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=["lowrank", "shared", "tucker"])
     p.add_argument("--levels", type=int, nargs="+", default=[30, 50], help="%% of matrix weights removed")
+    p.add_argument(
+        "--layouts",
+        nargs="+",
+        default=["default"],
+        help="shared and tucker groupings: default (the model kind's) or <layer window>[:<private parts>], e.g. 2:down",
+    )
     p.add_argument("--forms", nargs="+", default=["factored", "merged"], choices=["factored", "merged"])
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)

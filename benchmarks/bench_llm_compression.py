@@ -58,6 +58,7 @@ def main() -> None:
     p.add_argument("--cross", action="store_true", help="also calibrate on Gutenberg (tucker and lowrank at 20%%)")
     p.add_argument("--layer-window", type=int, help="shared and tucker: share among this many layers (default all)")
     p.add_argument("--sides", help="shared and tucker: the side policy (default: chosen by the budget search)")
+    p.add_argument("--private-parts", help="shared and tucker: parts grouped per layer, e.g. o,down, or none")
     p.add_argument("--heal-steps", type=int, default=0, help="heal every student for this many steps (0: no)")
     p.add_argument("--heal-batch", type=int, default=2)
     p.add_argument("--heal-seq-length", type=int, default=256)
@@ -70,7 +71,10 @@ def main() -> None:
 
     out = RESULTS / f"{args.name}.json"
     rows = [] if args.fresh or not out.exists() else json.loads(out.read_text())["rows"]
-    done = {(r["method"], r["removed_%"], r["calibration"], r.get("layer_window"), r.get("sides")) for r in rows}
+    done = {
+        (r["method"], r["removed_%"], r["calibration"], r.get("layer_window"), r.get("sides"), r.get("private_parts"))
+        for r in rows
+    }
     directory = smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     teacher = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
@@ -90,7 +94,7 @@ def main() -> None:
             "output errors (the defaults for causal LMs)",
         )
 
-    if ("dense", 0, "none", None, None) not in done:
+    if ("dense", 0, "none", None, None, None) not in done:
         result = score(teacher)
         add(
             {
@@ -117,8 +121,9 @@ def main() -> None:
         label = "none" if source == "weights" else source
         options = {} if method in ("lowrank", "svd") else {"max_iter": args.max_iter}
         if method in ("shared", "tucker"):
-            options.update(layer_window=args.layer_window, sides=args.sides)
-        if (method, level, label, options.get("layer_window"), options.get("sides")) in done:
+            options.update(layer_window=args.layer_window, sides=args.sides, private_parts=args.private_parts)
+        key = ("layer_window", "sides", "private_parts")
+        if (method, level, label, *(options.get(k) for k in key)) in done:
             continue
         if source != "weights" and source not in moments:
             # one pass of the teacher per source, kept between runs of the benchmark
@@ -157,6 +162,7 @@ def main() -> None:
                 "layer_rank": record["layer_rank"],
                 "layer_window": options.get("layer_window"),
                 "sides": options.get("sides"),
+                "private_parts": options.get("private_parts"),
                 "weight_error": record["relative_error"],
                 "calibrated_error": record["calibrated_error"],
                 "perplexity": result["perplexity"],

@@ -6,7 +6,7 @@ import torch
 
 from tensorslim.compress.api import decompose
 from tensorslim.compress.calibration import calibrate, calibration_data, slice_covariances
-from tensorslim.compress.inplace import bank_of, layout, matrix_of, window_of
+from tensorslim.compress.inplace import bank_of, grouping, layout, matrix_of
 from tensorslim.decomposition.methods import get_method
 from tensorslim.decomposition.slices import stack
 from tensorslim.decomposition.weighted import weighted_error
@@ -26,8 +26,8 @@ def text_file(path, words=4000, seed=0):
 def output_error(teacher, student, moments) -> float:
     """sqrt(F / F(0)) of the student's factors against the teacher's weights (an independent sum)."""
     section = student.config.quantization_config
-    window = window_of(get_method(section.method, **section.options))  # the student's groups
-    groups, layouts, found = layout(teacher, "all", window)
+    keywords = grouping(get_method(section.method, **section.options))  # the student's groups
+    groups, layouts, found = layout(teacher, "all", **keywords)
     stacks = stack({k: matrix_of(m) for k, m, _ in found}, groups, layouts)
     moments = slice_covariances(moments, layouts)
     bank = bank_of(student)

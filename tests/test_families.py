@@ -11,7 +11,7 @@ import torch
 
 from tensorslim.compress.api import decompose, export_dense, kind_defaults
 from tensorslim.compress.factored import FactoredProjection
-from tensorslim.compress.inplace import layout, targets, window_of
+from tensorslim.compress.inplace import grouping, layout, targets
 from tensorslim.compress.loading import HEADS, load_model
 from tensorslim.decomposition.methods import get_method
 from tensorslim.distill.config import DistillationConfig
@@ -44,8 +44,8 @@ def test_full_rank_equals_the_teacher(model_type, head):
     inputs = tiny_inputs()
     reference = output(teacher, inputs)
     D = teacher.config.hidden_size
-    window = window_of(kind_defaults(get_method("tucker"), teacher.config))  # decoders: layer windows
-    every_slice = max(g.num_slices for g in layout(teacher, "all", window)[0].values())
+    keywords = grouping(kind_defaults(get_method("tucker"), teacher.config))  # decoders: layer windows
+    every_slice = max(g.num_slices for g in layout(teacher, "all", **keywords)[0].values())
     for method, options in (("lowrank", {"rank": D}), ("tucker", {"rank": D, "layer_rank": every_slice})):
         student, record = decompose(copy.deepcopy(teacher), method, **options)
         assert type(student) is type(teacher)

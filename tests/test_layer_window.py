@@ -50,6 +50,52 @@ def test_windows_split_groups_by_layers_and_input():
     assert layout(model, "all")[0]["80x32"].inputs is None  # gate, up and down mix both
 
 
+def test_private_parts_are_grouped_per_layer(tmp_path):
+    """--private-parts o,down (Basis Sharing's private part): o and down get one group per layer, the
+    other slices keep their windows; the same with every layer in one group (window 0). Stacking
+    inverts and the student reloads with the same groups."""
+    model = llama()
+    groups = layout(model, "all", 2, ("o", "down"))[0]
+    D, F = 32, 80
+    for layer in range(5):
+        assert groups[f"{D}x{D}_o_{layer}-{layer}"].num_slices == 1
+        assert groups[f"{F}x{D}_down_{layer}-{layer}"].num_slices == 1
+    assert groups[f"{D}x{D}_x_0-1"].num_slices == 2 and groups[f"{F}x{D}_h_2-3"].num_slices == 4
+    assert not any("_o_0-1" in n or "_down_2-3" in n for n in groups)
+    everywhere = layout(model, "all", None, ("o", "down"))[0]
+    assert everywhere["32x32"].num_slices == 5  # the q of every layer; each o on its own
+    assert everywhere["80x32"].num_slices == 10 and everywhere["80x32"].inputs == "cols"  # gate and up
+    assert everywhere[f"{D}x{D}_o_3-3"].num_slices == 1
+    student, _ = decompose(llama(), "shared", rank=8, private_parts="o,down", **WINDOWED)
+    assert set(bank_of(student).groups) == set(groups)
+    student.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert set(bank_of(loaded).groups) == set(groups)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**tiny_inputs()).logits, student(**tiny_inputs()).logits, atol=0, rtol=0)
+    with pytest.raises(TensorslimError, match="--private-parts names ffn_out, not a part"):
+        decompose(llama(), "shared", rank=8, private_parts="o,ffn_out", **WINDOWED)
+
+
+def test_causal_lms_share_across_two_layers_below_40_percent_and_within_one_from_it():
+    """The decoder default (kind_defaults): windows of 2 layers while less than WITHIN_LAYER_FROM of the
+    weights is removed, of 1 layer from it on (a budget counts by the share it removes); an explicit
+    window wins; encoders keep the paper's one group for all layers."""
+    for compression, window in ((0.2, 2), (0.39, 2), (0.4, 1), (0.6, 1)):
+        _, record = decompose(llama(), "shared", compression=compression, max_iter=1)
+        assert record["options"]["layer_window"] == window, compression
+        assert record["options"]["sides"] == "output-full"
+    dense = sum(g.num_slices * g.rows * g.cols for g in layout(llama(), "all")[0].values())
+    _, by_budget = decompose(llama(), "shared", budget=int(dense * 0.5), max_iter=1)
+    assert by_budget["options"]["layer_window"] == 1
+    _, explicit = decompose(llama(), "shared", compression=0.5, layer_window=2, max_iter=1)
+    assert explicit["options"]["layer_window"] == 2
+    _, unset = decompose(llama(), "shared", rank=8, max_iter=1)  # no budget: the wider window
+    assert unset["options"]["layer_window"] == 2
+    _, encoder = decompose(tiny_model("bert"), "shared", compression=0.5, max_iter=1)
+    assert encoder["options"]["layer_window"] == 0
+
+
 def test_bad_windows_and_sides_are_refused():
     with pytest.raises(TensorslimError, match="layer window 6 is out of range for a model of 5 layers"):
         decompose(llama(), "tucker", rank=8, layer_window=6)

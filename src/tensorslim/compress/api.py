@@ -28,7 +28,7 @@ from .calibration import (
 from .counts import count_parameters, dense_is_faster, flops_per_token, matrix_weights
 from .embeddings import factorize_embeddings, rank_of_embeddings, token_counts
 from .factored import FactoredProjection
-from .inplace import factorize, is_decomposed, layout, matrix_of, merge, targets, window_of
+from .inplace import factorize, grouping, is_decomposed, layout, matrix_of, merge, targets
 from .loading import check_head, infer_head, load_config, load_model, load_tokenizer, save_tokenizer
 from .record import make_record
 from .section import section_of
@@ -88,14 +88,9 @@ def decompose(
     if is_decomposed(teacher) or section_of(teacher.config) is not None:
         raise TensorslimError("the teacher is already a decomposed student", "export it with export_dense() first")
     method = method if isinstance(method, Method) else get_method(method, **options)
-    method = kind_defaults(method, teacher.config)
     emb_rank = rank_of_embeddings(teacher, embedding_rank, embedding_compression)
-    if compression is not None:
-        if budget is not None:
-            raise TensorslimError("both a budget and a compression were given", "pass one of --budget, --compression")
-        budget = budget_for_compression(teacher, ops, compression)
-    if budget is not None and budget < 1:
-        raise TensorslimError(f"parameter budget {budget} is not positive", "pass a budget of at least 1 weight")
+    budget = resolve_budget(teacher, ops, budget, compression)
+    method = kind_defaults(method, teacher.config, removed_by(teacher, ops, budget))
     teacher_parameters = count_parameters(teacher)
     moments, calibration_record = None, None
     if isinstance(calibration, tuple):  # (moments, record) from an earlier calibrate(), reused
@@ -117,7 +112,7 @@ def decompose(
         calibration_record["damping"] = damping
     fit_start = time.perf_counter()
     if moments is not None:  # each group's slices of the moments, as the method groups them
-        moments = slice_covariances(moments, layout(teacher, ops, window_of(method))[1])
+        moments = slice_covariances(moments, layout(teacher, ops, **grouping(method))[1])
     weights = {n: w.damped(damping) for n, w in moments.items()} if moments else None
     if budget is not None:
         method = method_for_budget(teacher, method, ops, budget, weights)
@@ -148,13 +143,15 @@ def decompose(
 
 
 DECODER_WINDOW = 2  # layers per shared basis of a causal LM (docs/decomposition.md, section 1)
+WITHIN_LAYER_FROM = 0.4  # share of the weights removed from which a causal LM's bases stay within a layer
 
 
-def kind_defaults(method: Method, config) -> Method:
+def kind_defaults(method: Method, config, removed: float | None = None) -> Method:
     """`method` with the options left unset filled in for the model kind (docs/decomposition.md): for
-    causal LMs ratio allocation, relative weighting and shared bases over windows of DECODER_WINDOW
-    layers with the output side whole (Basis Sharing); for encoders the paper's rank rule, absolute
-    weighting and one basis for all layers (layer window 0)."""
+    causal LMs ratio allocation, relative weighting and shared bases with the output side whole
+    (Basis Sharing) over windows of DECODER_WINDOW layers, or of one layer when `removed` (the
+    share of the decomposed weights a budget removes) is WITHIN_LAYER_FROM or more; for encoders the
+    paper's rank rule, absolute weighting and one basis for all layers (layer window 0)."""
     causal = get_family(config).causal
     values = {}
     if "allocation" in method.values and method.allocation is None:
@@ -162,7 +159,8 @@ def kind_defaults(method: Method, config) -> Method:
     if "weighting" in method.values and method.weighting is None:
         values["weighting"] = "relative" if causal else "absolute"
     if "layer_window" in method.values and method.layer_window is None:
-        values["layer_window"] = min(DECODER_WINDOW, config.num_hidden_layers) if causal else 0
+        window = 1 if removed is not None and removed >= WITHIN_LAYER_FROM else DECODER_WINDOW
+        values["layer_window"] = min(window, config.num_hidden_layers) if causal else 0
         if causal and method.sides is None:
             values["sides"] = "output-full"
     return method.with_values(**values) if values else method
@@ -171,7 +169,7 @@ def kind_defaults(method: Method, config) -> Method:
 def method_for_budget(model, method: Method, ops: str, budget: int, weights: dict | None) -> Method:
     """`method` with the ranks that fit `budget`, chosen on the model's stacks (whitened by each
     side's mean input moment for a data-aware fit)."""
-    groups, layouts, found = layout(model, ops, window_of(method))
+    groups, layouts, found = layout(model, ops, **grouping(method))
     with torch.no_grad():
         stacks = stack({key: matrix_of(module) for key, module, _ in found}, groups, layouts)
     if weights:
@@ -188,11 +186,26 @@ def check_compression(compression: float) -> float:
     return compression
 
 
-def budget_for_compression(model: PreTrainedModel, ops: str, compression: float) -> int:
-    """Weights left when `compression` of the `ops` matrices' weights is removed."""
-    groups, _, _ = layout(model, ops)
-    dense = sum(g.num_slices * g.rows * g.cols for g in groups.values())
-    return int(dense * (1 - check_compression(compression)))
+def decomposed_weights(model: PreTrainedModel, ops: str) -> int:
+    """The weights of the `ops` matrices, dense."""
+    return sum(g.num_slices * g.rows * g.cols for g in layout(model, ops)[0].values())
+
+
+def resolve_budget(model: PreTrainedModel, ops: str, budget: int | None, compression: float | None) -> int | None:
+    """The weight budget of `budget` or `compression` (the share of the `ops` matrices' weights to
+    remove; at most one of the two), checked; None for neither."""
+    if compression is not None:
+        if budget is not None:
+            raise TensorslimError("both a budget and a compression were given", "pass one of --budget, --compression")
+        budget = int(decomposed_weights(model, ops) * (1 - check_compression(compression)))
+    if budget is not None and budget < 1:
+        raise TensorslimError(f"parameter budget {budget} is not positive", "pass a budget of at least 1 weight")
+    return budget
+
+
+def removed_by(model: PreTrainedModel, ops: str, budget: int | None) -> float | None:
+    """The share of the `ops` matrices' weights that `budget` removes (None without a budget)."""
+    return None if budget is None else 1 - budget / decomposed_weights(model, ops)
 
 
 def from_teacher(teacher, method: str = "tucker", **kwargs) -> PreTrainedModel:
@@ -224,15 +237,10 @@ def check_settings(
     without loading any weight."""
     model = skeleton(config)
     rank_of_embeddings(model, embedding_rank, embedding_compression)
-    found = kind_defaults(get_method(method, **options), config)
-    groups, _, _ = layout(model, ops, window_of(found))
-    if compression is not None:
-        if budget is not None:
-            raise TensorslimError("both a budget and a compression were given", "pass one of --budget, --compression")
-        budget = budget_for_compression(model, ops, compression)
+    budget = resolve_budget(model, ops, budget, compression)
+    found = kind_defaults(get_method(method, **options), config, removed_by(model, ops, budget))
+    groups, _, _ = layout(model, ops, **grouping(found))
     if budget is not None:
-        if budget < 1:
-            raise TensorslimError(f"parameter budget {budget} is not positive", "pass a budget of at least 1 weight")
         found = found.for_budget(groups, config.hidden_size, budget)
     found.validate(groups, config.hidden_size)
     return found

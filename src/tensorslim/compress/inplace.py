@@ -65,10 +65,10 @@ def matrix_of(module: nn.Module) -> torch.Tensor:
 
 
 def layout(
-    model: PreTrainedModel, ops: str = "all", window: int | None = None
+    model: PreTrainedModel, ops: str = "all", window: int | None = None, private: tuple[str, ...] = ()
 ) -> tuple[dict[str, Group], list[ModuleLayout], list]:
     """Slice groups and module layouts of `model` (see decomposition.slices; `window`: layers per
-    group, None for all), with the targets."""
+    group, None for all; `private`: parts grouped per layer), with the targets."""
     found = targets(model, ops)
     if not found:
         raise TensorslimError(f"ops={ops!r} selects no projection of this model", "use --ops all")
@@ -86,21 +86,31 @@ def layout(
                 "this checkpoint's modules differ from its family's table entry",
             )
         widths = (fan_out // len(proj.parts),) * len(proj.parts)
-        matrices.append(Matrix(key, fan_in, widths, proj.transposed, proj.reads or "-".join(proj.parts)))
+        matrices.append(Matrix(key, fan_in, widths, proj.transposed, proj.reads or "-".join(proj.parts), proj.parts))
     num_layers = len(layers_of(model.base_model, get_family(model.config)))
     if window is not None and not 1 <= window <= num_layers:
         raise TensorslimError(
             f"layer window {window} is out of range for a model of {num_layers} layers",
             f"choose --layer-window between 1 and {num_layers}",
         )
-    groups, layouts = plan(matrices, model.config.hidden_size, window)
+    unknown = set(private) - {part for _, _, proj in found for part in proj.parts}
+    if unknown:
+        raise TensorslimError(
+            f"--private-parts names {', '.join(sorted(unknown))}, not a part of this model's decomposed projections",
+            f"choose among {', '.join(dict.fromkeys(p for _, _, proj in found for p in proj.parts))}, or none",
+        )
+    groups, layouts = plan(matrices, model.config.hidden_size, window, private)
     return groups, layouts, found
 
 
-def window_of(method: Method) -> int | None:
-    """The method's layer window (`layer_window`), or None for every layer in one group per shape
-    (the option unset, or 0)."""
-    return method.values.get("layer_window") or None
+def grouping(method: Method) -> dict:
+    """`layout`'s grouping keywords from the method's options: `window`, its layer window (None for
+    every layer in one group per shape: the option unset, or 0), and `private`, its private parts."""
+    parts = method.values.get("private_parts") or "none"
+    return {
+        "window": method.values.get("layer_window") or None,
+        "private": () if parts == "none" else tuple(p.strip() for p in parts.split(",") if p.strip()),
+    }
 
 
 def is_decomposed(model: nn.Module) -> bool:
@@ -176,7 +186,7 @@ def attach_section(model: PreTrainedModel, section: DecompositionConfig) -> None
 def apply_structure(model: PreTrainedModel, section: DecompositionConfig) -> FactorBank:
     """Give `model` the factored structure `section` describes (factors uninitialised): the loading path."""
     method = get_method(section.method, **section.options)
-    groups, layouts, found = layout(model, section.ops, window_of(method))
+    groups, layouts, found = layout(model, section.ops, **grouping(method))
     expected = {n: (g["rows"], g["cols"], g["num_slices"]) for n, g in section.groups.items()}
     if expected != {n: (g.rows, g.cols, g.num_slices) for n, g in groups.items()}:
         raise TensorslimError(
@@ -223,7 +233,7 @@ def factorize(
         raise TensorslimError(
             "the model is already decomposed", "merge it first (model.dequantize()) or pass the teacher"
         )
-    groups, layouts, found = layout(model, ops, window_of(method))
+    groups, layouts, found = layout(model, ops, **grouping(method))
     hidden = model.config.hidden_size
     method.validate(groups, hidden)
     ranks = {n: method.group_ranks(g, hidden) for n, g in groups.items()}

@@ -18,7 +18,9 @@ With a layer window w (Basis Sharing's grouping) the slices of each run of w con
 that read the same input form groups of their own: group "<R>x<C>_<input>_<first>-<last>" holds the
 R x C slices of layers first..last whose modules read input `input` (`Matrix.input`: the family's
 `reads`, such as q, k and v reading the attention input, or the module's own parts). So every slice
-of a windowed group reads its input on the same side (`Group.inputs`).
+of a windowed group reads its input on the same side (`Group.inputs`). Modules with a part named in
+`private` (Basis Sharing's private part, e.g. o and down) are not shared across layers: each layer's
+own are a group of their own, as with a window of 1.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class Matrix:
     part_widths: tuple[int, ...]
     transposed: bool
     input: str = ""
+    parts: tuple[str, ...] = ()  # the family's names of the logical parts (q, k, v, o, gate, up, down, ...)
 
 
 def group_name(rows: int, cols: int, input: str = "", layers: tuple[int, int] | None = None) -> str:
@@ -93,27 +96,29 @@ def group_name(rows: int, cols: int, input: str = "", layers: tuple[int, int] | 
 
 
 def plan(
-    matrices: list[Matrix], hidden_size: int, window: int | None = None
+    matrices: list[Matrix], hidden_size: int, window: int | None = None, private: tuple[str, ...] = ()
 ) -> tuple[dict[str, Group], list[ModuleLayout]]:
     """Groups and per-module layouts for `matrices` in stacking order (see the module docstring);
-    `window`: layers per group (None: every layer in one group per shape)."""
+    `window`: layers per group (None: every layer in one group per shape); `private`: part names
+    whose modules are grouped per layer (a fused module goes with any of its parts)."""
     if window is not None and window < 1:
         raise ValueError(f"layer window {window} is not positive")
-    last = max(layer_of(m.key) for m in matrices) if window is not None else 0
+    last = max(layer_of(m.key) for m in matrices)
     counts: dict[str, int] = {}
     groups: dict[str, Group] = {}
     layouts = []
     for m in matrices:
         blocks, out_start = [], 0
+        w = 1 if set(m.parts) & set(private) else window
         for width in m.part_widths:
             R, C = (width, m.in_features) if m.transposed else (m.in_features, width)
             tile = hidden_size if R % hidden_size == 0 and C % hidden_size == 0 else None
             tr, tc = (tile, tile) if tile else (R, C)
-            if window is None:
+            if w is None:
                 name = group_name(tr, tc)
             else:
-                first = layer_of(m.key) // window * window
-                name = group_name(tr, tc, m.input, (first, min(first + window, last + 1) - 1))
+                first = layer_of(m.key) // w * w
+                name = group_name(tr, tc, m.input, (first, min(first + w, last + 1) - 1))
             for a in range(R // tr):
                 for b in range(C // tc):
                     index = counts.get(name, 0)

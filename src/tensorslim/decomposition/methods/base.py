@@ -96,7 +96,17 @@ LAYER_WINDOW = Option(
     None,
     "share factors among this many consecutive layers only (Basis Sharing's grouping: each window's "
     "slices of one shape that read one input form a group); 0: all layers share one group per shape (the "
-    "paper); default: 2 for causal LMs (with --sides output-full unless given), 0 otherwise",
+    "paper); default for causal LMs (with --sides output-full unless given): 2, or 1 when a budget removes "
+    "40%% or more of the weights; 0 otherwise",
+)
+
+PRIVATE_PARTS = Option(
+    "private_parts",
+    str,
+    None,
+    "comma-separated parts (the family's names: q, k, v, o, gate, up, down, ...) grouped per layer "
+    "instead of sharing their layer window's basis (Basis Sharing's private part is o,down; fewer "
+    "multiply-adds per token, docs/decomposition.md section 1); default: none, every part shared",
 )
 
 

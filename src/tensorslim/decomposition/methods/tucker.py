@@ -12,6 +12,7 @@ from .base import (
     ALLOCATION,
     KEEP,
     LAYER_WINDOW,
+    PRIVATE_PARTS,
     RANK,
     SIDES,
     WEIGHTING,
@@ -38,7 +39,7 @@ class Tucker(Method):
 
     name = "tucker"
     paper = "IV"
-    options = (RANK, ALLOCATION, KEEP, SIDES, LAYER_RANK, LAYER_WINDOW, WEIGHTING, *HOOI_OPTIONS)
+    options = (RANK, ALLOCATION, KEEP, SIDES, LAYER_RANK, LAYER_WINDOW, PRIVATE_PARTS, WEIGHTING, *HOOI_OPTIONS)
     factor_names = ("U", "P", "C", "V")
 
     def validate(self, groups, hidden_size):
