@@ -80,7 +80,7 @@ def teacher(quick: bool) -> LlamaForCausalLM:
     return AutoModelForCausalLM.from_pretrained(smollm2_dir(), dtype=torch.float32).eval()
 
 
-def grouping(spec: str) -> tuple[str, dict]:
+def layout_options(spec: str) -> tuple[str, dict]:
     """A --layouts entry -> (name suffix, shared/tucker options): "default" (the model kind's), or
     "<layer window>[:<private parts>]" such as "2:down"."""
     if spec == "default":
@@ -96,7 +96,7 @@ def models(dense, methods: list[str], levels: list[int], forms: list[str], layou
     """(name, model) of each student in the forms asked for, made one at a time from `dense`."""
     for level in levels:
         for method in methods:
-            for suffix, layout in map(grouping, layouts if method != "lowrank" else ["default"]):
+            for suffix, layout in map(layout_options, layouts if method != "lowrank" else ["default"]):
                 options = {} if method == "lowrank" else {"max_iter": 0, **layout}
                 student, _ = decompose(copy.deepcopy(dense), method, compression=level / 100, **options)
                 student.eval()

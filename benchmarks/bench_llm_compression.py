@@ -42,6 +42,7 @@ from tensorslim.train.recipes import GENERAL_TRAINING
 from common import RESULTS, SHARED_DATA, emit
 
 NAME = "llm_compression"
+LAYOUT = ("layer_window", "sides", "private_parts")  # shared and tucker options that tell rows apart
 VALID = SHARED_DATA / "corpus" / "wikitext_raw" / "wiki.valid.raw"  # calibration and healing, never scored
 
 
@@ -71,10 +72,7 @@ def main() -> None:
 
     out = RESULTS / f"{args.name}.json"
     rows = [] if args.fresh or not out.exists() else json.loads(out.read_text())["rows"]
-    done = {
-        (r["method"], r["removed_%"], r["calibration"], r.get("layer_window"), r.get("sides"), r.get("private_parts"))
-        for r in rows
-    }
+    done = {(r["method"], r["removed_%"], r["calibration"], *(r.get(k) for k in LAYOUT)) for r in rows}
     directory = smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     teacher = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
@@ -94,7 +92,7 @@ def main() -> None:
             "output errors (the defaults for causal LMs)",
         )
 
-    if ("dense", 0, "none", None, None, None) not in done:
+    if ("dense", 0, "none", *(None for _ in LAYOUT)) not in done:
         result = score(teacher)
         add(
             {
@@ -122,8 +120,7 @@ def main() -> None:
         options = {} if method in ("lowrank", "svd") else {"max_iter": args.max_iter}
         if method in ("shared", "tucker"):
             options.update(layer_window=args.layer_window, sides=args.sides, private_parts=args.private_parts)
-        key = ("layer_window", "sides", "private_parts")
-        if (method, level, label, *(options.get(k) for k in key)) in done:
+        if (method, level, label, *(options.get(k) for k in LAYOUT)) in done:
             continue
         if source != "weights" and source not in moments:
             # one pass of the teacher per source, kept between runs of the benchmark
@@ -160,9 +157,7 @@ def main() -> None:
                 "parameters": count_parameters(student)["total"],
                 "rank": record["rank"],
                 "layer_rank": record["layer_rank"],
-                "layer_window": options.get("layer_window"),
-                "sides": options.get("sides"),
-                "private_parts": options.get("private_parts"),
+                **{k: options.get(k) for k in LAYOUT},
                 "weight_error": record["relative_error"],
                 "calibrated_error": record["calibrated_error"],
                 "perplexity": result["perplexity"],

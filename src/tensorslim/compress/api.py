@@ -89,8 +89,8 @@ def decompose(
         raise TensorslimError("the teacher is already a decomposed student", "export it with export_dense() first")
     method = method if isinstance(method, Method) else get_method(method, **options)
     emb_rank = rank_of_embeddings(teacher, embedding_rank, embedding_compression)
-    budget = resolve_budget(teacher, ops, budget, compression)
-    method = kind_defaults(method, teacher.config, removed_by(teacher, ops, budget))
+    budget, removed = resolve_budget(teacher, ops, budget, compression)
+    method = kind_defaults(method, teacher.config, removed)
     teacher_parameters = count_parameters(teacher)
     moments, calibration_record = None, None
     if isinstance(calibration, tuple):  # (moments, record) from an earlier calibrate(), reused
@@ -186,26 +186,22 @@ def check_compression(compression: float) -> float:
     return compression
 
 
-def decomposed_weights(model: PreTrainedModel, ops: str) -> int:
-    """The weights of the `ops` matrices, dense."""
-    return sum(g.num_slices * g.rows * g.cols for g in layout(model, ops)[0].values())
-
-
-def resolve_budget(model: PreTrainedModel, ops: str, budget: int | None, compression: float | None) -> int | None:
-    """The weight budget of `budget` or `compression` (the share of the `ops` matrices' weights to
-    remove; at most one of the two), checked; None for neither."""
+def resolve_budget(
+    model: PreTrainedModel, ops: str, budget: int | None, compression: float | None
+) -> tuple[int | None, float | None]:
+    """(budget, removed): the weight budget of `budget` or `compression` (the share of the `ops`
+    matrices' weights to remove; at most one of the two), checked, and the share of those weights it
+    removes; (None, None) for neither."""
+    if budget is None and compression is None:
+        return None, None
+    dense = sum(g.num_slices * g.rows * g.cols for g in layout(model, ops)[0].values())
     if compression is not None:
         if budget is not None:
             raise TensorslimError("both a budget and a compression were given", "pass one of --budget, --compression")
-        budget = int(decomposed_weights(model, ops) * (1 - check_compression(compression)))
-    if budget is not None and budget < 1:
+        budget = int(dense * (1 - check_compression(compression)))
+    if budget < 1:
         raise TensorslimError(f"parameter budget {budget} is not positive", "pass a budget of at least 1 weight")
-    return budget
-
-
-def removed_by(model: PreTrainedModel, ops: str, budget: int | None) -> float | None:
-    """The share of the `ops` matrices' weights that `budget` removes (None without a budget)."""
-    return None if budget is None else 1 - budget / decomposed_weights(model, ops)
+    return budget, 1 - budget / dense
 
 
 def from_teacher(teacher, method: str = "tucker", **kwargs) -> PreTrainedModel:
@@ -237,8 +233,8 @@ def check_settings(
     without loading any weight."""
     model = skeleton(config)
     rank_of_embeddings(model, embedding_rank, embedding_compression)
-    budget = resolve_budget(model, ops, budget, compression)
-    found = kind_defaults(get_method(method, **options), config, removed_by(model, ops, budget))
+    budget, removed = resolve_budget(model, ops, budget, compression)
+    found = kind_defaults(get_method(method, **options), config, removed)
     groups, _, _ = layout(model, ops, **grouping(found))
     if budget is not None:
         found = found.for_budget(groups, config.hidden_size, budget)
