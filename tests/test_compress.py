@@ -2,6 +2,7 @@
 teacher, training, caching, shared x A, save/load through transformers, merge back to dense."""
 
 import copy
+import weakref
 
 import pytest
 import torch
@@ -175,6 +176,26 @@ def test_q_k_v_share_one_x_times_a():
     # per layer 5 modules ask for x A (q, k, v, o, ffn_in) but it is computed 3 times (q k v share it;
     # o and ffn_in read other inputs), plus the FFN output's (tokens, 4 d) @ (4 d, d) middle product
     assert len(calls) == 2 * 5 and len(computed) == 2 * (3 + 1)
+
+
+def test_a_forward_holds_no_earlier_layers_input_for_sharing():
+    """The x A cache keeps only the latest input: once the next layer's query has run, the last
+    layer's FFN input (which nothing else holds) is freed."""
+    student = from_teacher(teacher(), "tucker", rank=6, layer_rank=8).eval()
+    layers = student.bert.encoder.layer
+    seen = {}
+
+    def first(module, args):
+        seen["x"] = weakref.ref(args[0])
+
+    def second(module, args):
+        seen["alive"] = seen["x"]() is not None
+
+    layers[0].intermediate.dense.register_forward_pre_hook(first)
+    layers[1].attention.self.key.register_forward_pre_hook(second)
+    with torch.no_grad():
+        student(**batch())
+    assert seen["alive"] is False
 
 
 class MatmulCounter(TorchDispatchMode):

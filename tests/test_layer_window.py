@@ -172,3 +172,24 @@ def test_the_data_aware_fit_of_one_slice_is_the_whitened_svd(inputs):
     reference = weighted_error(W, best[None].float(), weights)
     assert ours == pytest.approx(reference, rel=1e-3)
     assert set(method.finish(group, factors)) == ({"U", "S"} if on_rows else {"S", "V"})
+
+
+@pytest.mark.parametrize(
+    "method,options", [("tucker", {"rank": 8, "layer_rank": 2, **WINDOWED}), ("lowrank", {"rank": 8})]
+)
+def test_products_kept_for_inference_are_row_major_and_training_copies_none(method, options):
+    """Without gradients the matrices the projections multiply by are kept row-major (gate and up
+    read their transposed slices); with gradients they stay views of the factors; same outputs."""
+    student, _ = decompose(llama(), method, **options)
+    bank, inputs = bank_of(student), tiny_inputs()
+
+    def kept() -> list[torch.Tensor]:
+        values = [v if isinstance(v, tuple) else (v,) for v in bank._memo.values()]
+        return [t for group in values for t in group if isinstance(t, torch.Tensor)]
+
+    trained = student(**inputs).logits
+    assert not all(t.is_contiguous() for t in kept())  # the transposed views themselves
+    with torch.no_grad():
+        served = student(**inputs).logits
+    assert kept() and all(t.is_contiguous() for t in kept())
+    torch.testing.assert_close(served, trained.detach(), atol=1e-5, rtol=1e-5)

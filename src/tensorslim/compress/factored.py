@@ -15,10 +15,11 @@ With a shared basis (one A for the whole group) a module computes, for input x (
     g input blocks, one output block (fan-in: an FFN output matrix cut into D x D tiles):
         y = [x_1 A | ... | x_g A] @ vstack(M_j) @ B + b              (or vstack(M_j B) when cheaper)
 
-and x A is computed once for all the modules that read the same x with the same A (Q, K and V;
-gate and up). Without a shared basis (lowrank) each block has its own A and B. Products that do not
-depend on x (S = P C, M B) are built once per forward; under torch.no_grad they are kept across
-forwards until a factor changes (tensor version counters).
+and x A is computed once for consecutive modules that read the same x with the same A (Q, K and V;
+gate and up; only the latest product is kept, see `LatestProduct`). Without a shared basis (lowrank)
+each block has its own A and B. Products that do not depend on x (a module's cores S_i = P_i C,
+M B) are built once per forward; under torch.no_grad they are kept across forwards until a factor
+changes (tensor version counters), laid out row-major (`row_major`).
 
 While a graph is captured (`torch.compile`, `torch.export`, `torch.onnx.export`, `torch.jit.trace`;
 see `tracing`) none of these Python-side caches is read or written: the graph computes every
@@ -50,6 +51,34 @@ def affine(h: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None) -> torch
     return out.view(*h.shape[:-1], W.shape[-1])
 
 
+def row_major(t: torch.Tensor | None) -> torch.Tensor | None:
+    """`t` for a product kept across forwards: without gradients a row-major copy where `t` is a
+    transposed view (a batch-1 product, as in decoding, reads a row-major matrix faster); with
+    gradients `t` itself, so that training stores no second copy for the backward pass."""
+    return t if t is None or torch.is_grad_enabled() else t.contiguous()
+
+
+class LatestProduct:
+    """f(x) for the latest (key, x) only: modules called one after another on the same input tensor
+    (same identity and version counter) with the same `key` get one product. Holding one entry, not
+    one per key, lets every earlier layer's input and product be freed as the forward goes on."""
+
+    def __init__(self):
+        self.entry: tuple | None = None
+
+    def get(self, key, x: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        version = -1 if x.is_inference() else x._version  # inference tensors have no version counter
+        last = self.entry
+        if last is not None and last[0] == key and last[1] is x and last[2] == version:
+            return last[3]
+        y = f(x)
+        self.entry = (key, x, version, y)
+        return y
+
+    def clear(self) -> None:
+        self.entry = None
+
+
 class FactorGroup(nn.Module):
     """The factors of one slice group, named and shaped by the method (e.g. U, P, C, V)."""
 
@@ -71,12 +100,12 @@ class FactorBank(nn.Module):
         self.groups = nn.ModuleDict({name: FactorGroup(method.shapes(g, ranks[name])) for name, g in groups.items()})
         self._memo: dict = {}
         self._memo_key = None
-        self._inputs: dict = {}
+        self._latest = LatestProduct()
         self.reuse = True
 
     def __getstate__(self):
         """Copies and pickles carry the factors, not the caches of a forward."""
-        return {**self.__dict__, "_memo": {}, "_memo_key": None, "_inputs": {}}
+        return {**self.__dict__, "_memo": {}, "_memo_key": None, "_latest": LatestProduct()}
 
     # called around every forward of the base model (hooks installed by compress.inplace)
     def begin_forward(self, module: nn.Module, *_) -> None:
@@ -84,7 +113,7 @@ class FactorBank(nn.Module):
         products and x A within a forward unless gradient checkpointing will recompute the layers."""
         if tracing():  # nothing cached while a graph is captured (see `tracing`)
             return
-        self._inputs = {}
+        self._latest.clear()
         # layers recomputed in the backward pass must recompute everything they computed the first time
         self.reuse = not (
             torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) for m in module.modules())
@@ -98,7 +127,7 @@ class FactorBank(nn.Module):
 
     def end_forward(self, *_) -> None:
         if not tracing():
-            self._inputs = {}
+            self._latest.clear()
 
     def memo(self, key, build: Callable[[], object]):
         """build(), kept under `key` while products may be reused (see begin_forward)."""
@@ -111,9 +140,9 @@ class FactorBank(nn.Module):
     def factors(self, group: str) -> dict[str, torch.Tensor]:
         return self.groups[group].as_dict()
 
-    def cores(self, group: str) -> torch.Tensor:
-        """S (n, r1, r2) of `group`, built once per forward."""
-        return self.memo(("S", group), lambda: self.method.cores(self.factors(group)))
+    def cores(self, group: str, slices: slice) -> torch.Tensor | None:
+        """S (g, r1, r2) of the slices `slices` of `group` (None for a method without middles)."""
+        return self.method.cores(self.factors(group), slices)
 
     def sides(self, group: str, transposed: bool, take: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """(A, B): the input-side and output-side factors; batched (g, ., .) through `take` (a
@@ -125,16 +154,11 @@ class FactorBank(nn.Module):
         return (V.transpose(-2, -1), None if U is None else U.transpose(-2, -1)) if transposed else (U, V)
 
     def shared_input(self, key, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-        """x @ A, computed once for the modules of one forward that read the same x with the same A."""
+        """x @ A, computed once for consecutive modules that read the same x with the same A (`key`
+        names A; see `LatestProduct`)."""
         if not self.reuse or tracing():
             return x @ A
-        version = -1 if x.is_inference() else x._version  # inference tensors have no version counter
-        hit = self._inputs.get(key)
-        if hit is not None and hit[0] is x and hit[1] == version:
-            return hit[2]
-        h = x @ A
-        self._inputs[key] = (x, version, h)
-        return h
+        return self._latest.get(key, x, lambda x: x @ A)
 
     def reconstruct(self, group: str) -> torch.Tensor:
         """The dense (n, R, C) stack of `group` (for merging and checks)."""
@@ -169,16 +193,20 @@ class FactoredProjection(nn.Module):
             f"slices={self.first}..{self.first + self.g - 1}, transposed={self.layout.transposed}"
         )
 
+    @property
+    def slices(self) -> slice:
+        """This module's slices of its group."""
+        return slice(self.first, self.first + self.g)
+
     def take(self, stack: torch.Tensor) -> torch.Tensor:
         """This module's slices (g, ., .) of a per-slice stack (n, ., .): a view, no copy per call."""
-        return stack[self.first : self.first + self.g]
+        return stack[self.slices]
 
     def _middles(self) -> torch.Tensor | None:
         """(g, r_in, r_out), or None when the method has no middle factor."""
-        S = self.bank.cores(self.layout.group)
+        S = self.bank.cores(self.layout.group, self.slices)
         if S is None:
             return None
-        S = self.take(S)
         return S.transpose(-2, -1) if self.layout.transposed else S
 
     def through_middles(self, B: torch.Tensor | None) -> torch.Tensor:
@@ -189,7 +217,7 @@ class FactoredProjection(nn.Module):
     def _lowrank_sides(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, G = M B) of a per-slice method: one cache entry, so a warm call does only its products."""
         A, B = self.bank.sides(self.layout.group, self.layout.transposed, self.take)
-        return A, self.through_middles(B)
+        return row_major(A), row_major(self.through_middles(B))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bank, group, transposed = self.bank, self.layout.group, self.layout.transposed
@@ -207,15 +235,17 @@ class FactoredProjection(nn.Module):
             return y if self.bias is None else y + self.bias
         A, B = bank.sides(group, transposed)
         r_in, r_out = A.shape[-1], self.block_out if B is None else B.shape[0]
+        A = bank.memo((group, transposed, "A"), lambda: row_major(A))
         if not self.fan_in:
             h = bank.shared_input((group, transposed), x, A)
-            G = bank.memo(key, lambda: self.through_middles(B).transpose(0, 1).reshape(r_in, -1))
+            G = bank.memo(key, lambda: row_major(self.through_middles(B).transpose(0, 1).reshape(r_in, -1)))
             return affine(h, G, self.bias)
         h = (x.unflatten(-1, (self.g, self.block_in)) @ A).flatten(-2)  # (..., g r_in)
         if self.g * self.block_out <= self.g * r_out + self.block_out:  # merging vstack(M) @ B is cheaper per token
-            return affine(h, bank.memo(key, lambda: self.through_middles(B).reshape(-1, self.block_out)), self.bias)
-        M = bank.memo(key, lambda: self._middles().reshape(-1, r_out))
-        return affine(h @ M, B, self.bias)
+            merged = bank.memo(key, lambda: row_major(self.through_middles(B).reshape(-1, self.block_out)))
+            return affine(h, merged, self.bias)
+        M = bank.memo(key, lambda: row_major(self._middles().reshape(-1, r_out)))
+        return affine(h @ M, bank.memo((group, transposed, "B"), lambda: row_major(B)), self.bias)
 
     def macs_per_token(self) -> int:
         """Multiply-adds per token as forward() computes them (bias excluded; x A counted here

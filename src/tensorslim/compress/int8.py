@@ -43,7 +43,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..errors import TensorslimError
 from .embeddings import FactoredEmbedding, FactoredHead
-from .factored import FactoredProjection
+from .factored import FactoredProjection, LatestProduct
 from .inplace import apply_structure, detach_bank, is_decomposed
 from .loading import HEADS, check_head, infer_head, load_config
 from .section import INT8, SECTION, DecompositionConfig, int8_entry, section_of
@@ -87,23 +87,17 @@ class SideBank(nn.Module):
     def __init__(self):
         super().__init__()
         self.linears = nn.ModuleDict()
-        self._inputs: dict = {}
+        self._latest = LatestProduct()
 
     def add(self, key: str, W: torch.Tensor) -> None:
         if key not in self.linears:
             self.linears[key] = linear(W)
 
     def apply(self, key: str, x: torch.Tensor, tiles: int) -> torch.Tensor:
-        version = -1 if x.is_inference() else x._version  # inference tensors have no version counter
-        hit = self._inputs.get(key)
-        if hit is not None and hit[0] is x and hit[1] == version:
-            return hit[2]
-        y = tiled([self.linears[key]], x, tiles)
-        self._inputs[key] = (x, version, y)
-        return y
+        return self._latest.get(key, x, lambda x: tiled([self.linears[key]], x, tiles))
 
     def clear(self, *_) -> None:  # hooked around every forward of the base model
-        self._inputs = {}
+        self._latest.clear()
 
 
 class ChainedProjection(nn.Module):

@@ -274,9 +274,10 @@ class Method(ABC):
         )
         return refined, {**record, **calibrated}
 
-    def cores(self, factors: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """S (n, r1, r2), or None for a method without a middle factor (U_i V_i)."""
-        return factors["S"]
+    def cores(self, factors: dict[str, torch.Tensor], slices: slice = slice(None)) -> torch.Tensor | None:
+        """S (n, r1, r2) of the slices asked for (all by default), or None for a method without a
+        middle factor (U_i V_i)."""
+        return factors["S"][slices]
 
     def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
         """The dense (n, R, C) stack U_i S_i V_i (for checks and merging; never in forward); a factor

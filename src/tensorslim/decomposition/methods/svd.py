@@ -31,7 +31,7 @@ class SVD(LowRank):
         r, _ = self.side_ranks(group, ranks)
         return _split(whitened_svd(W, weights, r)), {}
 
-    def cores(self, factors):
+    def cores(self, factors, slices=slice(None)):
         """No middle: the projections compute x U V."""
         return None
 

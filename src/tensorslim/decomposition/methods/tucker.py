@@ -84,8 +84,9 @@ class Tucker(Method):
         P = torch.eye(group.num_slices, dtype=factors["S"].dtype, device=factors["S"].device)
         return {"U": factors["U"], "P": P, "C": factors["S"], "V": factors["V"]}, record
 
-    def cores(self, factors):
-        return torch.einsum("nl,lab->nab", factors["P"], factors["C"])
+    def cores(self, factors, slices=slice(None)):
+        """S_i = sum_j P_ij C_j for the slices asked for (a module computes only its own)."""
+        return torch.einsum("nl,lab->nab", factors["P"][slices], factors["C"])
 
     def for_budget(self, groups, hidden_size, budget, stacks=None):
         """With --layer-rank fixed: the largest rank that fits; with --rank fixed: the largest bank.
