@@ -93,11 +93,12 @@ def layout(
             f"layer window {window} is out of range for a model of {num_layers} layers",
             f"choose --layer-window between 1 and {num_layers}",
         )
-    unknown = set(private) - {part for _, _, proj in found for part in proj.parts}
+    parts = dict.fromkeys(part for _, _, proj in found for part in proj.parts)
+    unknown = set(private) - set(parts)
     if unknown:
         raise TensorslimError(
             f"--private-parts names {', '.join(sorted(unknown))}, not a part of this model's decomposed projections",
-            f"choose among {', '.join(dict.fromkeys(p for _, _, proj in found for p in proj.parts))}, or none",
+            f"choose among {', '.join(parts)}, or none",
         )
     groups, layouts = plan(matrices, model.config.hidden_size, window, private)
     return groups, layouts, found
