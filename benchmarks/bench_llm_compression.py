@@ -33,6 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tensorslim.compress.api import decompose
 from tensorslim.compress.calibration import calibrate, calibration_data
 from tensorslim.compress.counts import count_parameters
+from tensorslim.compress.fisher import output_fisher
 from tensorslim.data.packaged_llm import cache_dir, smollm2_dir
 from tensorslim.evaluate.perplexity import perplexity, read_text
 from tensorslim.train.args import training_args
@@ -42,7 +43,7 @@ from tensorslim.train.recipes import GENERAL_TRAINING
 from common import RESULTS, SHARED_DATA, emit
 
 NAME = "llm_compression"
-LAYOUT = ("layer_window", "sides", "private_parts")  # shared and tucker options that tell rows apart
+LAYOUT = ("layer_window", "sides", "private_parts", "weighting")  # shared and tucker options that tell rows apart
 VALID = SHARED_DATA / "corpus" / "wikitext_raw" / "wiki.valid.raw"  # calibration and healing, never scored
 
 
@@ -57,9 +58,18 @@ def main() -> None:
     p.add_argument("--calibration-seq-length", type=int, default=512)
     p.add_argument("--max-iter", type=int, default=8, help="sweeps of HOOI and of the data-aware refinement")
     p.add_argument("--cross", action="store_true", help="also calibrate on Gutenberg (tucker and lowrank at 20%%)")
-    p.add_argument("--layer-window", type=int, help="shared and tucker: share among this many layers (default all)")
-    p.add_argument("--sides", help="shared and tucker: the side policy (default: chosen by the budget search)")
+    p.add_argument(
+        "--layer-window",
+        type=int,
+        help="shared and tucker: share among this many layers (default: the model kind's for the level)",
+    )
+    p.add_argument("--sides", help="shared and tucker: the side policy (default: the model kind's)")
     p.add_argument("--private-parts", help="shared and tucker: parts grouped per layer, e.g. o,down, or none")
+    p.add_argument(
+        "--weighting",
+        choices=("relative", "absolute", "fisher"),
+        help="shared and tucker, data-aware: what the fit weighs (default: the model kind's, relative)",
+    )
     p.add_argument("--heal-steps", type=int, default=0, help="heal every student for this many steps (0: no)")
     p.add_argument("--heal-batch", type=int, default=2)
     p.add_argument("--heal-seq-length", type=int, default=256)
@@ -120,26 +130,11 @@ def main() -> None:
         options = {} if method in ("lowrank", "svd") else {"max_iter": args.max_iter}
         if method in ("shared", "tucker"):
             options.update(layer_window=args.layer_window, sides=args.sides, private_parts=args.private_parts)
+            options.update(weighting=args.weighting)
         if (method, level, label, *(options.get(k) for k in LAYOUT)) in done:
             continue
         if source != "weights" and source not in moments:
-            # one pass of the teacher per source, kept between runs of the benchmark
-            cache = (
-                cache_dir() / f"moments-by-module-{source}-{args.calibration_samples}x{args.calibration_seq_length}.pt"
-            )
-            if cache.exists():
-                moments[source] = torch.load(cache, weights_only=False)
-            else:
-                data = calibration_data(
-                    teacher.config,
-                    sources[source],
-                    tokenizer,
-                    samples=args.calibration_samples,
-                    seq_length=args.calibration_seq_length,
-                    seed=0,
-                )
-                moments[source] = calibrate(teacher, data, ops="all")
-                torch.save(moments[source], cache)
+            moments[source] = cached_moments(teacher, tokenizer, source, sources[source], args)
         student = copy.deepcopy(teacher)
         start = time.perf_counter()
         student, record = decompose(
@@ -168,6 +163,34 @@ def main() -> None:
         )
         del student
         gc.collect()
+
+
+def cached_moments(teacher, tokenizer, source: str, path, args) -> tuple:
+    """calibrate()'s (moments, record) of the teacher on `path`, with the Fisher weights when the
+    fit weighs by them: one pass of the teacher per source (and one more for the Fisher), kept in
+    the cache between runs of the benchmark."""
+    size = f"{source}-{args.calibration_samples}x{args.calibration_seq_length}"
+    data = calibration_data(
+        teacher.config,
+        path,
+        tokenizer,
+        samples=args.calibration_samples,
+        seq_length=args.calibration_seq_length,
+        seed=0,
+    )
+    cache = cache_dir() / f"moments-by-module-{size}.pt"
+    if cache.exists():
+        found = torch.load(cache, weights_only=False)
+    else:
+        found = calibrate(teacher, data, ops="all")
+        torch.save(found, cache)
+    if args.weighting == "fisher":
+        cache = cache_dir() / f"fisher-by-module-{size}.pt"
+        if not cache.exists():
+            torch.save(output_fisher(teacher, data.batches, seed=0), cache)
+        found[0].fisher = torch.load(cache, weights_only=False)
+        found[1]["fisher"] = True
+    return found
 
 
 def heal(student, teacher_dir: Path, tokenizer, args, score) -> dict:

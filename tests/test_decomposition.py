@@ -401,7 +401,7 @@ def test_svd_is_lowrank_without_its_middle():
     """svd (SVD-LLM's two factors) reconstructs what lowrank does at the same rank, weight-only and
     data-aware, with r^2 fewer weights per slice; weight-only, its factors carry the singular values
     evenly."""
-    from tensorslim.decomposition.weighted import SliceWeights
+    from tensorslim.decomposition.slice_weights import SliceWeights
 
     torch.manual_seed(0)
     group, W = Group("12x8", 12, 8, 5), torch.randn(5, 12, 8)

@@ -11,8 +11,9 @@ from tensorslim.compress.api import decompose, export_dense
 from tensorslim.compress.counts import matrix_weights
 from tensorslim.compress.inplace import bank_of, layout, matrix_of
 from tensorslim.decomposition.methods import METHODS, get_method
+from tensorslim.decomposition.slice_weights import SliceWeights
 from tensorslim.decomposition.slices import Group, assemble, stack
-from tensorslim.decomposition.weighted import SliceWeights, weighted_error
+from tensorslim.decomposition.weighted import weighted_error
 from tensorslim.errors import TensorslimError
 from tiny_models import tiny_inputs, tiny_model
 

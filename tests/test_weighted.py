@@ -7,11 +7,10 @@ import torch
 from tensorslim.decomposition import weighted
 from tensorslim.decomposition.hooi import tucker_hooi
 from tensorslim.decomposition.methods import Method, get_method
+from tensorslim.decomposition.slice_weights import SliceWeights, relative_weights
 from tensorslim.decomposition.slices import Group
 from tensorslim.decomposition.weighted import (
-    SliceWeights,
     refine,
-    relative_weights,
     sylvester_pcg,
     unique_moments,
     weighted_error,

@@ -93,6 +93,7 @@ def decompose(
     method = kind_defaults(method, teacher.config, removed)
     teacher_parameters = count_parameters(teacher)
     moments, calibration_record = None, None
+    fisher = method.values.get("weighting") == "fisher"
     if isinstance(calibration, tuple):  # (moments, record) from an earlier calibrate(), reused
         moments, calibration_record = calibration[0], dict(calibration[1])
     elif calibration is not None and str(calibration) != "none":
@@ -107,11 +108,16 @@ def decompose(
                 seq_length=calibration_seq_length,
                 seed=seed,
             )
-        moments, calibration_record = calibrate(teacher, calibration, ops=ops)
+        moments, calibration_record = calibrate(teacher, calibration, ops=ops, fisher=fisher)
     if calibration_record is not None:
         calibration_record["damping"] = damping
     fit_start = time.perf_counter()
     if moments is not None:  # each group's slices of the moments, as the method groups them
+        if fisher and moments.fisher is None:
+            raise TensorslimError(
+                "--weighting fisher needs Fisher weights, and these moments were calibrated without them",
+                "calibrate with fisher=True (decompose does so when it reads the calibration data itself)",
+            )
         moments = slice_covariances(moments, layout(teacher, ops, **grouping(method))[1])
     weights = {n: w.damped(damping) for n, w in moments.items()} if moments else None
     if budget is not None:

@@ -10,7 +10,6 @@ input range of every slice of a group (`decomposition.slices`), the form the dat
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -20,16 +19,15 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..data.calibration import calibration_batches
+from ..data.calibration import calibration_batches, model_inputs
+from ..decomposition.slice_weights import SliceWeights
 from ..decomposition.slices import ModuleLayout
-from ..decomposition.weighted import SliceWeights
 from ..errors import TensorslimError
 from ..families import get_family
+from .fisher import output_fisher
 from .inplace import in_out, targets
 
 log = logging.getLogger(__name__)
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
@@ -41,6 +39,7 @@ class Moments:
     tokens: int
     seconds: float
     bytes: int
+    fisher: dict[str, torch.Tensor] | None = None  # key -> (out,) diagonal Fisher (compress.fisher)
 
 
 class _Accumulator:
@@ -96,13 +95,12 @@ def input_moments(
             accumulators[shared] = _Accumulator(in_out(module)[0], store, real)
             handles.append(module.register_forward_pre_hook(accumulators[shared]))
         by_key[key] = accumulators[shared]
-    takes = inspect.signature(model.forward).parameters
     was_training = model.training
     model.eval().to(device)
     try:
         with torch.no_grad():
             for batch in tqdm(batches, desc="calibration", unit="batch", leave=False):
-                inputs = {name: batch[name].to(device) for name in MODEL_INPUTS if name in batch and name in takes}
+                inputs = model_inputs(model, batch, device)
                 mask = inputs["attention_mask"].reshape(-1).bool()
                 real.update(mask=mask, tokens=int(mask.sum()))
                 model(**inputs)
@@ -136,30 +134,35 @@ def input_moments(
 
 def slice_covariances(moments: Moments, layouts: list[ModuleLayout]) -> dict[str, SliceWeights]:
     """{group: SliceWeights}: each slice's block in_start:in_start+in_size of its module's moment,
-    on the rows side for [in, out] slices and the columns side for [out, in] ones."""
+    on the rows side for [in, out] slices and the columns side for [out, in] ones; with Fisher
+    weights in `moments`, each slice's phi too: the mean of its module's diagonal Fisher over the
+    slice's outputs (compress.fisher)."""
     sides: dict[str, tuple[list, list]] = {}
     shapes: dict[str, tuple[int, int]] = {}
     for lay in layouts:
         moment = moments.by_module[lay.key]
         for b in lay.blocks:
             block = moment[b.in_start : b.in_start + b.in_size, b.in_start : b.in_start + b.in_size]
-            sides.setdefault(b.group, ([], []))[b.transposed].append((b.index, block))
+            phi = None if moments.fisher is None else moments.fisher[lay.key][b.out_start : b.out_start + b.out_size]
+            sides.setdefault(b.group, ([], []))[b.transposed].append((b.index, block, phi))
             shapes[b.group] = (b.out_size, b.in_size) if b.transposed else (b.in_size, b.out_size)
     weights = {}
     for group, (rows, cols) in sides.items():
         R, C = shapes[group]
-        (ri, rc), (ci, cc) = (_stack(rows, R), _stack(cols, C))
-        weights[group] = SliceWeights(ri, rc, ci, cc)
+        (ri, rc, rf), (ci, cc, cf) = (_stack(rows, R), _stack(cols, C))
+        weights[group] = SliceWeights(ri, rc, ci, cc, rf, cf)
     return weights
 
 
-def _stack(blocks: list[tuple[int, torch.Tensor]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index (n,) long sorted, (n, size, size) float64) of (slice index, block) pairs."""
-    blocks = sorted(blocks, key=lambda pair: pair[0])
-    index = torch.tensor([i for i, _ in blocks], dtype=torch.long)
+def _stack(blocks: list[tuple], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(index (n,) long sorted, (n, size, size) float64, (n,) float64 Fisher weights or None) of
+    (slice index, block, its outputs' diagonal Fisher or None) triples."""
+    blocks = sorted(blocks, key=lambda triple: triple[0])
+    index = torch.tensor([i for i, _, _ in blocks], dtype=torch.long)
     if not blocks:
-        return index, torch.zeros(0, size, size, dtype=torch.float64)
-    return index, torch.stack([block for _, block in blocks])
+        return index, torch.zeros(0, size, size, dtype=torch.float64), None
+    fisher = None if blocks[0][2] is None else torch.stack([phi.mean() for _, _, phi in blocks])
+    return index, torch.stack([block for _, block, _ in blocks]), fisher
 
 
 DEFAULT_SAMPLES = 256
@@ -187,10 +190,15 @@ def calibration_data(config, data, tokenizer, *, samples: int, seq_length: int |
     return CalibrationData(str(data), batches, seq_length, seed)
 
 
-def calibrate(model: PreTrainedModel, data: CalibrationData, *, ops: str) -> tuple[Moments, dict]:
+def calibrate(model: PreTrainedModel, data: CalibrationData, *, ops: str, fisher: bool = False) -> tuple[Moments, dict]:
     """The input moments of `model`'s projections streamed over `data` (`input_moments`; cut into
-    each group's slices by `slice_covariances` once the grouping is known), and a record of the run."""
+    each group's slices by `slice_covariances` once the grouping is known), with `fisher` also their
+    outputs' diagonal Fisher (`compress.fisher`, one more pass with gradients), and a record of the run."""
     moments = input_moments(model, data.batches, ops)
+    if fisher:
+        start = time.perf_counter()
+        moments.fisher = output_fisher(model, data.batches, ops, seed=data.seed)
+        moments.seconds += time.perf_counter() - start
     record = {
         "data": data.source,
         "sequences": sum(len(b["input_ids"]) for b in data.batches),
@@ -199,5 +207,6 @@ def calibrate(model: PreTrainedModel, data: CalibrationData, *, ops: str) -> tup
         "seed": data.seed,
         "seconds": moments.seconds,
         "moment_bytes": moments.bytes,
+        "fisher": fisher,
     }
     return moments, record

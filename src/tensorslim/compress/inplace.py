@@ -16,8 +16,8 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from ..decomposition.methods import Method, get_method
+from ..decomposition.slice_weights import SliceWeights
 from ..decomposition.slices import Group, Matrix, ModuleLayout, assemble, plan, stack
-from ..decomposition.weighted import SliceWeights
 from ..errors import TensorslimError
 from ..families import Projection, get_family, get_path, layers_of, set_path
 from . import chunking

@@ -21,6 +21,7 @@ The same arguments give the same batches.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from itertools import islice
@@ -43,6 +44,13 @@ FORMATS = (
     "a GLUE task directory (holding train.tsv), a pregenerated directory (holding pregenerate.json) "
     "or UTF-8 plain text (a file or a directory of files)"
 )
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """The tensors of a calibration `batch` that `model.forward` takes, on `device`."""
+    takes = inspect.signature(model.forward).parameters
+    return {name: batch[name].to(device) for name in MODEL_INPUTS if name in batch and name in takes}
 
 
 def calibration_batches(

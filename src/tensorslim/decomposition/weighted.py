@@ -30,62 +30,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from ..errors import TensorslimError
+from .slice_weights import SliceWeights
 
 log = logging.getLogger(__name__)
 
 CG_STEPS = 6  # conjugate-gradient steps per factor update (warm-started; each step lowers F)
-
-
-@dataclass
-class SliceWeights:
-    """The input second moments of one group's slices. Every slice is in exactly one index list."""
-
-    rows_index: torch.Tensor  # (n_r,) long: slices whose input is on the rows ([in, out] slices)
-    rows_cov: torch.Tensor  # (n_r, R, R): their input second moments
-    cols_index: torch.Tensor  # (n_c,) long: slices whose input is on the columns ([out, in] slices)
-    cols_cov: torch.Tensor  # (n_c, C, C)
-
-    def damped(self, damping: float, dtype=torch.float32) -> SliceWeights:
-        """Each moment plus `damping` times its mean diagonal on the diagonal (positive definite even
-        when the calibration data spans fewer directions than the width), in `dtype`."""
-
-        def guard(cov):
-            if cov.numel() == 0:
-                return cov.to(dtype)
-            cov = cov.double()
-            ridge = damping * cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
-            eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-            return (cov + ridge[:, None, None] * eye).to(dtype)
-
-        return SliceWeights(self.rows_index, guard(self.rows_cov), self.cols_index, guard(self.cols_cov))
-
-    def to(self, device) -> SliceWeights:
-        return SliceWeights(*(t.to(device) for t in (self.rows_index, self.rows_cov, self.cols_index, self.cols_cov)))
-
-
-def relative_weights(W: torch.Tensor, weights: SliceWeights) -> SliceWeights:
-    """`weights` with each slice's moment divided by that slice's f_i(0) = f_i at W_hat_i = 0 (its
-    output energy), so that F sums relative output errors: every projection counts alike, whatever
-    the scale of its inputs (slices that shared a moment then no longer do)."""
-
-    def scale(index, cov, on_rows):
-        if not len(index):
-            return cov
-        D = W[index].to(cov.dtype)
-        energy = ((cov @ D) * D).sum((1, 2)) if on_rows else ((D @ cov) * D).sum((1, 2))
-        return cov / energy.clamp_min(1e-30)[:, None, None]
-
-    return SliceWeights(
-        weights.rows_index,
-        scale(weights.rows_index, weights.rows_cov, True),
-        weights.cols_index,
-        scale(weights.cols_index, weights.cols_cov, False),
-    )
 
 
 def weighted_error(W: torch.Tensor, W_hat: torch.Tensor | None, w: SliceWeights) -> float:

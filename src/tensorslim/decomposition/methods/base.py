@@ -24,8 +24,9 @@ import torch
 
 from ...errors import TensorslimError
 from ..hooi import unfolding_energies
+from ..slice_weights import SliceWeights, fisher_weights, relative_weights
 from ..slices import Group
-from ..weighted import SliceWeights, pooled_start, refine, relative_weights
+from ..weighted import pooled_start, refine
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,12 @@ WEIGHTING = Option(
     str,
     None,
     "what a data-aware fit of a shared basis minimises: the sum of the projections' relative output "
-    "errors (each divided by the projection's output energy, so every projection counts alike) or of "
-    "their absolute output errors (projections with large inputs dominate); default: relative for causal "
-    "LMs, absolute otherwise",
-    ("relative", "absolute"),
+    "errors (each divided by the projection's output energy, so every projection counts alike), of "
+    "their absolute output errors (projections with large inputs dominate), or of their absolute output "
+    "errors times their outputs' mean Fisher information (fisher: how much the model's loss moves per unit "
+    "of error there; one more calibration pass, with gradients, on a model with its head); default: "
+    "relative for causal LMs, absolute otherwise",
+    ("relative", "absolute", "fisher"),
 )
 
 KEEP = Option(
@@ -268,6 +271,8 @@ class Method(ABC):
             return self.fit(W, group, ranks)  # nothing to refine
         if self.values.get("weighting") == "relative":
             weights = relative_weights(W, weights)
+        elif self.values.get("weighting") == "fisher":
+            weights = fisher_weights(weights)
         factors, record = pooled_start(W, weights, lambda Ww: self.fit(Ww, group, ranks))
         refined, calibrated = refine(
             W, weights, factors, tol=self.values.get("tol", 1e-4), max_iter=self.values.get("max_iter", 100)
