@@ -122,11 +122,13 @@ def test_gradients_reach_every_factor_and_training_reduces_loss():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    """x A is not shared across modules when the layers are recomputed; gradients are unchanged."""
+@pytest.mark.parametrize("method,options", METHODS)
+def test_gradient_checkpointing_gives_the_same_gradients(method, options):
+    """x A is not shared and per-slice factors are not split once per forward when the layers are
+    recomputed (modules index their slices instead); gradients are unchanged."""
     grads = []
     for checkpointing in (False, True):
-        student = from_teacher(teacher(), "tucker", rank=6, layer_rank=8).train()
+        student = from_teacher(teacher(), method, **options).train()
         student.config.hidden_dropout_prob = student.config.attention_probs_dropout_prob = 0.0
         for m in student.modules():
             if isinstance(m, torch.nn.Dropout):
@@ -137,6 +139,29 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append({n: p.grad.clone() for n, p in bank_of(student).named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method,options", METHODS)
+def test_each_per_slice_factor_enters_the_backward_graph_once(method, options):
+    """Modules read their slices of a per-slice factor (n, ...) from one split per forward, so the
+    backward pass writes that factor's gradient once, not a zero-filled gradient of the whole stack
+    per module (what indexing the stack in every module costs)."""
+    student = from_teacher(teacher(ffn_mult=2), method, **options).train()
+    bank = bank_of(student)
+    per_slice = {id(p): name for name, p in bank.named_parameters() if name.rsplit(".", 1)[-1] in bank.method.per_slice}
+    assert per_slice
+    uses = dict.fromkeys(per_slice.values(), 0)
+    seen, todo = set(), [student(**batch(), labels=torch.tensor([0, 2, 1])).loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is not None and id(getattr(child, "variable", None)) in per_slice:
+                uses[per_slice[id(child.variable)]] += 1
+            todo.append(child)
+    assert set(uses.values()) == {1}, uses
 
 
 def test_eval_cache_is_used_and_invalidated():

@@ -19,7 +19,10 @@ and x A is computed once for consecutive modules that read the same x with the s
 gate and up; only the latest product is kept, see `LatestProduct`). Without a shared basis (lowrank)
 each block has its own A and B. Products that do not depend on x (a module's cores S_i = P_i C,
 M B) are built once per forward; under torch.no_grad they are kept across forwards until a factor
-changes (tensor version counters), laid out row-major (`row_major`).
+changes (tensor version counters), laid out row-major (`row_major`). With gradients, each per-slice
+factor (n, ...) is split once per forward into the modules' slices (`FactorBank.factors`): a module
+indexing the stack itself would make the backward pass write a zero-filled gradient of the whole
+stack per module, n times the work of one.
 
 While a graph is captured (`torch.compile`, `torch.export`, `torch.onnx.export`, `torch.jit.trace`;
 see `tracing`) none of these Python-side caches is read or written: the graph computes every
@@ -102,6 +105,11 @@ class FactorBank(nn.Module):
         self._memo_key = None
         self._latest = LatestProduct()
         self.reuse = True
+        self._bounds: dict[str, set[int]] = {name: {0, g.num_slices} for name, g in groups.items()}
+
+    def register(self, group: str, slices: slice) -> None:
+        """Note that a module reads `slices` of `group` (where `factors` splits the per-slice factors)."""
+        self._bounds[group] |= {slices.start, slices.stop}
 
     def __getstate__(self):
         """Copies and pickles carry the factors, not the caches of a forward."""
@@ -137,20 +145,38 @@ class FactorBank(nn.Module):
             self._memo[key] = build()
         return self._memo[key]
 
-    def factors(self, group: str) -> dict[str, torch.Tensor]:
-        return self.groups[group].as_dict()
+    def factors(self, group: str, slices: slice | None = None) -> dict[str, torch.Tensor]:
+        """The factors of `group`; with `slices`, its per-slice factors (`method.per_slice`, (n, ...))
+        cut to those slices (g, ...): while gradients are recorded, pieces of one split per forward
+        (see the module docstring), else views."""
+        found = self.groups[group].as_dict()
+        if slices is None:
+            return found
+        if torch.is_grad_enabled() and self.reuse and not tracing():
+            pieces = self.memo(("pieces", group), lambda: self._split(found, self._bounds[group]))
+            if (slices.start, slices.stop) in pieces:
+                return {**found, **pieces[slices.start, slices.stop]}
+        return {**found, **{name: found[name][slices] for name in self.method.per_slice if name in found}}
+
+    def _split(self, found: dict[str, torch.Tensor], bounds: set[int]) -> dict[tuple[int, int], dict]:
+        """(start, stop) -> the per-slice factors' pieces between consecutive `bounds`."""
+        edges = sorted(bounds)
+        ranges = list(zip(edges, edges[1:], strict=False))
+        sizes = [stop - start for start, stop in ranges]
+        names = [name for name in self.method.per_slice if name in found]
+        split = {name: found[name].split(sizes) for name in names}
+        return {r: {name: split[name][i] for name in names} for i, r in enumerate(ranges)}
 
     def cores(self, group: str, slices: slice) -> torch.Tensor | None:
         """S (g, r1, r2) of the slices `slices` of `group` (None for a method without middles)."""
-        return self.method.cores(self.factors(group), slices)
+        return self.method.cores(self.factors(group, slices))
 
-    def sides(self, group: str, transposed: bool, take: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        """(A, B): the input-side and output-side factors; batched (g, ., .) through `take` (a
-        module's slices) for lowrank. B is None when the method keeps the output side whole (the
-        middles then map straight to the outputs)."""
-        U, V = getattr(self.groups[group], "U", None), getattr(self.groups[group], "V", None)
-        if take is not None:
-            U, V = take(U), take(V)
+    def sides(self, group: str, transposed: bool, slices: slice | None = None):
+        """(A, B): the input-side and output-side factors; batched (g, ., .), a module's `slices`,
+        for a per-slice method. B is None when the method keeps the output side whole (the middles
+        then map straight to the outputs)."""
+        found = self.factors(group, slices)
+        U, V = found.get("U"), found.get("V")
         return (V.transpose(-2, -1), None if U is None else U.transpose(-2, -1)) if transposed else (U, V)
 
     def shared_input(self, key, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
@@ -186,6 +212,7 @@ class FactoredProjection(nn.Module):
         self.first = order[0].index
         if tuple(b.index for b in order) != tuple(range(self.first, self.first + self.g)):
             raise ValueError(f"{layout.key}: its slices are not consecutive in their group")
+        bank.register(layout.group, self.slices)
 
     def extra_repr(self) -> str:
         return (
@@ -197,10 +224,6 @@ class FactoredProjection(nn.Module):
     def slices(self) -> slice:
         """This module's slices of its group."""
         return slice(self.first, self.first + self.g)
-
-    def take(self, stack: torch.Tensor) -> torch.Tensor:
-        """This module's slices (g, ., .) of a per-slice stack (n, ., .): a view, no copy per call."""
-        return stack[self.slices]
 
     def _middles(self) -> torch.Tensor | None:
         """(g, r_in, r_out), or None when the method has no middle factor."""
@@ -216,14 +239,14 @@ class FactoredProjection(nn.Module):
 
     def _lowrank_sides(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, G = M B) of a per-slice method: one cache entry, so a warm call does only its products."""
-        A, B = self.bank.sides(self.layout.group, self.layout.transposed, self.take)
+        A, B = self.bank.sides(self.layout.group, self.layout.transposed, self.slices)
         return row_major(A), row_major(self.through_middles(B))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bank, group, transposed = self.bank, self.layout.group, self.layout.transposed
         key = id(self)
         if not bank.method.shared:
-            A, G = bank.memo(key, self._lowrank_sides)  # (g, in_block, r) a view, (g, r, out_block)
+            A, G = bank.memo(key, self._lowrank_sides)  # (g, in_block, r), (g, r, out_block)
             if self.g == 1:  # one slice: two plain products
                 return affine(x @ A[0], G[0], self.bias)
             if not self.fan_in:

@@ -142,7 +142,7 @@ def chain(module: FactoredProjection, sides: SideBank) -> nn.Module:
             return ChainedProjection([(g, key), (1, [linear(G.reshape(-1, G.shape[-1]))])], module.bias, sides)
         rest = linear(G.transpose(0, 1).reshape(G.shape[1], -1))
         return ChainedProjection([(1, key), (1, [rest])], module.bias, sides)
-    A, B = bank.sides(lay.group, lay.transposed, module.take)
+    A, B = bank.sides(lay.group, lay.transposed, module.slices)
     G = module.through_middles(B)  # A (g, block_in, r), G (g, r, block_out)
     if A.numel() + G.numel() >= module.in_features * module.out_features:
         return merged(module)

@@ -121,6 +121,7 @@ class Method(ABC):
     shared: ClassVar[bool] = True
     options: ClassVar[tuple[Option, ...]] = (RANK, ALLOCATION, KEEP)
     factor_names: ClassVar[tuple[str, ...]]
+    per_slice: ClassVar[tuple[str, ...]]  # the factors whose first axis is the slice (a module reads its own)
 
     def __init__(self, **values):
         known = {o.name: o for o in self.options}
@@ -279,10 +280,10 @@ class Method(ABC):
         )
         return refined, {**record, **calibrated}
 
-    def cores(self, factors: dict[str, torch.Tensor], slices: slice = slice(None)) -> torch.Tensor | None:
-        """S (n, r1, r2) of the slices asked for (all by default), or None for a method without a
-        middle factor (U_i V_i)."""
-        return factors["S"][slices]
+    def cores(self, factors: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """S (n, r1, r2) of the slices `factors` hold (the per-slice factors may be cut to a module's
+        slices), or None for a method without a middle factor (U_i V_i)."""
+        return factors["S"]
 
     def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
         """The dense (n, R, C) stack U_i S_i V_i (for checks and merging; never in forward); a factor

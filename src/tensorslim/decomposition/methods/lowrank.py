@@ -16,6 +16,7 @@ class LowRank(Method):
     paper = "II"
     shared = False
     factor_names = ("U", "S", "V")
+    per_slice = ("U", "S", "V")
 
     def side_ranks(self, group, ranks):
         r = min(ranks["rank"], group.rows, group.cols)  # the SVD is exact at the smaller side

@@ -15,6 +15,7 @@ class Shared(Method):
     paper = "III"
     options = (RANK, ALLOCATION, KEEP, SIDES, LAYER_WINDOW, PRIVATE_PARTS, WEIGHTING, *HOOI_OPTIONS)
     factor_names = ("U", "S", "V")
+    per_slice = ("S",)
 
     def shapes(self, group: Group, ranks):
         r1, r2 = self.side_ranks(group, ranks)

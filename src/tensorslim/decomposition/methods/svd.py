@@ -16,6 +16,7 @@ class SVD(LowRank):
     name = "svd"
     paper = "SVD-LLM"
     factor_names = ("U", "V")
+    per_slice = ("U", "V")
 
     def shapes(self, group: Group, ranks):
         r, _ = self.side_ranks(group, ranks)
@@ -31,7 +32,7 @@ class SVD(LowRank):
         r, _ = self.side_ranks(group, ranks)
         return _split(whitened_svd(W, weights, r)), {}
 
-    def cores(self, factors, slices=slice(None)):
+    def cores(self, factors):
         """No middle: the projections compute x U V."""
         return None
 

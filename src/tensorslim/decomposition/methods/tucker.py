@@ -41,6 +41,7 @@ class Tucker(Method):
     paper = "IV"
     options = (RANK, ALLOCATION, KEEP, SIDES, LAYER_RANK, LAYER_WINDOW, PRIVATE_PARTS, WEIGHTING, *HOOI_OPTIONS)
     factor_names = ("U", "P", "C", "V")
+    per_slice = ("P",)
 
     def validate(self, groups, hidden_size):
         largest = max(g.num_slices for g in groups.values())
@@ -84,9 +85,9 @@ class Tucker(Method):
         P = torch.eye(group.num_slices, dtype=factors["S"].dtype, device=factors["S"].device)
         return {"U": factors["U"], "P": P, "C": factors["S"], "V": factors["V"]}, record
 
-    def cores(self, factors, slices=slice(None)):
-        """S_i = sum_j P_ij C_j for the slices asked for (a module computes only its own)."""
-        return torch.einsum("nl,lab->nab", factors["P"][slices], factors["C"])
+    def cores(self, factors):
+        """S_i = sum_j P_ij C_j for the slices `factors` hold (a module computes only its own)."""
+        return torch.einsum("nl,lab->nab", factors["P"], factors["C"])
 
     def for_budget(self, groups, hidden_size, budget, stacks=None):
         """With --layer-rank fixed: the largest rank that fits; with --rank fixed: the largest bank.
