@@ -6,11 +6,12 @@ A step is what healing (`distill general`) does per batch on the student's side:
 `--batch` x `--seq-length` tokens with the language-model loss and the backward pass (the optimizer's
 update, linear in the weights, left out: it would keep two more copies of every model's weights in
 memory for a negligible share of the time). All models are timed in interleaved rounds
-(benchmarks/common.timed), the dense model the baseline; a speed-up is "not measured" when the
-machine was too busy to trust it.
+(benchmarks/common.timed), the dense model the baseline: seconds per step are medians over the
+rounds (with their spread); a speed-up (the median per-round ratio to the dense step) is "not
+measured" when the rounds were too noisy to trust it.
 
     python benchmarks/bench_train_step.py [--methods tucker shared svd lowrank] [--levels 30]
-        [--batch 2] [--seq-length 256] [--rounds 5] [--quick]
+        [--batch 2] [--seq-length 256] [--rounds 5] [--attempts 3] [--quick]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from transformers.utils.logging import disable_progress_bar
 from bench_decode import teacher, weight_bytes
 from tensorslim.compress.api import decompose
 
-from common import NOT_MEASURED, emit, speedup_cell, timed, verdict
+from common import emit, speedup_cell, timed, verdict
 
 NAME = "train_step"
 
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="sequences per step (the healing benchmark's)")
     parser.add_argument("--seq-length", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per attempt")
+    parser.add_argument("--attempts", type=int, default=3, help="attempts when the rounds are too noisy")
     parser.add_argument("--quick", action="store_true", help="a tiny random Llama (a smoke test of the script)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -64,18 +66,17 @@ def main() -> None:
             options = {} if method in ("lowrank", "svd") else {"max_iter": 0}
             models[method], _ = decompose(copy.deepcopy(dense), method, compression=level / 100, **options)
         calls = {name: step_call(m, batch) for name, m in models.items()}
-        result = timed(calls, seconds=args.rounds, rounds=args.rounds)
+        result = timed(calls, seconds=args.rounds, rounds=args.rounds, attempts=args.attempts)
         results.append(result)
-        seconds = {name: s["median"] for name, s in result.to_dict()["seconds"].items()}
         for name, model in models.items():
-            measured, tokens = result.trusted, args.batch * args.seq_length
+            timing = result.result.seconds[name]
             rows.append(
                 {
                     "removed": "0%" if name == "dense" else f"{level}%",
                     "model": name,
                     "weights_MB": round(weight_bytes(model) / 2**20, 1),
-                    "s_per_step": round(seconds[name], 3) if measured else NOT_MEASURED,
-                    "tokens_per_s": round(tokens / seconds[name], 1) if measured else NOT_MEASURED,
+                    "s_per_step": round(timing.median, 3),
+                    "spread": round(timing.spread, 3),
                     "speedup_vs_dense": 1.0 if name == "dense" else speedup_cell(result, name),
                 }
             )

@@ -105,6 +105,7 @@ class FactorBank(nn.Module):
         self._memo_key = None
         self._latest = LatestProduct()
         self.reuse = True
+        self._in_forward = False
         self._bounds: dict[str, set[int]] = {name: {0, g.num_slices} for name, g in groups.items()}
 
     def register(self, group: str, slices: slice) -> None:
@@ -113,7 +114,7 @@ class FactorBank(nn.Module):
 
     def __getstate__(self):
         """Copies and pickles carry the factors, not the caches of a forward."""
-        return {**self.__dict__, "_memo": {}, "_memo_key": None, "_latest": LatestProduct()}
+        return {**self.__dict__, "_memo": {}, "_memo_key": None, "_latest": LatestProduct(), "_in_forward": False}
 
     # called around every forward of the base model (hooks installed by compress.inplace)
     def begin_forward(self, module: nn.Module, *_) -> None:
@@ -121,6 +122,7 @@ class FactorBank(nn.Module):
         products and x A within a forward unless gradient checkpointing will recompute the layers."""
         if tracing():  # nothing cached while a graph is captured (see `tracing`)
             return
+        self._in_forward = True
         self._latest.clear()
         # layers recomputed in the backward pass must recompute everything they computed the first time
         self.reuse = not (
@@ -135,6 +137,7 @@ class FactorBank(nn.Module):
 
     def end_forward(self, *_) -> None:
         if not tracing():
+            self._in_forward = False
             self._latest.clear()
 
     def memo(self, key, build: Callable[[], object]):
@@ -147,12 +150,12 @@ class FactorBank(nn.Module):
 
     def factors(self, group: str, slices: slice | None = None) -> dict[str, torch.Tensor]:
         """The factors of `group`; with `slices`, its per-slice factors (`method.per_slice`, (n, ...))
-        cut to those slices (g, ...): while gradients are recorded, pieces of one split per forward
-        (see the module docstring), else views."""
+        cut to those slices (g, ...): in a forward that records gradients, pieces of one split per
+        forward (see the module docstring), else views."""
         found = self.groups[group].as_dict()
         if slices is None:
             return found
-        if torch.is_grad_enabled() and self.reuse and not tracing():
+        if self._in_forward and torch.is_grad_enabled() and self.reuse and not tracing():
             pieces = self.memo(("pieces", group), lambda: self._split(found, self._bounds[group]))
             if (slices.start, slices.stop) in pieces:
                 return {**found, **pieces[slices.start, slices.stop]}
