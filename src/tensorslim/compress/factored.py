@@ -33,6 +33,7 @@ products of factors, which are constant initializers, when it loads the model).
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -163,8 +164,7 @@ class FactorBank(nn.Module):
 
     def _split(self, found: dict[str, torch.Tensor], bounds: set[int]) -> dict[tuple[int, int], dict]:
         """(start, stop) -> the per-slice factors' pieces between consecutive `bounds`."""
-        edges = sorted(bounds)
-        ranges = list(zip(edges, edges[1:], strict=False))
+        ranges = list(pairwise(sorted(bounds)))
         sizes = [stop - start for start, stop in ranges]
         names = [name for name in self.method.per_slice if name in found]
         split = {name: found[name].split(sizes) for name in names}
