@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from tensorslim.compress.api import decompose, export_dense, from_teacher
-from tensorslim.compress.factored import FactoredProjection
+from tensorslim.compress.factored import FactoredProjection, laid_out, matmul
 from tensorslim.compress.inplace import bank_of, is_decomposed
 from tensorslim.errors import TensorslimError
 
@@ -162,6 +162,25 @@ def test_each_per_slice_factor_enters_the_backward_graph_once(method, options):
                 uses[per_slice[id(child.variable)]] += 1
             todo.append(child)
     assert set(uses.values()) == {1}, uses
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (5, 12), (7, 7)])
+def test_matmul_reads_every_layout_as_a_dense_product(shape):
+    """laid_out keeps a product with its longer dimension contiguous, a factor's view in whichever
+    orientation is contiguous, anything else row-major; matmul gives x @ W (+ bias) for each."""
+    torch.manual_seed(0)
+    W, x, bias = torch.randn(*shape), torch.randn(2, 3, shape[0]), torch.randn(shape[1])
+    expected = x @ W + bias
+    with torch.no_grad():
+        product, transposed, as_is = laid_out(W, product=True), laid_out(W.T.contiguous().T), laid_out(W)
+        gapped = torch.stack([W, W], -1).flatten(-2)[:, ::2]  # W, neither orientation contiguous
+        copied = laid_out(gapped)
+    assert product.stride(0 if shape[0] > shape[1] else 1) == 1
+    assert not transposed.is_contiguous() and transposed.mT.is_contiguous()  # read in place, no copy
+    assert as_is is W and copied.is_contiguous()
+    for laid in (product, transposed, as_is, copied):
+        torch.testing.assert_close(matmul(x, laid, bias), expected)
+        torch.testing.assert_close(matmul(x, laid), x @ W)
 
 
 def test_eval_cache_is_used_and_invalidated():

@@ -178,19 +178,26 @@ def test_the_data_aware_fit_of_one_slice_is_the_whitened_svd(inputs):
 @pytest.mark.parametrize(
     "method,options", [("tucker", {"rank": 8, "layer_rank": 2, **WINDOWED}), ("lowrank", {"rank": 8})]
 )
-def test_products_kept_for_inference_are_row_major_and_training_copies_none(method, options):
-    """Without gradients the matrices the projections multiply by are kept row-major (gate and up
-    read their transposed slices); with gradients they stay views of the factors; same outputs."""
+def test_products_kept_for_inference_are_laid_out_for_decoding_and_factors_never_copied(method, options):
+    """Without gradients the products of factors the projections multiply by are kept with their longer
+    dimension contiguous (`laid_out`); the input sides are the factors themselves (gate and up read
+    their transposed slices in place), with or without gradients; same outputs."""
     student, _ = decompose(llama(), method, **options)
     bank, inputs = bank_of(student), tiny_inputs()
+    storages = {p.untyped_storage().data_ptr() for p in bank.parameters()}
 
-    def kept() -> list[torch.Tensor]:
-        values = [v if isinstance(v, tuple) else (v,) for v in bank._memo.values()]
-        return [t for group in values for t in group if isinstance(t, torch.Tensor)]
+    def kept() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        entries = [v for v in bank._memo.values() if isinstance(v, tuple) and isinstance(v[0], str)]
+        return [A for _, A, _ in entries], [W for _, _, then in entries for W in then]
 
     trained = student(**inputs).logits
-    assert not all(t.is_contiguous() for t in kept())  # the transposed views themselves
+    sides, products = kept()
+    assert sides and all(A.untyped_storage().data_ptr() in storages for A in sides)
+    assert any(not A.is_contiguous() for A in sides)  # gate and up: transposed views of their factor
     with torch.no_grad():
         served = student(**inputs).logits
-    assert kept() and all(t.is_contiguous() for t in kept())
+    sides, products = kept()
+    assert sides and all(A.untyped_storage().data_ptr() in storages for A in sides)
+    assert products and all(W.stride(0 if W.shape[0] > W.shape[1] else 1) == 1 for W in products)
+    assert all(W.is_contiguous() or W.mT.is_contiguous() for W in products)
     torch.testing.assert_close(served, trained.detach(), atol=1e-5, rtol=1e-5)

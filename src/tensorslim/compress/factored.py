@@ -19,7 +19,9 @@ and x A is computed once for consecutive modules that read the same x with the s
 gate and up; only the latest product is kept, see `LatestProduct`). Without a shared basis (lowrank)
 each block has its own A and B. Products that do not depend on x (a module's cores S_i = P_i C,
 M B) are built once per forward; under torch.no_grad they are kept across forwards until a factor
-changes (tensor version counters), laid out row-major (`row_major`). With gradients, each per-slice
+changes (tensor version counters), laid out for a batch-1 product (`laid_out`). A module looks its
+products up once per call (`FactorBank.memo`, one dict lookup inside a forward), so that an eager
+decode step pays little Python beside its products. With gradients, each per-slice
 factor (n, ...) is split once per forward into the modules' slices (`FactorBank.factors`): a module
 indexing the stack itself would make the backward pass write a zero-filled gradient of the whole
 stack per module, n times the work of one.
@@ -36,6 +38,7 @@ from collections.abc import Callable
 from itertools import pairwise
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..decomposition.methods import Method
@@ -48,18 +51,26 @@ def tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-def affine(h: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """h @ W (+ bias) in one call, for h of any leading shape."""
-    flat = h.reshape(-1, h.shape[-1])
-    out = torch.mm(flat, W) if bias is None else torch.addmm(bias, flat, W)
-    return out.view(*h.shape[:-1], W.shape[-1])
+def laid_out(t: torch.Tensor | None, product: bool = False) -> torch.Tensor | None:
+    """`t` ([in, out], or a stack (g, in, out)) for a product kept across forwards. Without gradients
+    a matrix is laid out as a batch-1 product (decoding) reads it well on CPU BLAS: a `product` of
+    factors (a new tensor anyway) with its longer dimension contiguous, a view of a factor as it is
+    when either orientation is contiguous (no copy; `matmul` reads both); anything else row-major.
+    With gradients `t` itself, so that training stores no second copy for the backward pass."""
+    if t is None or torch.is_grad_enabled():
+        return t
+    if t.dim() == 2 and (t.shape[0] > t.shape[1] if product else t.mT.is_contiguous()):
+        return t.mT.contiguous().mT
+    return t.contiguous()
 
 
-def row_major(t: torch.Tensor | None) -> torch.Tensor | None:
-    """`t` for a product kept across forwards: without gradients a row-major copy where `t` is a
-    transposed view (a batch-1 product, as in decoding, reads a row-major matrix faster); with
-    gradients `t` itself, so that training stores no second copy for the backward pass."""
-    return t if t is None or torch.is_grad_enabled() else t.contiguous()
+def matmul(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W (+ bias) for W [in, out] and x of any leading shape, reading W as it is laid out (see
+    `laid_out`): a transposed row-major [out, in] through F.linear, anything else through matmul."""
+    if not W.is_contiguous() and W.mT.is_contiguous():
+        return F.linear(x, W.mT, bias)
+    y = torch.matmul(x, W)
+    return y if bias is None else y + bias
 
 
 class LatestProduct:
@@ -105,8 +116,7 @@ class FactorBank(nn.Module):
         self._memo: dict = {}
         self._memo_key = None
         self._latest = LatestProduct()
-        self.reuse = True
-        self._in_forward = False
+        self.warm = False  # inside an eager forward of the base model that may reuse products
         self._bounds: dict[str, set[int]] = {name: {0, g.num_slices} for name, g in groups.items()}
 
     def register(self, group: str, slices: slice) -> None:
@@ -115,18 +125,18 @@ class FactorBank(nn.Module):
 
     def __getstate__(self):
         """Copies and pickles carry the factors, not the caches of a forward."""
-        return {**self.__dict__, "_memo": {}, "_memo_key": None, "_latest": LatestProduct(), "_in_forward": False}
+        return {**self.__dict__, "_memo": {}, "_memo_key": None, "_latest": LatestProduct(), "warm": False}
 
-    # called around every forward of the base model (hooks installed by compress.inplace)
+    # called around every forward of the base model (hooks installed by compress.inplace; the second
+    # with always_call, so that a forward that raises leaves no product reuse switched on)
     def begin_forward(self, module: nn.Module, *_) -> None:
         """Keep cached products only without gradients and while no factor has changed; reuse
         products and x A within a forward unless gradient checkpointing will recompute the layers."""
         if tracing():  # nothing cached while a graph is captured (see `tracing`)
             return
-        self._in_forward = True
         self._latest.clear()
         # layers recomputed in the backward pass must recompute everything they computed the first time
-        self.reuse = not (
+        self.warm = not (
             torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) for m in module.modules())
         )
         if torch.is_grad_enabled():
@@ -138,16 +148,22 @@ class FactorBank(nn.Module):
 
     def end_forward(self, *_) -> None:
         if not tracing():
-            self._in_forward = False
+            self.warm = False
             self._latest.clear()
+
+    def reusing(self) -> bool:
+        """Whether products may be kept now: inside a warm forward, and no graph being captured (a
+        compiled submodule inside an eager forward; the base model's own capture never warms up)."""
+        return self.warm and not torch.compiler.is_compiling()
 
     def memo(self, key, build: Callable[[], object]):
         """build(), kept under `key` while products may be reused (see begin_forward)."""
-        if not self.reuse or tracing():
+        if not self.reusing():
             return build()
-        if key not in self._memo:
-            self._memo[key] = build()
-        return self._memo[key]
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = build()
+        return found
 
     def factors(self, group: str, slices: slice | None = None) -> dict[str, torch.Tensor]:
         """The factors of `group`; with `slices`, its per-slice factors (`method.per_slice`, (n, ...))
@@ -156,7 +172,7 @@ class FactorBank(nn.Module):
         found = self.groups[group].as_dict()
         if slices is None:
             return found
-        if self._in_forward and torch.is_grad_enabled() and self.reuse and not tracing():
+        if torch.is_grad_enabled() and self.reusing():
             pieces = self.memo(("pieces", group), lambda: self._split(found, self._bounds[group]))
             if (slices.start, slices.stop) in pieces:
                 return {**found, **pieces[slices.start, slices.stop]}
@@ -185,9 +201,9 @@ class FactorBank(nn.Module):
     def shared_input(self, key, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         """x @ A, computed once for consecutive modules that read the same x with the same A (`key`
         names A; see `LatestProduct`)."""
-        if not self.reuse or tracing():
-            return x @ A
-        return self._latest.get(key, x, lambda x: x @ A)
+        if not self.reusing():
+            return matmul(x, A)
+        return self._latest.get(key, x, lambda x: matmul(x, A))
 
     def reconstruct(self, group: str) -> torch.Tensor:
         """The dense (n, R, C) stack of `group` (for merging and checks)."""
@@ -240,38 +256,49 @@ class FactoredProjection(nn.Module):
         M = self._middles()
         return B if M is None else M if B is None else M @ B
 
-    def _lowrank_sides(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, G = M B) of a per-slice method: one cache entry, so a warm call does only its products."""
-        A, B = self.bank.sides(self.layout.group, self.layout.transposed, self.slices)
-        return row_major(A), row_major(self.through_middles(B))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _products(self) -> tuple[str, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(how, A, then), made once per forward or kept (see the module docstring): `how` x meets
+        A, the input side ("own", "shared" with the modules of the same input, "tiles" of a fan-in,
+        or per-slice stacks "slices out" / "slices in"), then the matrices the result goes through
+        in turn, the last adding the bias."""
         bank, group, transposed = self.bank, self.layout.group, self.layout.transposed
-        key = id(self)
         if not bank.method.shared:
-            A, G = bank.memo(key, self._lowrank_sides)  # (g, in_block, r), (g, r, out_block)
+            A, B = bank.sides(group, transposed, self.slices)  # (g, in_block, r)
+            G = self.through_middles(B)  # (g, r, out_block)
             if self.g == 1:  # one slice: two plain products
-                return affine(x @ A[0], G[0], self.bias)
-            if not self.fan_in:
-                h = torch.einsum("...i,gir->...gr", x, A)
-                y = torch.einsum("...gr,gro->...go", h, G).flatten(-2)
-            else:
-                h = torch.einsum("...gi,gir->...gr", x.unflatten(-1, (self.g, self.block_in)), A)
-                y = torch.einsum("...gr,gro->...o", h, G)
-            return y if self.bias is None else y + self.bias
+                return "own", laid_out(A[0]), (laid_out(G[0], product=True),)
+            return "slices in" if self.fan_in else "slices out", laid_out(A), (laid_out(G),)
         A, B = bank.sides(group, transposed)
         r_in, r_out = A.shape[-1], self.block_out if B is None else B.shape[0]
-        A = bank.memo((group, transposed, "A"), lambda: row_major(A))
+        A = bank.memo((group, transposed, "A"), lambda: laid_out(A))
         if not self.fan_in:
-            h = bank.shared_input((group, transposed), x, A)
-            G = bank.memo(key, lambda: row_major(self.through_middles(B).transpose(0, 1).reshape(r_in, -1)))
-            return affine(h, G, self.bias)
-        h = (x.unflatten(-1, (self.g, self.block_in)) @ A).flatten(-2)  # (..., g r_in)
+            G = self.through_middles(B).transpose(0, 1).reshape(r_in, -1)
+            return "shared", A, (laid_out(G, product=True),)
         if self.g * self.block_out <= self.g * r_out + self.block_out:  # merging vstack(M) @ B is cheaper per token
-            merged = bank.memo(key, lambda: row_major(self.through_middles(B).reshape(-1, self.block_out)))
-            return affine(h, merged, self.bias)
-        M = bank.memo(key, lambda: row_major(self._middles().reshape(-1, r_out)))
-        return affine(h @ M, bank.memo((group, transposed, "B"), lambda: row_major(B)), self.bias)
+            return "tiles", A, (laid_out(self.through_middles(B).reshape(-1, self.block_out), product=True),)
+        M = laid_out(self._middles().reshape(-1, r_out), product=True)
+        return "tiles", A, (M, bank.memo((group, transposed, "B"), lambda: laid_out(B)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bank = self.bank
+        how, A, then = bank.memo(id(self), self._products)
+        if how == "shared":
+            h = bank.shared_input((self.layout.group, self.layout.transposed), x, A)
+        elif how == "own":
+            h = matmul(x, A)
+        elif how == "tiles":
+            h = matmul(x.unflatten(-1, (self.g, self.block_in)), A).flatten(-2)  # (..., g r_in)
+        else:  # per-slice stacks: A (g, in_block, r), G (g, r, out_block)
+            if how == "slices out":
+                h = torch.einsum("...i,gir->...gr", x, A)
+                y = torch.einsum("...gr,gro->...go", h, then[0]).flatten(-2)
+            else:
+                h = torch.einsum("...gi,gir->...gr", x.unflatten(-1, (self.g, self.block_in)), A)
+                y = torch.einsum("...gr,gro->...o", h, then[0])
+            return y if self.bias is None else y + self.bias
+        for W in then[:-1]:
+            h = matmul(h, W)
+        return matmul(h, then[-1], self.bias)
 
     def macs_per_token(self) -> int:
         """Multiply-adds per token as forward() computes them (bias excluded; x A counted here

@@ -157,7 +157,7 @@ def _install(
         new._is_hf_initialized = True
     bank.to(device=next(base.parameters()).device)
     base.register_forward_pre_hook(bank.begin_forward)
-    base.register_forward_hook(bank.end_forward)
+    base.register_forward_hook(bank.end_forward, always_call=True)
     if not get_family(model.config).causal:
         chunking.enable(base, chunk_tokens)
     return bank
