@@ -229,6 +229,7 @@ class FactoredProjection(nn.Module):
             raise ValueError(f"{layout.key}: blocks are not equal consecutive tiles")
         self.g, self.block_in, self.block_out = len(order), order[0].in_size, order[0].out_size
         self.first = order[0].index
+        self.input_key = (layout.group, layout.transposed)  # names A for `FactorBank.shared_input`
         if tuple(b.index for b in order) != tuple(range(self.first, self.first + self.g)):
             raise ValueError(f"{layout.key}: its slices are not consecutive in their group")
         bank.register(layout.group, self.slices)
@@ -283,7 +284,7 @@ class FactoredProjection(nn.Module):
         bank = self.bank
         how, A, then = bank.memo(id(self), self._products)
         if how == "shared":
-            h = bank.shared_input((self.layout.group, self.layout.transposed), x, A)
+            h = bank.shared_input(self.input_key, x, A)
         elif how == "own":
             h = matmul(x, A)
         elif how == "tiles":
