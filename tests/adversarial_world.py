@@ -28,6 +28,30 @@ TRAIN = [
     "--save_steps",
     "1",
 ]
+#: `demo` flags that cut every stage to a step or two (SST-2; pass --glue-dir too).
+TINY_DEMO = [
+    "--task",
+    "SST-2",
+    "--compression",
+    "2",
+    "--max-seq-length",
+    "32",
+    "--general-steps",
+    "1",
+    "--stage1-steps",
+    "1",
+    "--stage2-steps",
+    "1",
+    "--aug-n",
+    "0",
+    "--corpus-documents",
+    "20",
+    "--finetune-epochs",
+    "0.5",
+    "--batch-size",
+    "4",
+]
+
 WORDS = [
     "good",
     "bad",

@@ -12,36 +12,13 @@ import json
 
 import pytest
 
-from adversarial_world import TRAIN, World
+from adversarial_world import TINY_DEMO, TRAIN, World
 from cli_harness import assert_clean_failure, snapshot
 
 
 def writer_args(command: str, w: dict, out) -> list:
     """The command line of `command` with inputs `w` (name -> path) writing `out`."""
-    tiny_demo = [
-        "--task",
-        "SST-2",
-        "--glue-dir",
-        w["glue"],
-        "--compression",
-        "2",
-        "--max-seq-length",
-        "32",
-        "--general-steps",
-        "1",
-        "--stage1-steps",
-        "1",
-        "--stage2-steps",
-        "1",
-        "--aug-n",
-        "0",
-        "--corpus-documents",
-        "20",
-        "--finetune-epochs",
-        "0.5",
-        "--batch-size",
-        "4",
-    ]
+    tiny_demo = ["--glue-dir", w["glue"], *TINY_DEMO]
     return {
         "decompose": ["decompose", "--teacher", w["teacher"], "--out", out, "--rank", "8"],
         "pregenerate": [

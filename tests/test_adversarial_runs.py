@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from adversarial_world import TRAIN, write_corpus
+from adversarial_world import TINY_DEMO, TRAIN, write_corpus
 from cli_harness import CliRunner, Result, assert_clean_failure, interrupt_when, run_plain, snapshot
 from conftest import real_teacher_path
 from tensorslim.data.pregenerate import PROGRESS
@@ -389,28 +389,9 @@ def test_sigterm_during_the_demos_report_stops_quickly_and_rerun_continues(cli, 
         out,
         "--teacher",
         world.teacher,
-        "--task",
-        "SST-2",
         "--glue-dir",
         world.glue,
-        "--compression",
-        "2",
-        "--max-seq-length",
-        "32",
-        "--general-steps",
-        "1",
-        "--stage1-steps",
-        "1",
-        "--stage2-steps",
-        "1",
-        "--aug-n",
-        "0",
-        "--corpus-documents",
-        "20",
-        "--finetune-epochs",
-        "0.5",
-        "--batch-size",
-        "4",
+        *TINY_DEMO,
         "--max-train-samples",
         "8",
     ]

@@ -49,28 +49,15 @@ def info(path):
     return json.loads((path / "tensorslim_training.json").read_text())
 
 
+def distill_task(teacher, student, glue, out, *extra, task="SST-2"):
+    """`tensorslim distill task` of `student` from `teacher` into `out`; returns the exit code."""
+    args = ["--teacher", str(teacher), "--student", str(student), "--task", task, "--glue-dir", str(glue)]
+    return main(["distill", "task", *args, "--out", str(out), *extra])
+
+
 def test_both_stages(tmp_path, models, glue):
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "distill",
-                "task",
-                "--teacher",
-                str(models.teacher),
-                "--student",
-                str(models.student),
-                "--task",
-                "SST-2",
-                "--glue-dir",
-                str(glue),
-                "--out",
-                str(out),
-                *FAST,
-            ]
-        )
-        == 0
-    )
+    assert distill_task(models.teacher, models.student, glue, out, *FAST) == 0
     stage1, stage2 = info(out / "stage1"), info(out)
     assert (
         stage1["distillation"]["losses"] == ["attention", "hidden"] and stage1["distillation"]["layer_map"] == "uniform"
@@ -80,27 +67,7 @@ def test_both_stages(tmp_path, models, glue):
     assert model.config.num_hidden_layers == 1 and model.config.id2label == {0: "0", 1: "1"}
     assert "eval_accuracy" in stage2["metrics"] and stage2["train_split"] == "train"
     # --resume on a finished run: stage 1 is not repeated, stage 2 continues from its last checkpoint
-    assert (
-        main(
-            [
-                "distill",
-                "task",
-                "--teacher",
-                str(models.teacher),
-                "--student",
-                str(models.student),
-                "--task",
-                "SST-2",
-                "--glue-dir",
-                str(glue),
-                "--out",
-                str(out),
-                "--resume",
-                *FAST,
-            ]
-        )
-        == 0
-    )
+    assert distill_task(models.teacher, models.student, glue, out, "--resume", *FAST) == 0
 
 
 def test_stage_2_only_with_aug_and_config_file(tmp_path, models, glue):
@@ -114,27 +81,17 @@ def test_stage_2_only_with_aug_and_config_file(tmp_path, models, glue):
     config.write_text("stage2:\n  temperature: 2.0\n")
     out = tmp_path / "out"
     assert (
-        main(
-            [
-                "distill",
-                "task",
-                "--teacher",
-                str(models.teacher),
-                "--student",
-                str(models.teacher),
-                "--task",
-                "SST-2",
-                "--glue-dir",
-                str(aug_glue),
-                "--out",
-                str(out),
-                "--aug",
-                "--stage",
-                "2",
-                "--distill-config",
-                str(config),
-                *FAST,
-            ]
+        distill_task(
+            models.teacher,
+            models.teacher,
+            aug_glue,
+            out,
+            "--aug",
+            "--stage",
+            "2",
+            "--distill-config",
+            str(config),
+            *FAST,
         )
         == 0
     )
@@ -145,28 +102,7 @@ def test_stage_2_only_with_aug_and_config_file(tmp_path, models, glue):
 
 def test_regression_task_uses_gold_scores(tmp_path, models, glue):
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "distill",
-                "task",
-                "--teacher",
-                str(models.teacher_reg),
-                "--student",
-                str(models.student),
-                "--task",
-                "STS-B",
-                "--glue-dir",
-                str(glue),
-                "--out",
-                str(out),
-                "--stage",
-                "2",
-                *FAST,
-            ]
-        )
-        == 0
-    )
+    assert distill_task(models.teacher_reg, models.student, glue, out, "--stage", "2", *FAST, task="STS-B") == 0
     record = info(out)
     assert record["distillation"]["losses"] == ["regression"] and record["max_seq_length"] == 128
     assert AutoModelForSequenceClassification.from_pretrained(out).config.num_labels == 1
@@ -174,26 +110,7 @@ def test_regression_task_uses_gold_scores(tmp_path, models, glue):
 
 
 def test_teacher_for_another_task_is_refused(tmp_path, models, glue, caplog):
-    assert (
-        main(
-            [
-                "distill",
-                "task",
-                "--teacher",
-                str(models.teacher),
-                "--student",
-                str(models.student),
-                "--task",
-                "MNLI",
-                "--glue-dir",
-                str(glue),
-                "--out",
-                str(tmp_path / "o"),
-                *FAST,
-            ]
-        )
-        == 2
-    )
+    assert distill_task(models.teacher, models.student, glue, tmp_path / "o", *FAST, task="MNLI") == 2
     assert "num_labels=2 but MNLI needs num_labels=3" in caplog.text
 
 
