@@ -43,7 +43,7 @@ from tensorslim.train.recipes import GENERAL_TRAINING
 from common import RESULTS, SHARED_DATA, emit
 
 NAME = "llm_compression"
-LAYOUT = ("layer_window", "sides", "private_parts", "weighting")  # shared and tucker options that tell rows apart
+LAYOUT = ("layer_window", "sides", "private_parts", "weighting", "allocation")  # options that tell rows apart
 VALID = SHARED_DATA / "corpus" / "wikitext_raw" / "wiki.valid.raw"  # calibration and healing, never scored
 
 
@@ -69,6 +69,11 @@ def main() -> None:
         "--weighting",
         choices=("relative", "absolute", "fisher"),
         help="shared and tucker, data-aware: what the fit weighs (default: the model kind's, relative)",
+    )
+    p.add_argument(
+        "--allocation",
+        choices=("rank", "ratio", "error"),
+        help="how the budget is spread over the groups (default: the model kind's, ratio)",
     )
     p.add_argument("--heal-steps", type=int, default=0, help="heal every student for this many steps (0: no)")
     p.add_argument("--heal-batch", type=int, default=2)
@@ -98,8 +103,8 @@ def main() -> None:
             rows,
             notes=f"SmolLM2-135M, WikiText-2 test, first {args.max_tokens} tokens in windows of "
             f"{args.seq_length}; calibration {args.calibration_samples} x {args.calibration_seq_length} tokens; "
-            "ranks by ratio allocation (every group keeps the same share), shared bases fitted to relative "
-            "output errors (the defaults for causal LMs)",
+            "ranks by ratio allocation (every group keeps the same share) unless a row's allocation says "
+            "otherwise, shared bases fitted to relative output errors (the defaults for causal LMs)",
         )
 
     if ("dense", 0, "none", *(None for _ in LAYOUT)) not in done:
@@ -128,6 +133,7 @@ def main() -> None:
     for level, method, source in plan:
         label = "none" if source == "weights" else source
         options = {} if method in ("lowrank", "svd") else {"max_iter": args.max_iter}
+        options.update(allocation=args.allocation)
         if method in ("shared", "tucker"):
             options.update(layer_window=args.layer_window, sides=args.sides, private_parts=args.private_parts)
             options.update(weighting=args.weighting)

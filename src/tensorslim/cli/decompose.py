@@ -175,11 +175,12 @@ def run(args) -> None:
         **options,
     )
     w = record["decomposed_weights"]
+    by_group = record["options"].get("group_ranks")
     log.info(
         "wrote %s: %s rank=%s layer_rank=%s ops=%s, %s -> %s decomposed weights (%.1fx), relative error %.4f",
         args.out,
         record["method"],
-        record["rank"],
+        f"{min(by_group.values())}-{max(by_group.values())} by group" if by_group else record["rank"],
         record["layer_rank"],
         record["ops"],
         f"{w['teacher']:,}",

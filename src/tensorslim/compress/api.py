@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 
 from ..decomposition.methods import Method, get_method
 from ..decomposition.slices import stack
-from ..decomposition.weighted import pooled_whitened
+from ..decomposition.weighted import pooled_whitened, slicewise_whitened
 from ..errors import TensorslimError
 from ..families import get_family
 from ..io import atomic_dir, check_output_dir, write_json
@@ -173,12 +173,15 @@ def kind_defaults(method: Method, config, removed: float | None = None) -> Metho
 
 
 def method_for_budget(model, method: Method, ops: str, budget: int, weights: dict | None) -> Method:
-    """`method` with the ranks that fit `budget`, chosen on the model's stacks (whitened by each
-    side's mean input moment for a data-aware fit)."""
+    """`method` with the ranks that fit `budget`, chosen on the model's stacks: for a data-aware fit
+    whitened by each side's mean input moment, or with allocation error by each slice's own moment
+    as the method weighs it (so that the groups' errors are in the units of the fit's objective)."""
     groups, layouts, found = layout(model, ops, **grouping(method))
     with torch.no_grad():
         stacks = stack({key: matrix_of(module) for key, module, _ in found}, groups, layouts)
-    if weights:
+    if weights and method.values.get("allocation") == "error":
+        stacks = {n: slicewise_whitened(W, method.weighted(W, weights[n])) for n, W in stacks.items()}
+    elif weights:
         stacks = {n: pooled_whitened(W, weights[n]) for n, W in stacks.items()}
     return method.for_budget(groups, model.config.hidden_size, budget, stacks=stacks)
 

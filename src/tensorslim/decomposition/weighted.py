@@ -181,6 +181,17 @@ def pooled_whitened(W: torch.Tensor, weights: SliceWeights) -> torch.Tensor:
     return _whiten(W, *_pooled_factors(weights))
 
 
+def slicewise_whitened(W: torch.Tensor, weights: SliceWeights) -> torch.Tensor:
+    """Every slice whitened by its own moment on its input side (L_i^T W_i, or W_i L_i with
+    L_i L_i^T its moment), in W's dtype: the stack whose slice i has weight error f_i."""
+    Ww = W.double().clone()
+    if len(weights.rows_index):
+        Ww[weights.rows_index] = _chol(weights.rows_cov).mT @ Ww[weights.rows_index]
+    if len(weights.cols_index):
+        Ww[weights.cols_index] = Ww[weights.cols_index] @ _chol(weights.cols_cov)
+    return Ww.to(W.dtype)
+
+
 def _whiten(W: torch.Tensor, La: torch.Tensor | None, Lb: torch.Tensor | None) -> torch.Tensor:
     Ww = W.double()
     if La is not None:

@@ -10,7 +10,9 @@ whose smaller side m differs from D gets round(d m / D) (the paper's rule, `allo
 With `allocation` "ratio" a budget is spread so that every group keeps the same share of its
 weights (`keep`), as the LLM compression papers state a compression (SVD-LLM, Basis Sharing): each
 group takes the largest rank whose factors fit that share. A rank at or above a group's smaller side
-keeps that group exact (`side_ranks`). Methods with shared sides record the rank of each side
+keeps that group exact (`side_ranks`). With `allocation` "error" each group takes its own rank, chosen
+on the spectra of the groups' stacks so that the budget goes where it removes the most error per weight
+(`decomposition.allocation`; recorded in `group_ranks`). Methods with shared sides record the rank of each side
 (`sides`): a rectangular group's sides scale with their size, or one of them stays full (`SIDES`).
 """
 
@@ -23,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import TensorslimError
-from ..hooi import unfolding_energies
+from ..allocation import Spectra, allocate_by_error, best_by_bound, tails
 from ..slice_weights import SliceWeights, fisher_weights, relative_weights
 from ..slices import Group
 from ..weighted import pooled_start, refine
@@ -56,8 +58,18 @@ ALLOCATION = Option(
     None,
     "how a budget is spread over the slice groups: rank (one rank d for the hidden size, other sides "
     "scaled: the paper's rule) or ratio (every group keeps the same share of its weights, as SVD-LLM and "
-    "Basis Sharing state a compression); default: ratio for causal LMs, rank otherwise",
-    ("rank", "ratio"),
+    "Basis Sharing state a compression), or error (each group its own rank, chosen on the spectra of the "
+    "stacks, whitened and weighted as the fit is, so that the budget goes where it removes the most error per "
+    "weight); default: ratio for causal LMs, rank otherwise",
+    ("rank", "ratio", "error"),
+)
+
+GROUP_RANKS = Option(
+    "group_ranks",
+    dict,
+    None,
+    "the smaller-side rank of every group (allocation error), set from --budget / --compression",
+    cli=False,
 )
 
 WEIGHTING = Option(
@@ -119,7 +131,7 @@ class Method(ABC):
     name: ClassVar[str]
     paper: ClassVar[str] = ""
     shared: ClassVar[bool] = True
-    options: ClassVar[tuple[Option, ...]] = (RANK, ALLOCATION, KEEP)
+    options: ClassVar[tuple[Option, ...]] = (RANK, ALLOCATION, KEEP, GROUP_RANKS)
     factor_names: ClassVar[tuple[str, ...]]
     per_slice: ClassVar[tuple[str, ...]]  # the factors whose first axis is the slice (a module reads its own)
 
@@ -166,6 +178,14 @@ class Method(ABC):
     def group_ranks(self, group: Group, hidden_size: int) -> dict[str, int]:
         """This method's ranks for `group` (recorded per group in the student's config)."""
         smaller = min(group.rows, group.cols)
+        chosen = self.values.get("group_ranks") or {}
+        if group.name in chosen and self.rank is None:
+            if not 1 <= chosen[group.name] <= smaller:
+                raise TensorslimError(
+                    f"group {group.name} cannot take rank {chosen[group.name]} (its smaller side is {smaller})",
+                    "leave group_ranks to --allocation error, or give ranks between 1 and each group's smaller side",
+                )
+            return self.ranks_at(group, chosen[group.name])
         if self.values.get("keep") is not None and self.rank is None:
             return self._ranks_for_share(group, self.keep)
         d = self.rank if self.rank is not None else max(1, hidden_size // 2)
@@ -270,15 +290,20 @@ class Method(ABC):
         methods override this with their closed form)."""
         if self.is_exact(group, ranks):
             return self.fit(W, group, ranks)  # nothing to refine
-        if self.values.get("weighting") == "relative":
-            weights = relative_weights(W, weights)
-        elif self.values.get("weighting") == "fisher":
-            weights = fisher_weights(weights)
+        weights = self.weighted(W, weights)
         factors, record = pooled_start(W, weights, lambda Ww: self.fit(Ww, group, ranks))
         refined, calibrated = refine(
             W, weights, factors, tol=self.values.get("tol", 1e-4), max_iter=self.values.get("max_iter", 100)
         )
         return refined, {**record, **calibrated}
+
+    def weighted(self, W: torch.Tensor, weights: SliceWeights) -> SliceWeights:
+        """`weights` as this method's `weighting` counts the slices of the (n, R, C) stack W."""
+        if self.values.get("weighting") == "relative":
+            return relative_weights(W, weights)
+        if self.values.get("weighting") == "fisher":
+            return fisher_weights(weights)
+        return weights
 
     def cores(self, factors: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """S (n, r1, r2) of the slices `factors` hold (the per-slice factors may be cut to a module's
@@ -304,7 +329,9 @@ class Method(ABC):
         as given). `stacks` ({group: (n, R, C)}, whitened for a data-aware fit) lets a method with
         several ways to spend the budget pick the one that fits the weights best: with shared sides
         and `sides` unset, the side policy with the smallest HOSVD error bound. With `allocation`
-        ratio (and no rank given) the rank rule gives way to one share for every group (`keep`)."""
+        ratio (and no rank given) the rank rule gives way to one share for every group (`keep`); with
+        `allocation` error (and `stacks`), to each group's rank by `allocation.allocate_by_error`."""
+        stacks = Spectra.of(stacks)
         if stacks is not None and "sides" in self.values and self.sides is None:
             candidates = []
             for policy in SIDES.choices:
@@ -315,7 +342,13 @@ class Method(ABC):
             if not candidates:
                 unmeetable(self.name, budget, self.with_values(rank=1).total_params(groups, hidden_size))
             return best_by_bound(candidates, groups, hidden_size, stacks)
-        if self.values.get("allocation") == "ratio" and self.rank is None:  # every group keeps one share
+        if self.values.get("allocation") == "error" and self.rank is None and stacks is not None:
+            chosen = allocate_by_error(self, groups, budget, Spectra.of(stacks))
+            if chosen is None:
+                unmeetable(self.name, budget, self.with_values(rank=1).total_params(groups, hidden_size))
+            return self.with_values(group_ranks=chosen)
+        if self.values.get("allocation") in ("ratio", "error") and self.rank is None:  # one share each
+            # (allocation error without stacks: the check before any weight is read)
             dense = sum(g.num_slices * g.rows * g.cols for g in groups.values())
             found = self.with_values(keep=budget / dense)
             if found.total_params(groups, hidden_size) > budget:
@@ -338,6 +371,17 @@ class Method(ABC):
             total += sum(e[rank:].sum().item() for e, rank in zip(energies[name], modes))
         return total
 
+    def error_curve(self, group: Group, spectra: Spectra, name: str) -> torch.Tensor:
+        """e[r - 1], r = 1..min(R, C): the truncated HOSVD's error bound (as `error_bound`) of the
+        group `name` of `spectra` when its smaller side takes rank r."""
+        tails_of = [tails(e) for e in spectra.unfoldings(name)]
+        curve = []
+        for r in range(1, min(group.rows, group.cols) + 1):
+            ranks = self.ranks_at(group, r)
+            modes = (ranks.get("layer_rank", group.num_slices), *self.side_ranks(group, ranks))
+            curve.append(sum(t[min(k, len(t) - 1)].item() for t, k in zip(tails_of, modes)))
+        return torch.tensor(curve, dtype=torch.float64)
+
     def describe(self) -> dict:
         return {"method": self.name, **self.values}
 
@@ -347,14 +391,6 @@ def unmeetable(method: str, budget: int, smallest: int):
         f"no {method} rank setting fits in {budget:,} weights (the smallest needs {smallest:,})",
         "raise the budget, or fix a smaller --layer-rank / --rank",
     )
-
-
-def best_by_bound(candidates: list[Method], groups, hidden_size: int, stacks: dict) -> Method:
-    """The candidate with the smallest `error_bound` on `stacks` (full-rank candidates, which
-    compress only a bank and do more work per token than the dense layers, only if nothing else)."""
-    below = [c for c in candidates if c.rank is None or c.rank < hidden_size]
-    energies = {n: unfolding_energies(W) for n, W in stacks.items()}
-    return min(below or candidates, key=lambda m: m.error_bound(groups, hidden_size, energies))
 
 
 def option_values(method_cls: type[Method], values: dict) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..allocation import tails
 from ..slices import Group
 from ..weighted import whitened_svd
 from .base import Method
@@ -36,6 +37,12 @@ class LowRank(Method):
             "V": Vh[..., :r, :].float().contiguous(),
         }
         return factors, {}
+
+    def error_curve(self, group, spectra, name):
+        """e[r - 1]: the error of every slice's own rank-r truncated SVD of the stack `spectra` holds,
+        summed (for a data-aware fit the stack is whitened by the group's mean moment, each slice's
+        own one is used in the fit)."""
+        return tails(spectra.slices(name)).sum(0)[1:]
 
     def fit_calibrated(self, W, group, ranks, weights):
         """SVD-LLM's closed form: the truncated SVD of each slice whitened by its input moment."""

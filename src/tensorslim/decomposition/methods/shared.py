@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..slices import Group
-from .base import ALLOCATION, KEEP, LAYER_WINDOW, PRIVATE_PARTS, RANK, SIDES, WEIGHTING, Method
+from .base import ALLOCATION, GROUP_RANKS, KEEP, LAYER_WINDOW, PRIVATE_PARTS, RANK, SIDES, WEIGHTING, Method
 from .hooi_options import HOOI_OPTIONS, run_hooi
 
 
@@ -13,7 +13,7 @@ class Shared(Method):
 
     name = "shared"
     paper = "III"
-    options = (RANK, ALLOCATION, KEEP, SIDES, LAYER_WINDOW, PRIVATE_PARTS, WEIGHTING, *HOOI_OPTIONS)
+    options = (RANK, ALLOCATION, KEEP, GROUP_RANKS, SIDES, LAYER_WINDOW, PRIVATE_PARTS, WEIGHTING, *HOOI_OPTIONS)
     factor_names = ("U", "S", "V")
     per_slice = ("S",)
 

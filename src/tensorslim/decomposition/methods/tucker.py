@@ -7,9 +7,11 @@ from itertools import product
 import torch
 
 from ...errors import TensorslimError
+from ..allocation import Spectra, best_by_bound
 from ..slices import Group
 from .base import (
     ALLOCATION,
+    GROUP_RANKS,
     KEEP,
     LAYER_WINDOW,
     PRIVATE_PARTS,
@@ -18,7 +20,6 @@ from .base import (
     WEIGHTING,
     Method,
     Option,
-    best_by_bound,
     option_values,
     unmeetable,
 )
@@ -39,7 +40,10 @@ class Tucker(Method):
 
     name = "tucker"
     paper = "IV"
-    options = (RANK, ALLOCATION, KEEP, SIDES, LAYER_RANK, LAYER_WINDOW, PRIVATE_PARTS, WEIGHTING, *HOOI_OPTIONS)
+    options = (
+        *(RANK, ALLOCATION, KEEP, GROUP_RANKS, SIDES, LAYER_RANK, LAYER_WINDOW, PRIVATE_PARTS, WEIGHTING),
+        *HOOI_OPTIONS,
+    )
     factor_names = ("U", "P", "C", "V")
     per_slice = ("P",)
 
@@ -97,6 +101,7 @@ class Tucker(Method):
         (`Method.error_bound`), preferring ranks below full. Without stacks: banks of half the
         slices (the paper's 72-384 student of BERT-base) and the largest rank, and if even the
         full rank fits that way, the full rank and the largest bank."""
+        stacks = Spectra.of(stacks)
         if self.layer_rank is not None:
             return super().for_budget(groups, hidden_size, budget, stacks)
         if self.rank is None and stacks is not None:
@@ -105,7 +110,7 @@ class Tucker(Method):
             for share, policy in product((1, 0.75, 0.5, 0.25), (self.sides,) if self.sides else SIDES.choices):
                 method = self.with_values(layer_rank=max(1, round(share * largest)), sides=policy)
                 try:
-                    found = method.for_budget(groups, hidden_size, budget)
+                    found = method.for_budget(groups, hidden_size, budget, stacks)
                 except TensorslimError:
                     continue
                 if found.rank == hidden_size:  # full rank: spend the rest on the bank
