@@ -11,13 +11,15 @@ from transformers import AutoModelForCausalLM
 import tensorslim  # noqa: F401  (registers the loader with transformers)
 from tensorslim.cli import build_parser
 from tensorslim.compress.api import check_settings, decompose
+from tensorslim.compress.calibration import calibrate, calibration_data
 from tensorslim.compress.inplace import bank_of
 from tensorslim.decomposition.allocation import Spectra, allocate_by_error, tails
 from tensorslim.decomposition.methods import get_method
 from tensorslim.decomposition.slice_weights import SliceWeights
 from tensorslim.decomposition.slices import Group
 from tensorslim.decomposition.weighted import slicewise_whitened, weighted_error
-from tiny_models import tiny_inputs, tiny_model
+from test_calibrated_decompose import text_file
+from tiny_models import tiny_inputs, tiny_model, tiny_tokenizer
 
 
 def stack_with_spectrum(n: int, R: int, C: int, values: list[list[float]], seed: int) -> torch.Tensor:
@@ -129,3 +131,19 @@ def test_slicewise_whitening_gives_each_slice_its_output_energy():
             torch.zeros(0, 6, 6, dtype=torch.float64) if rows else covs[i][None],
         )
         assert float((Ww[i] ** 2).sum()) == pytest.approx(weighted_error(W[i : i + 1], None, one), rel=1e-9)
+
+
+def test_with_calibration_the_allocation_follows_the_fits_weighting(tmp_path):
+    """Data-aware, the curves are in the units of the fit's objective: relative and Fisher weighting
+    of the same moments spread one budget differently, each within it."""
+    teacher = tiny_model("llama", "causal_lm")
+    data = calibration_data(teacher.config, text_file(tmp_path / "t.txt"), tiny_tokenizer(), samples=16,
+                            seq_length=32, seed=0)  # fmt: skip
+    calibration = calibrate(teacher, data, ops="all", fisher=True)
+    ranks = {}
+    for weighting in ("relative", "fisher"):
+        _, record = decompose(tiny_model("llama", "causal_lm"), "tucker", compression=0.5, allocation="error",
+                              weighting=weighting, max_iter=2, calibration=calibration)  # fmt: skip
+        assert record["decomposed_weights"]["student"] <= record["decomposed_weights"]["teacher"] * 0.5
+        ranks[weighting] = record["options"]["group_ranks"]
+    assert ranks["relative"].keys() == ranks["fisher"].keys() and ranks["relative"] != ranks["fisher"]

@@ -343,7 +343,7 @@ class Method(ABC):
                 unmeetable(self.name, budget, self.with_values(rank=1).total_params(groups, hidden_size))
             return best_by_bound(candidates, groups, hidden_size, stacks)
         if self.values.get("allocation") == "error" and self.rank is None and stacks is not None:
-            chosen = allocate_by_error(self, groups, budget, Spectra.of(stacks))
+            chosen = allocate_by_error(self, groups, budget, stacks)
             if chosen is None:
                 unmeetable(self.name, budget, self.with_values(rank=1).total_params(groups, hidden_size))
             return self.with_values(group_ranks=chosen)
