@@ -40,8 +40,7 @@ class LowRank(Method):
 
     def error_curve(self, group, spectra, name):
         """e[r - 1]: the error of every slice's own rank-r truncated SVD of the stack `spectra` holds,
-        summed (for a data-aware fit the stack is whitened by the group's mean moment, each slice's
-        own one is used in the fit)."""
+        summed (data-aware, each slice is whitened by its own moment, as the fit whitens it: exact)."""
         return tails(spectra.slices(name)).sum(0)[1:]
 
     def fit_calibrated(self, W, group, ranks, weights):
