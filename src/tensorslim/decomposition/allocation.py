@@ -15,11 +15,15 @@ budget exactly; with unequal step costs it is the usual marginal-analysis approx
 from __future__ import annotations
 
 import heapq
+from typing import TYPE_CHECKING
 
 import torch
 
 from .hooi import unfolding_energies
 from .slices import Group
+
+if TYPE_CHECKING:
+    from .methods.base import Method
 
 
 class Spectra:
@@ -53,7 +57,7 @@ def tails(energies: torch.Tensor) -> torch.Tensor:
     return torch.cat([suffix, torch.zeros_like(suffix[..., :1])], -1)
 
 
-def allocate_by_error(method, groups: dict[str, Group], budget: int, spectra: Spectra) -> dict[str, int] | None:
+def allocate_by_error(method: Method, groups: dict[str, Group], budget: int, spectra: Spectra) -> dict[str, int] | None:
     """{group: smaller-side rank} by the greedy rule of the module docstring for `method` (its other
     options fixed), or None when rank 1 everywhere does not fit in `budget`."""
     costs, curves, state = {}, {}, {}
@@ -88,7 +92,7 @@ def allocate_by_error(method, groups: dict[str, Group], budget: int, spectra: Sp
     return state
 
 
-def best_by_bound(candidates: list, groups: dict[str, Group], hidden_size: int, stacks) -> object:
+def best_by_bound(candidates: list[Method], groups: dict[str, Group], hidden_size: int, stacks) -> Method:
     """The candidate method with the smallest `error_bound` on `stacks` (full-rank candidates, which
     compress only a bank and do more work per token than the dense layers, only if nothing else)."""
     below = [c for c in candidates if c.rank is None or c.rank < hidden_size]

@@ -366,21 +366,20 @@ class Method(ABC):
         group's `hooi.unfolding_energies` (the energy beyond each mode's rank, summed over modes)."""
         total = 0.0
         for name, g in groups.items():
-            ranks = self.group_ranks(g, hidden_size)
-            modes = (ranks.get("layer_rank", g.num_slices), *self.side_ranks(g, ranks))
+            modes = self.mode_ranks(g, self.group_ranks(g, hidden_size))
             total += sum(e[rank:].sum().item() for e, rank in zip(energies[name], modes))
         return total
+
+    def mode_ranks(self, group: Group, ranks: dict[str, int]) -> tuple[int, int, int]:
+        """The ranks of the stack's three modes (slices, rows, columns) at `ranks`."""
+        return (ranks.get("layer_rank", group.num_slices), *self.side_ranks(group, ranks))
 
     def error_curve(self, group: Group, spectra: Spectra, name: str) -> torch.Tensor:
         """e[r - 1], r = 1..min(R, C): the truncated HOSVD's error bound (as `error_bound`) of the
         group `name` of `spectra` when its smaller side takes rank r."""
-        tails_of = [tails(e) for e in spectra.unfoldings(name)]
-        curve = []
-        for r in range(1, min(group.rows, group.cols) + 1):
-            ranks = self.ranks_at(group, r)
-            modes = (ranks.get("layer_rank", group.num_slices), *self.side_ranks(group, ranks))
-            curve.append(sum(t[min(k, len(t) - 1)].item() for t, k in zip(tails_of, modes)))
-        return torch.tensor(curve, dtype=torch.float64)
+        tails_of = [tails(e) for e in spectra.unfoldings(name)]  # tails_of[mode][k]: energy beyond rank k
+        modes = [self.mode_ranks(group, self.ranks_at(group, r)) for r in range(1, min(group.rows, group.cols) + 1)]
+        return sum(t[torch.tensor([m[i] for m in modes])] for i, t in enumerate(tails_of))
 
     def describe(self) -> dict:
         return {"method": self.name, **self.values}
