@@ -21,8 +21,12 @@ dense rows give the median over those pairs. A speed-up is "not measured" when t
 busy to trust it.
 
     python benchmarks/bench_decode.py [--methods lowrank shared tucker] [--levels 30 50]
-        [--layouts default 2:down 1] [--new-tokens 128] [--no-compile] [--no-memory]
-        [--forms factored merged] [--quick]
+        [--layouts default 2:down 1] [--students DIR ...] [--new-tokens 128] [--no-compile]
+        [--no-memory] [--forms factored merged] [--quick]
+
+`--students DIR ...` times saved students of SmolLM2 as well (from `tensorslim decompose --out DIR`
+or `bench_llm_compression.py --save-students`: fitted with whatever data, weighting and allocation
+they were given), and only them unless `--methods` is given too.
 """
 
 from __future__ import annotations
@@ -92,8 +96,9 @@ def layout_options(spec: str) -> tuple[str, dict]:
     }
 
 
-def models(dense, methods: list[str], levels: list[int], forms: list[str], layouts: list[str]):
-    """(name, model) of each student in the forms asked for, made one at a time from `dense`."""
+def models(dense, methods: list[str], levels: list[int], forms: list[str], layouts: list[str], saved: list[Path]):
+    """(name, model) of each student in the forms asked for, made one at a time from `dense`, then
+    loaded one at a time from the `saved` directories."""
     for level in levels:
         for method in methods:
             for suffix, layout in map(layout_options, layouts if method != "lowrank" else ["default"]):
@@ -101,6 +106,19 @@ def models(dense, methods: list[str], levels: list[int], forms: list[str], layou
                 student, _ = decompose(copy.deepcopy(dense), method, compression=level / 100, **options)
                 student.eval()
                 yield from forms_of(f"{method} {level}%{suffix}", student, forms)
+    for directory in saved:
+        yield from forms_of(directory.name, saved_student(directory, dense), forms)
+
+
+def saved_student(directory: Path, dense):
+    """The student saved in `directory`, refused unless it has the dense model's shape."""
+    import tensorslim  # noqa: F401  (registers the student's config section)
+
+    student = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+    if any(getattr(student.config, k) != getattr(dense.config, k) for k in keys):
+        raise SystemExit(f"{directory} is not a student of the dense model timed here ({', '.join(keys)} differ)")
+    return student
 
 
 def forms_of(name: str, student, forms: list[str]):
@@ -267,7 +285,7 @@ def main(args) -> None:
         baseline = {key: work(dense, key[1], key[0], prompt, batch, args.new_tokens) for key in dense_seconds}
         # one student at a time, in interleaved rounds with the dense model: only the dense model, the
         # student and their compiled graphs (each with its own folded, prepacked constants) are in memory
-        for name, model in models(dense, args.methods, args.levels, args.forms, args.layouts):
+        for name, model in models(dense, args.methods, args.levels, args.forms, args.layouts, args.students):
             for mode in modes:
                 row = size(name, model, mode)
                 for measure in tokens:
@@ -323,8 +341,9 @@ def memory(model, mode: str, args, threads: int) -> dict:
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", nargs="+", default=["lowrank", "shared", "tucker"])
+    p.add_argument("--methods", nargs="+", help="students made here (default: all three; none with --students)")
     p.add_argument("--levels", type=int, nargs="+", default=[30, 50], help="%% of matrix weights removed")
+    p.add_argument("--students", nargs="+", type=Path, default=[], metavar="DIR", help="saved students to time too")
     p.add_argument(
         "--layouts",
         nargs="+",
@@ -345,6 +364,8 @@ def parse(argv=None):
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # the child process of measure_memory
     p.add_argument("--memory-mode", default="eager", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.methods is None:
+        args.methods = [] if args.students else ["lowrank", "shared", "tucker"]
     if args.quick:
         for name, value in (("prompt_tokens", 16), ("new_tokens", 8), ("prefill_batch", 2), ("prefill_length", 32)):
             if getattr(args, name) == p.get_default(name):

@@ -9,6 +9,8 @@ all on the same test tokens, plus the dense model.
 `--heal-steps N` heals every student with the same fixed budget, `distill general --corpus` (the
 next-token KL to the dense model) on WikiText-103 validation packed into `--heal-seq-length` tokens,
 N steps of `--heal-batch` sequences at `--heal-lr`, and scores it again ("healed" columns).
+`--save-students DIR` also saves each student as fitted (before healing) to DIR/<row name>, a model
+directory that `tensorslim evaluate` and `bench_decode.py --students` read.
 
 Calibration reads WikiText-103's validation split (disjoint from the test split scored here) once;
 `--cross` adds data-aware rows calibrated on Gutenberg books instead (does the fit overfit its
@@ -79,6 +81,7 @@ def main() -> None:
     p.add_argument("--heal-batch", type=int, default=2)
     p.add_argument("--heal-seq-length", type=int, default=256)
     p.add_argument("--heal-lr", type=float, default=3e-4)
+    p.add_argument("--save-students", type=Path, metavar="DIR", help="save each student before healing under DIR")
     p.add_argument("--fresh", action="store_true", help="ignore earlier rows in the JSON")
     p.add_argument("--name", default=NAME, help="results/<name>.json (runs side by side write different files)")
     args = p.parse_args()
@@ -148,6 +151,11 @@ def main() -> None:
         )
         fit = time.perf_counter() - start
         result = score(student)
+        if args.save_students:
+            named = [method, f"{level}pct", label, *(str(options[k]) for k in LAYOUT if options.get(k) is not None)]
+            saved = args.save_students / "-".join(named)
+            student.save_pretrained(saved)
+            tokenizer.save_pretrained(saved)
         healed = heal(student, directory, tokenizer, args, score) if args.heal_steps else {}
         add(
             {

@@ -204,3 +204,30 @@ def test_the_7x_minilm_student_exports_to_onnx_within_the_tolerance(real_teacher
     record = export_to_dir(student, tmp_path / "onnx", "onnx")
     assert record["inputs"]["token_type_ids"] == ["batch", "sequence"]
     assert record["check"]["max_abs_diff"] <= TOLERANCE
+
+
+def test_the_fastest_export_merges_what_is_cheaper_dense_and_equals_the_student(tmp_path):
+    teacher = tmp_path / "teacher"
+    tiny_model("llama", "causal_lm").save_pretrained(teacher)
+    tiny_tokenizer().save_pretrained(teacher)
+    decompose_to_dir(teacher, tmp_path / "student", "lowrank", rank=20)
+    record = export_to_dir(tmp_path / "student", tmp_path / "fastest", "fastest")
+    # by hand (tests/test_merge_faster.py): at rank 20, q and o cost 20 x (32 + 32) = 1280 multiply-adds per
+    # token factored against 32 x 32 = 1024 dense; k, v (480 < 512) and the FFN (2240 < 2560) stay factored
+    assert (record["merged"], record["factored"]) == (4, 10)
+    assert record["macs_per_token"] == {"before": 2 * 10240, "after": 2 * 9728}
+    assert record["check"]["max_abs_diff"] <= TOLERANCE
+    section = json.loads((tmp_path / "fastest" / "config.json").read_text())["quantization_config"]
+    assert sorted(section["merged"]) == [f"{layer}.self_attn.{p}_proj" for layer in range(2) for p in "oq"]
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        expected = load_model(tmp_path / "student")(**inputs).logits
+        got = load_model(tmp_path / "fastest")(**inputs).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_the_fastest_export_of_a_dense_model_is_refused_and_writes_nothing(tmp_path):
+    tiny_model("llama", "causal_lm").save_pretrained(tmp_path / "dense")
+    with pytest.raises(TensorslimError, match="not a decomposed student"):
+        export_to_dir(tmp_path / "dense", tmp_path / "fastest", "fastest")
+    assert not (tmp_path / "fastest").exists()

@@ -16,7 +16,9 @@ def register(subparsers) -> None:
         description="Export a model directory for serving. onnx: torch.onnx.export with dynamic batch and "
         "sequence axes (decoders also take and return their KV cache), then run in ONNX Runtime on inputs "
         "of several shapes against PyTorch. dense: the factors merged into the original class "
-        "(save_pretrained; loads without tensorslim), reloaded and compared. int8: torch's dynamic int8 "
+        "(save_pretrained; loads without tensorslim), reloaded and compared. fastest: the student with every "
+        "projection whose dense matrix takes no more multiply-adds per token merged back (the choice recorded "
+        "in its config; the form to serve a decoder at batch 1), reloaded and compared. int8: torch's dynamic int8 "
         "for CPU serving (factored projections as chains of int8 linear maps; model_int8.pt, loaded by "
         "tensorslim.load_model), compared by mean cosine similarity and reloaded. The numbers go to export.json; "
         "an export that fails its check writes nothing.",
@@ -26,7 +28,8 @@ def register(subparsers) -> None:
         "--format",
         required=True,
         choices=FORMATS,
-        help="onnx: model.onnx; dense: a transformers model; int8: model_int8.pt for CPU serving",
+        help="onnx: model.onnx; dense: a transformers model; fastest: the student, dense where that is cheaper; "
+        "int8: model_int8.pt for CPU serving",
     )
     p.add_argument("--out", required=True, type=Path, help="directory to write")
     p.add_argument(
@@ -39,7 +42,8 @@ def register(subparsers) -> None:
         "--tolerance",
         type=float,
         default=None,
-        help=f"onnx, dense: largest absolute difference from the model the export may show (default: {TOLERANCE:g})",
+        help="onnx, dense, fastest: largest absolute difference from the model the export may show "
+        f"(default: {TOLERANCE:g})",
     )
     p.add_argument(
         "--min-cosine",

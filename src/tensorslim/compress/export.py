@@ -27,7 +27,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 from ..errors import TensorslimError
 from ..io import atomic_dir, check_output_dir, write_json
 from ..validate import check_above, check_finite_weights, check_fraction
-from .api import export_dense
+from .api import export_dense, merge_where_faster
 from .graph import (
     CHECK_SHAPES,
     TRACE_SHAPE,
@@ -42,10 +42,11 @@ from .graph import signature as graph_signature
 from .inplace import is_decomposed
 from .int8 import SCHEME, WEIGHTS, check_float, load_int8, quantize, save_int8
 from .loading import HEADS, infer_head, load_config, load_model, save_tokenizer
+from .section import section_of
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "dense", "int8")
+FORMATS = ("onnx", "dense", "fastest", "int8")
 #: largest absolute difference an export may show against the model (float32 outputs)
 TOLERANCE = 1e-4
 #: lowest mean cosine similarity an int8 model's output vectors may show against the float model's
@@ -65,7 +66,8 @@ def check_export_settings(fmt: str, opset: int | None, tolerance: float | None, 
     check_fraction("--min-cosine", min_cosine, open_low=True)
     if fmt == "int8" and tolerance is not None:
         raise TensorslimError(
-            "--tolerance applies to --format onnx and dense only", "int8 is checked by cosine: pass --min-cosine"
+            "--tolerance applies to --format onnx, dense and fastest only",
+            "int8 is checked by cosine: pass --min-cosine",
         )
     if fmt != "int8" and min_cosine is not None:
         raise TensorslimError("--min-cosine applies to --format int8 only", "drop --min-cosine, or pass --format int8")
@@ -106,14 +108,20 @@ def export_to_dir(
     min_cosine: float | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Export the float model in `model_dir` to directory `out` as `fmt` ("onnx", "dense" or "int8"), with
-    its config, tokenizer and export.json (the check's numbers); return that record. onnx and dense are
-    float32 and checked to `tolerance` (default TOLERANCE), int8 to `min_cosine` (default MIN_COSINE)."""
+    """Export the float model in `model_dir` to directory `out` as `fmt` ("onnx", "dense", "fastest" or
+    "int8"), with its config, tokenizer and export.json (the check's numbers); return that record. onnx,
+    dense and fastest are float32 and checked to `tolerance` (default TOLERANCE), int8 to `min_cosine`
+    (default MIN_COSINE)."""
     check_export_settings(fmt, opset, tolerance, min_cosine)
     config = load_config(model_dir)
     check_float(config, model_dir)
     check_output_dir(out, "export", inputs=[model_dir], overwrite=overwrite)
     check_finite_weights(model_dir)
+    if fmt == "fastest" and section_of(config) is None:
+        raise TensorslimError(
+            f"{model_dir} is not a decomposed student: --format fastest chooses between its factored and dense forms",
+            "pass a student from `tensorslim decompose` (or `distill`)",
+        )
     model = load_model(model_dir, config=config, dtype=torch.float32).eval()
     sig = graph_signature(model, tokenizer_inputs(model_dir))
     with atomic_dir(out, "export", inputs=[model_dir], overwrite=overwrite) as tmp:
@@ -121,6 +129,8 @@ def export_to_dir(
             record = write_onnx(model, sig, Path(tmp), opset, TOLERANCE if tolerance is None else tolerance)
         elif fmt == "dense":
             record = write_dense(model, sig, Path(tmp), TOLERANCE if tolerance is None else tolerance)
+        elif fmt == "fastest":
+            record = write_fastest(model, sig, Path(tmp), TOLERANCE if tolerance is None else tolerance)
         else:
             record = write_int8(model, sig, Path(tmp), MIN_COSINE if min_cosine is None else min_cosine, model_dir)
         save_tokenizer(model_dir, tmp)
@@ -246,6 +256,23 @@ def write_dense(model: PreTrainedModel, sig: Signature, out: Path, tolerance: fl
         model, sig, lambda inputs: theirs(*inputs), f"the reloaded {type(reloaded).__name__}", tolerance=tolerance
     )
     return {"check": check}
+
+
+def write_fastest(model: PreTrainedModel, sig: Signature, out: Path, tolerance: float) -> dict:
+    """The student with the projections whose dense matrix takes no more multiply-adds per token merged
+    back (`merge_where_faster`, the choice recorded in its config) in `out`, reloaded and checked against
+    `model`; the record also says what was merged and the multiply-adds per token before and after."""
+    fastest = copy.deepcopy(model)
+    merged = merge_where_faster(fastest)
+    fastest.save_pretrained(out)
+    reloaded = Graph(load_model(out, dtype=torch.float32).eval(), sig)
+    check = compare(model, sig, lambda inputs: reloaded(*inputs), "the reloaded merged student", tolerance=tolerance)
+    return {
+        "check": check,
+        "merged": len(merged["merged"]),
+        "factored": merged["factored"],
+        "macs_per_token": merged["macs_per_token"],
+    }
 
 
 def write_int8(model: PreTrainedModel, sig: Signature, out: Path, min_cosine: float, model_dir: str | Path) -> dict:
