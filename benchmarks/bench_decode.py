@@ -44,7 +44,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.utils.logging import disable_progress_bar
 
 from tensorslim.compress.api import decompose, merge_where_faster
@@ -107,18 +107,18 @@ def models(dense, methods: list[str], levels: list[int], forms: list[str], layou
                 student.eval()
                 yield from forms_of(f"{method} {level}%{suffix}", student, forms)
     for directory in saved:
-        yield from forms_of(directory.name, saved_student(directory, dense), forms)
+        yield from forms_of(directory.name, AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32), forms)
 
 
-def saved_student(directory: Path, dense):
-    """The student saved in `directory`, refused unless it has the dense model's shape."""
-    import tensorslim  # noqa: F401  (registers the student's config section)
+def check_saved(directories: list[Path], dense) -> None:
+    """Refuse, before any timing, a saved directory that is not a model of the dense model's shape."""
+    import tensorslim  # noqa: F401  (registers the student's config section, read when the students load)
 
-    student = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
-    if any(getattr(student.config, k) != getattr(dense.config, k) for k in keys):
-        raise SystemExit(f"{directory} is not a student of the dense model timed here ({', '.join(keys)} differ)")
-    return student
+    for directory in directories:
+        config = AutoConfig.from_pretrained(directory)
+        if any(getattr(config, k) != getattr(dense.config, k) for k in keys):
+            raise SystemExit(f"{directory} is not a student of the dense model timed here ({', '.join(keys)} differ)")
 
 
 def forms_of(name: str, student, forms: list[str]):
@@ -274,6 +274,7 @@ def main(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     disable_progress_bar()  # save_pretrained's per-model bars
     dense = teacher(args.quick)
+    check_saved(args.students, dense)
     prompt = prompt_ids(dense.config.vocab_size, 1, args.prompt_tokens)
     batch = prompt_ids(dense.config.vocab_size, args.prefill_batch, args.prefill_length)
     tokens = {"decode": args.new_tokens, "prefill": batch.numel()}

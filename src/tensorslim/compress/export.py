@@ -115,13 +115,13 @@ def export_to_dir(
     check_export_settings(fmt, opset, tolerance, min_cosine)
     config = load_config(model_dir)
     check_float(config, model_dir)
-    check_output_dir(out, "export", inputs=[model_dir], overwrite=overwrite)
-    check_finite_weights(model_dir)
     if fmt == "fastest" and section_of(config) is None:
         raise TensorslimError(
             f"{model_dir} is not a decomposed student: --format fastest chooses between its factored and dense forms",
             "pass a student from `tensorslim decompose` (or `distill`)",
         )
+    check_output_dir(out, "export", inputs=[model_dir], overwrite=overwrite)
+    check_finite_weights(model_dir)
     model = load_model(model_dir, config=config, dtype=torch.float32).eval()
     sig = graph_signature(model, tokenizer_inputs(model_dir))
     with atomic_dir(out, "export", inputs=[model_dir], overwrite=overwrite) as tmp:
