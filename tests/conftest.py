@@ -3,6 +3,7 @@ where a test must show real behaviour (skipped with a reason when they are absen
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -55,6 +56,15 @@ def tokenizer(real_teacher_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(real_teacher_dir)
+
+
+def digest(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under `directory`, hidden ones included."""
+    return {
+        p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def make_tiny_bert(

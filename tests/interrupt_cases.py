@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_bert
+from conftest import digest, make_tiny_bert
 from tensorslim.cli import main as cli_main
 from tensorslim.data.pregenerate import PregenerateConfig, pregenerate
 from tensorslim.train import run_dir
@@ -139,15 +138,6 @@ def write_corpus(path: Path, docs: int, seed: int = 0) -> Path:
                 handle.write(" ".join(rng.choice(words) for _ in range(rng.randint(4, 14))).capitalize() + ".\n")
             handle.write("\n")
     return path
-
-
-def digest(directory: Path) -> dict[str, str]:
-    """SHA-256 of every file under `directory`, hidden ones included."""
-    return {
-        p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 def assert_same_model(out: Path, reference: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import interrupt_cases as cases
-from conftest import make_tiny_bert
+from conftest import digest, make_tiny_bert
 from glue_subset import make_glue_subset
 from interrupt_cases import (
     GRACEFUL,
@@ -30,7 +30,6 @@ from interrupt_cases import (
     assert_same_model,
     check_stopped,
     checkpoint_ready,
-    digest,
     interrupt,
 )
 from tensorslim.cli import main as cli_main

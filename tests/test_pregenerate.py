@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -16,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from conftest import digest
 from tensorslim.cli import main as cli_main
 from tensorslim.data.pregenerate import PregenerateConfig, load_pregenerated, pregenerate
 from tensorslim.errors import TensorslimError
@@ -56,14 +56,6 @@ def write_corpus(path: Path, n_docs: int, sentences: tuple[int, int] = (8, 20), 
                 handle.write(" ".join(words).capitalize() + ".\n")
             handle.write("\n")
     return path
-
-
-def digest(directory: Path) -> dict[str, str]:
-    return {
-        p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 def rows(directory: Path, epoch: int | None = None) -> list[dict]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import interrupt_cases as cases
-from interrupt_cases import LAST, PREVIOUS, STEPS, assert_same_files, assert_same_model, digest
+from conftest import digest
+from interrupt_cases import LAST, PREVIOUS, STEPS, assert_same_files, assert_same_model
 from tensorslim.cli import main as cli_main
 from tensorslim.data.pregenerate import PregenerateConfig, pregenerate
 from tensorslim.io import write_marker
