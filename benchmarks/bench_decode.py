@@ -44,13 +44,14 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.utils.logging import disable_progress_bar
 
 from tensorslim.compress.api import decompose, merge_where_faster
 from tensorslim.compress.counts import flops_per_token
 from tensorslim.compress.factored import FactoredProjection
 from tensorslim.compress.inplace import targets
+from tensorslim.compress.loading import load_config, load_model
 from tensorslim.report.decode import decode_call, prompt_ids
 from tensorslim.report.timing import Spread, measuring_threads
 
@@ -107,16 +108,14 @@ def models(dense, methods: list[str], levels: list[int], forms: list[str], layou
                 student.eval()
                 yield from forms_of(f"{method} {level}%{suffix}", student, forms)
     for directory in saved:
-        yield from forms_of(directory.name, AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32), forms)
+        yield from forms_of(directory.name, load_model(directory, dtype=torch.float32), forms)
 
 
 def check_saved(directories: list[Path], dense) -> None:
     """Refuse, before any timing, a saved directory that is not a model of the dense model's shape."""
-    import tensorslim  # noqa: F401  (registers the student's config section, read when the students load)
-
     keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
     for directory in directories:
-        config = AutoConfig.from_pretrained(directory)
+        config = load_config(directory)
         if any(getattr(config, k) != getattr(dense.config, k) for k in keys):
             raise SystemExit(f"{directory} is not a student of the dense model timed here ({', '.join(keys)} differ)")
 
